@@ -1,0 +1,176 @@
+"""Model configs by name, as in the original `vit_jax/configs/models.py`, plus PiT.
+
+`MODEL_CONFIGS[name]` is a locked ConfigDict whose fields are the keyword arguments of
+`vit_jax.models.VisionTransformer` (apart from `num_classes`). `AUGREG_CONFIGS` holds the same
+configs under the AugReg file-name spelling (`B_16`, `R26_S_32`, ...).
+"""
+import ml_collections
+
+MODEL_CONFIGS = {}
+AUGREG_CONFIGS = {}
+# Names the AugReg release has no checkpoints for (as in the original).
+_NOT_IN_AUGREG = ('testing', 'ViT-L_32', 'R50+ViT-B_16', 'ViT-H_14')
+
+
+def _register(get_config):
+  """Records a model config under its `model_name` (and its AugReg spelling)."""
+  config = get_config().lock()
+  name = config.model_name
+  MODEL_CONFIGS[name] = config
+  if name not in _NOT_IN_AUGREG and not name.startswith('PiT'):
+    AUGREG_CONFIGS[name.replace('ViT-', '').replace('+', '_')] = config
+  return get_config
+
+
+def _vit(name, patch, width, mlp_dim, heads, depth, dropout=0.0):
+  """A plain ViT config with the original's field layout."""
+  config = ml_collections.ConfigDict()
+  config.model_name = name
+  config.patches = ml_collections.ConfigDict({'size': (patch, patch)})
+  config.hidden_size = width
+  config.transformer = ml_collections.ConfigDict()
+  config.transformer.mlp_dim = mlp_dim
+  config.transformer.num_heads = heads
+  config.transformer.num_layers = depth
+  config.transformer.attention_dropout_rate = 0.0
+  config.transformer.dropout_rate = dropout
+  config.classifier = 'token'
+  config.representation_size = None
+  return config
+
+
+def _gap_norep(config, name):
+  config.model_name = name
+  config.classifier = 'gap'
+  config.representation_size = None
+  return config
+
+
+def _hybrid(config, name, patch, num_layers):
+  config.model_name = name
+  config.patches.size = (patch, patch)
+  config.resnet = ml_collections.ConfigDict()
+  config.resnet.num_layers = num_layers
+  config.resnet.width_factor = 1
+  return config
+
+
+@_register
+def get_testing_config():
+  """A tiny model for tests."""
+  return _vit('testing', 16, 10, 10, 2, 1, dropout=0.1)
+
+
+@_register
+def get_ti16_config():
+  return _vit('ViT-Ti_16', 16, 192, 768, 3, 12)
+
+
+@_register
+def get_s16_config():
+  return _vit('ViT-S_16', 16, 384, 1536, 6, 12)
+
+
+@_register
+def get_b16_config():
+  return _vit('ViT-B_16', 16, 768, 3072, 12, 12)
+
+
+@_register
+def get_l16_config():
+  return _vit('ViT-L_16', 16, 1024, 4096, 16, 24, dropout=0.1)
+
+
+@_register
+def get_h14_config():
+  return _vit('ViT-H_14', 14, 1280, 5120, 16, 32, dropout=0.1)
+
+
+@_register
+def get_s16_gap_norep_config():
+  return _gap_norep(get_s16_config(), 'ViT-S_16-gap-norep')
+
+
+@_register
+def get_b16_gap_norep_config():
+  return _gap_norep(get_b16_config(), 'ViT-B_16-gap-norep')
+
+
+@_register
+def get_b8_config():
+  return _vit('ViT-B_8', 8, 768, 3072, 12, 12)
+
+
+@_register
+def get_s32_config():
+  return _vit('ViT-S_32', 32, 384, 1536, 6, 12)
+
+
+@_register
+def get_b32_config():
+  return _vit('ViT-B_32', 32, 768, 3072, 12, 12)
+
+
+@_register
+def get_l32_config():
+  return _vit('ViT-L_32', 32, 1024, 4096, 16, 24)
+
+
+@_register
+def get_s32_gap_norep_config():
+  return _gap_norep(get_s32_config(), 'ViT-S_32-gap-norep')
+
+
+@_register
+def get_b32_gap_norep_config():
+  return _gap_norep(get_b32_config(), 'ViT-B_32-gap-norep')
+
+
+@_register
+def get_r_ti16_config():
+  """ResNet root only (stride-2 conv + stride-2 max-pool, no stages), then 8x8 patches."""
+  return _hybrid(get_ti16_config(), 'R+ViT-Ti_16', 8, ())
+
+
+@_register
+def get_r50_b16_config():
+  """ResNet-50-like stages (3, 4, 9): /16 overall with 1x1 patches."""
+  config = _hybrid(get_b16_config(), 'R50+ViT-B_16', 1, (3, 4, 9))
+  config.transformer.dropout_rate = 0.1
+  return config
+
+
+@_register
+def get_r26_b32_config():
+  return _hybrid(get_b32_config(), 'R26+ViT-B_32', 1, (2, 2, 2, 2))
+
+
+@_register
+def get_r26_s32_config():
+  return _hybrid(get_s16_config(), 'R26+ViT-S_32', 1, (2, 2, 2, 2))
+
+
+@_register
+def get_r50_l32_config():
+  return _hybrid(get_l16_config(), 'R50+ViT-L_32', 1, (3, 4, 6, 3))
+
+
+# Pixel Transformers: one token per pixel (1x1 patches), learned position embedding.
+@_register
+def get_pit_t_config():
+  return _vit('PiT-T', 1, 192, 768, 3, 12)
+
+
+@_register
+def get_pit_s_config():
+  return _vit('PiT-S', 1, 384, 1536, 6, 12)
+
+
+@_register
+def get_pit_b_config():
+  return _vit('PiT-B', 1, 768, 3072, 12, 12)
+
+
+@_register
+def get_pit_l_config():
+  return _vit('PiT-L', 1, 1024, 4096, 16, 24)

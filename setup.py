@@ -1,0 +1,40 @@
+"""vit_jax: Vision Transformer and Pixel Transformer in JAX/Flax."""
+import setuptools
+
+INSTALL_REQUIRES = [
+    'absl-py>=2.1,<3',
+    'clu>=0.0.12,<0.1',
+    'flax>=0.12,<0.13',
+    'importlib_resources>=6',  # tfds imports it but does not declare it
+    'jax>=0.10.2,<0.11',
+    'jaxlib>=0.10.2,<0.11',
+    'ml-collections>=1.0,<2',
+    'numpy>=2.0,<3',
+    'optax>=0.2.8,<0.3',
+    'orbax-checkpoint>=0.12,<0.13',
+    'pillow>=10',
+    'safetensors>=0.4,<1',
+    'scipy>=1.11,<2',
+    'tensorboard>=2.16,<3',  # clu's metric writers need it; pip does not pull it in
+    'tensorflow-cpu>=2.21,<2.22',  # tf.data only
+    'tensorflow-datasets>=4.9.10,<5',
+]
+
+TEST_REQUIRES = [
+    'ipykernel>=6',
+    'matplotlib>=3.8',
+    'nbclient>=0.10',
+    'nbformat>=5.9',
+    'pytest>=8',
+]
+
+setuptools.setup(
+    name='vit_jax',
+    version='0.1.0',
+    description='Vision Transformer and Pixel Transformer in JAX/Flax',
+    python_requires='>=3.11',
+    packages=setuptools.find_packages(include=['vit_jax', 'vit_jax.*', 'configs']),
+    package_data={'vit_jax': ['data/*.tsv']},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={'test': TEST_REQUIRES, 'notebooks': ['matplotlib>=3.8']},
+)

@@ -1,0 +1,1 @@
+"""vit_jax: Vision Transformer and Pixel Transformer in JAX/Flax."""

@@ -1,0 +1,200 @@
+"""Vision Transformer (ViT) and Pixel Transformer (PiT = ViT with 1x1 patches).
+
+Module and parameter names follow Google's original `vision_transformer` Linen code, so its
+checkpoints load by renaming keys only. Defaults reproduce the original's numerics: tanh GELU,
+LayerNorm eps 1e-6, zero-initialised head, N(0, 0.02) position embedding added after the class
+token is concatenated, pre-norm blocks.
+"""
+from typing import Any, Mapping, Optional, Sequence, Type
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vit_jax.models import attention_layer
+from vit_jax.models import posemb as posemb_lib
+from vit_jax.models import resnet as resnet_lib
+
+Dtype = Any
+CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled')
+
+
+class IdentityLayer(nn.Module):
+  """Identity, named so that `pre_logits` appears in intermediates as in the original."""
+
+  @nn.compact
+  def __call__(self, x):
+    return x
+
+
+class MlpBlock(nn.Module):
+  """Dense -> GELU -> dropout -> Dense -> dropout."""
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+  out_dim: Optional[int] = None
+  dropout_rate: float = 0.1
+  gelu_approximate: bool = True
+
+  @nn.compact
+  def __call__(self, inputs, *, deterministic):
+    out_dim = inputs.shape[-1] if self.out_dim is None else self.out_dim
+    dense = lambda features: nn.Dense(
+        features, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
+        bias_init=nn.initializers.normal(stddev=1e-6))
+    x = dense(self.mlp_dim)(inputs)
+    x = nn.gelu(x, approximate=self.gelu_approximate)
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+    x = dense(out_dim)(x)
+    return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-norm transformer block: x + MHA(LN(x)), then x + MLP(LN(x))."""
+  mlp_dim: int
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  gelu_approximate: bool = True
+  attention: Optional[Mapping[str, Any]] = None
+  sow_attention_weights: bool = False
+
+  @nn.compact
+  def __call__(self, inputs, *, deterministic, mask=None):
+    if inputs.ndim != 3:
+      raise ValueError(f'Encoder1DBlock expects [batch, length, width], got {inputs.shape}')
+    x = nn.LayerNorm(dtype=self.dtype)(inputs)
+    x = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype,
+        kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
+        deterministic=deterministic, dropout_rate=self.attention_dropout_rate,
+        attention_fn=attention_layer.make_attention_fn(self.attention))(
+            x, x, mask=mask, sow_weights=self.sow_attention_weights)
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+    x = x + inputs
+
+    y = nn.LayerNorm(dtype=self.dtype)(x)
+    y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
+                 gelu_approximate=self.gelu_approximate)(y, deterministic=deterministic)
+    return x + y
+
+
+class Encoder(nn.Module):
+  """Position embedding, `num_layers` blocks and the final `encoder_norm`."""
+  num_layers: int
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  add_position_embedding: bool = True
+  gelu_approximate: bool = True
+  attention: Optional[Mapping[str, Any]] = None
+  posemb: str = 'learn'
+  dtype: Dtype = jnp.float32
+  sow_attention_weights: bool = False
+
+  @nn.compact
+  def __call__(self, x, *, train, grid_shape: Optional[Sequence[int]] = None,
+               num_prefix_tokens: int = 0):
+    if self.add_position_embedding and self.posemb == 'learn':
+      x = posemb_lib.AddPositionEmbs(name='posembed_input')(x)
+    elif self.add_position_embedding and self.posemb == 'sincos2d':
+      x = posemb_lib.add_fixed_sincos2d(x, grid_shape, num_prefix_tokens)
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+
+    for layer in range(self.num_layers):
+      x = Encoder1DBlock(
+          mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype,
+          dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+          gelu_approximate=self.gelu_approximate, attention=self.attention,
+          sow_attention_weights=self.sow_attention_weights,
+          name=f'encoderblock_{layer}')(x, deterministic=not train)
+    return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
+
+
+class VisionTransformer(nn.Module):
+  """ViT / PiT / R+ViT hybrid: `VisionTransformer(num_classes=..., **model_config)`.
+
+  `model.apply({'params': params}, images_nhwc, train=False)` returns logits (or features
+  when `num_classes` is falsy). Call with `rngs={'dropout': key}` when `train=True`.
+  """
+  num_classes: int
+  patches: Any
+  transformer: Any
+  hidden_size: int
+  resnet: Optional[Any] = None
+  representation_size: Optional[int] = None
+  classifier: str = 'token'
+  head_bias_init: float = 0.
+  encoder: Type[nn.Module] = Encoder
+  model_name: Optional[str] = None
+  posemb: str = 'learn'
+  dtype: Dtype = jnp.float32
+  sow_attention_weights: bool = False
+
+  def _validate(self, inputs):
+    if self.classifier not in CLASSIFIERS:
+      raise ValueError(f'classifier={self.classifier!r} is not one of {CLASSIFIERS}')
+    if self.posemb not in posemb_lib.POSEMB_KINDS:
+      raise ValueError(f'posemb={self.posemb!r} is not one of {posemb_lib.POSEMB_KINDS}')
+    if inputs.ndim != 4:
+      raise ValueError(f'VisionTransformer expects NHWC images, got shape {inputs.shape}')
+    heads = self.transformer['num_heads'] if self.transformer is not None else 1
+    if self.hidden_size % heads:
+      raise ValueError(f'hidden_size={self.hidden_size} is not divisible by '
+                       f'transformer.num_heads={heads}')
+
+  def _check_grid(self, x, stem_factor):
+    ph, pw = self.patches['size']
+    _, h, w, _ = x.shape
+    if h % ph or w % pw or h < ph or w < pw:
+      raise ValueError(
+          f'image size {h * stem_factor}x{w * stem_factor} (feature map {h}x{w}) does not '
+          f'divide by patches.size={(ph, pw)}'
+          + (f' after the ResNet stem (/{stem_factor})' if stem_factor > 1 else '')
+          + '; resize the images or pick a model whose patch size divides them.')
+
+  @nn.compact
+  def __call__(self, inputs, *, train):
+    self._validate(inputs)
+    x = inputs.astype(self.dtype)
+
+    stem_factor = 1
+    if self.resnet is not None:
+      num_layers = tuple(self.resnet['num_layers'])
+      x = resnet_lib.apply_resnet_stem(x, num_layers, self.resnet['width_factor'], self.dtype)
+      stem_factor = 4 * 2**max(len(num_layers) - 1, 0)
+
+    self._check_grid(x, stem_factor)
+    x = nn.Conv(features=self.hidden_size, kernel_size=tuple(self.patches['size']),
+                strides=tuple(self.patches['size']), padding='VALID', dtype=self.dtype,
+                name='embedding')(x)
+
+    if self.transformer is not None:
+      n, h, w, c = x.shape
+      x = jnp.reshape(x, [n, h * w, c])
+      num_prefix_tokens = 0
+      if self.classifier in ('token', 'token_unpooled'):
+        cls = self.param('cls', nn.initializers.zeros, (1, 1, c))
+        x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [n, 1, 1]), x], axis=1)
+        num_prefix_tokens = 1
+      x = self.encoder(name='Transformer', posemb=self.posemb, dtype=self.dtype,
+                       sow_attention_weights=self.sow_attention_weights,
+                       **dict(self.transformer))(
+                           x, train=train, grid_shape=(h, w),
+                           num_prefix_tokens=num_prefix_tokens)
+
+    if self.classifier == 'token':
+      x = x[:, 0]
+    elif self.classifier == 'gap':
+      x = jnp.mean(x, axis=list(range(1, x.ndim - 1)))
+
+    if self.representation_size is not None:
+      x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
+    else:
+      x = IdentityLayer(name='pre_logits')(x)
+
+    if self.num_classes:
+      x = nn.Dense(self.num_classes, dtype=self.dtype, name='head',
+                   kernel_init=nn.initializers.zeros,
+                   bias_init=nn.initializers.constant(self.head_bias_init))(x)
+    return x
