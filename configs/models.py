@@ -9,7 +9,7 @@ import ml_collections
 MODEL_CONFIGS = {}
 AUGREG_CONFIGS = {}
 # Names the AugReg release has no checkpoints for (as in the original).
-_NOT_IN_AUGREG = ('testing', 'ViT-L_32', 'R50+ViT-B_16', 'ViT-H_14')
+_NOT_IN_AUGREG = ('testing', 'testing-unpooled', 'ViT-L_32', 'R50+ViT-B_16', 'ViT-H_14')
 
 
 def _register(get_config):
@@ -59,6 +59,15 @@ def _hybrid(config, name, patch, num_layers):
 def get_testing_config():
   """A tiny model for tests."""
   return _vit('testing', 16, 10, 10, 2, 1, dropout=0.1)
+
+
+@_register
+def get_testing_unpooled_config():
+  """The testing model returning every token's logits."""
+  config = get_testing_config()
+  config.model_name = 'testing-unpooled'
+  config.classifier = 'unpooled'
+  return config
 
 
 @_register
