@@ -1,4 +1,5 @@
 """Model tests: golden parameter counts, original numerics, dtype, dropout, posemb, hybrids."""
+import functools
 import json
 import pathlib
 
@@ -87,8 +88,9 @@ def test_pit_parameter_count_closed_form(name):
 def test_unpooled_outputs_every_token():
   model = VisionTransformer(num_classes=7, **model_configs.MODEL_CONFIGS['testing-unpooled'])
   x = jnp.ones((2, 64, 48, 3))
-  params = model.init(jax.random.PRNGKey(0), x, train=False)['params']
-  assert model.apply({'params': params}, x, train=False).shape == (2, 12, 7)
+  out = jax.eval_shape(lambda: model.apply(model.init(jax.random.PRNGKey(0), x, train=False),
+                                           x, train=False))
+  assert out.shape == (2, 12, 7)
 
 
 def _fixture_model_and_params(name, **overrides):
@@ -134,7 +136,8 @@ def test_exact_gelu_mlp_against_numpy():
 def test_bfloat16_compute_keeps_float32_params():
   model32, params, x = _fixture_model_and_params('gap')
   model16, _, _ = _fixture_model_and_params('gap', dtype=jnp.bfloat16)
-  init16 = model16.init(jax.random.PRNGKey(0), x, train=False)['params']
+  init16 = jax.eval_shape(functools.partial(model16.init, train=False),
+                          jax.random.PRNGKey(0), x)['params']
   assert {p.dtype for p in jax.tree.leaves(init16)} == {jnp.dtype(jnp.float32)}
   logits16, state = model16.apply({'params': params}, x, train=False,
                                   capture_intermediates=True)
@@ -154,16 +157,18 @@ def test_dropout_needs_rng_and_varies_only_in_training():
   config['transformer'] = dict(config['transformer'], attention_dropout_rate=0.2)
   model = VisionTransformer(num_classes=3, **config)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-  params = model.init(jax.random.PRNGKey(1), x, train=False)['params']
+  params = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(1), x)
+  params = params['params']
+  apply = jax.jit(model.apply, static_argnames='train')
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
   params = jax.tree.unflatten(treedef, [  # non-zero head so that dropout shows
       p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-  eval_a = model.apply({'params': params}, x, train=False)
-  eval_b = model.apply({'params': params}, x, train=False)
+  eval_a = apply({'params': params}, x, train=False)
+  eval_b = apply({'params': params}, x, train=False)
   np.testing.assert_array_equal(eval_a, eval_b)
-  train = lambda seed: model.apply({'params': params}, x, train=True,
-                                   rngs={'dropout': jax.random.PRNGKey(seed)})
+  train = lambda seed: apply({'params': params}, x, train=True,
+                             rngs={'dropout': jax.random.PRNGKey(seed)})
   np.testing.assert_array_equal(train(3), train(3))
   assert np.abs(train(3) - train(4)).max() > 1e-4
   assert np.abs(train(3) - eval_a).max() > 1e-4
@@ -172,10 +177,12 @@ def test_dropout_needs_rng_and_varies_only_in_training():
 
 
 def test_learned_posemb_init_and_zero_head():
-  model = VisionTransformer(num_classes=5, **model_configs.MODEL_CONFIGS['ViT-Ti_16'])
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), train=False)['params']
+  model = VisionTransformer(num_classes=5, **dict(model_configs.MODEL_CONFIGS['testing'],
+                                                  hidden_size=64))
+  init = jax.jit(functools.partial(model.init, train=False))
+  params = init(jax.random.PRNGKey(0), jnp.zeros((1, 128, 128, 3)))['params']
   pe = params['Transformer']['posembed_input']['pos_embedding']
-  assert pe.shape == (1, 17, 192)  # class token row + 4x4 grid
+  assert pe.shape == (1, 65, 64)  # class token row + 8x8 grid
   assert abs(float(pe.std()) - 0.02) < 0.002
   assert not np.any(params['head']['kernel']) and not np.any(params['cls'])
 
@@ -185,7 +192,8 @@ def test_sincos2d_and_none_posemb():
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 32, 48, 3))
   for kind in ('sincos2d', 'none'):
     model = VisionTransformer(num_classes=3, posemb=kind, **base)
-    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    variables = jax.eval_shape(functools.partial(model.init, train=False),
+                               jax.random.PRNGKey(0), x)
     assert 'posembed_input' not in variables['params']['Transformer']
   # sincos2d values: [sin(x w), cos(x w), sin(y w), cos(y w)] with w = 1e4^(-k/(D/4-1)).
   from vit_jax.models import posemb  # pylint: disable=import-outside-toplevel
@@ -201,7 +209,8 @@ def test_sincos2d_and_none_posemb():
 def test_pit_has_one_token_per_pixel():
   model = VisionTransformer(num_classes=4, **model_configs.MODEL_CONFIGS['PiT-T'])
   x = jnp.zeros((1, 7, 5, 3))
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  variables = jax.eval_shape(functools.partial(model.init, train=False),
+                             jax.random.PRNGKey(0), x)
   assert variables['params']['Transformer']['posembed_input']['pos_embedding'].shape == (
       1, 7 * 5 + 1, 192)
 
