@@ -1,0 +1,201 @@
+"""Pretrained weights in and out: Google npz (original, Linen, AugReg, big_vision) and timm.
+
+`load(path)` detects the format and returns the parameter tree of `VisionTransformer` as
+nested dicts of float32 numpy arrays. Loading is renaming keys and exact reshapes only; no
+number is re-derived. `load_pretrained` adds the original's fine-tuning semantics (head reset,
+pre_logits drop, position-embedding resize). Files are never unpickled.
+"""
+import os
+import re
+
+from absl import logging
+import flax
+import numpy as np
+import scipy.ndimage
+
+from vit_jax import checkpoint_timm
+
+# Pre-Linen (released) block names -> current Linen names.
+_PRE_LINEN = {'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0',
+              'LayerNorm_2': 'LayerNorm_1', 'MlpBlock_3': 'MlpBlock_0'}
+POSEMB_PATH = 'Transformer/posembed_input/pos_embedding'
+
+
+def _to_float32(name, value):
+  value = np.asarray(value)
+  if value.dtype.kind == 'V' and value.dtype.itemsize == 2:  # bfloat16 saved without ml_dtypes
+    return (value.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+  if value.dtype.kind not in 'fiub' and value.dtype.name != 'bfloat16':
+    raise ValueError(f'checkpoint entry {name!r} has unsupported dtype {value.dtype}')
+  return value.astype(np.float32) if value.dtype != np.float32 else value
+
+
+def _read_flat(path):
+  """Reads a checkpoint file into {name: numpy array}, without unpickling anything."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+  if path.endswith('.safetensors'):
+    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+    return dict(safetensors_numpy.load_file(path))
+  if path.endswith(('.pth', '.pt', '.bin')):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ValueError(
+          f'{path!r} is a PyTorch pickle; reading it needs torch, which is not installed. '
+          'Convert it to .safetensors (safetensors.torch.save_file(state_dict, ...)) where '
+          'torch is available, or `pip install torch`.') from e
+    sd = torch.load(path, map_location='cpu', weights_only=True)
+    sd = sd.get('state_dict', sd.get('model', sd)) if isinstance(sd, dict) else sd
+    return {k: v.float().numpy() for k, v in sd.items()}
+  with np.load(path, allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}
+
+
+def _is_big_vision(flat):
+  return any(k.startswith(('params/', 'img/')) for k in flat) or 'pos_embedding' in flat
+
+
+def _from_big_vision(flat):
+  """big_vision layout -> original layout: strip prefixes, unscan blocks, add cls posemb row."""
+  out = {}
+  for key, value in flat.items():
+    key = re.sub(r'^(params/)?(img/)?', '', key)
+    scanned = re.match(r'Transformer/encoderblock/(.+)', key)
+    if scanned:  # leading depth axis: one entry per block
+      for i, block_value in enumerate(value):
+        out[f'Transformer/encoderblock_{i}/{scanned.group(1)}'] = block_value
+    else:
+      out[key] = value
+  if 'pos_embedding' in out:
+    pe = out.pop('pos_embedding')
+    if 'cls' in out:
+      # big_vision prepends the class token after adding the embedding, so a zero row is exact.
+      pe = np.concatenate([np.zeros_like(pe[:, :1]), pe], axis=1)
+    out[POSEMB_PATH] = pe
+  return out
+
+
+def _normalise_names(flat):
+  out = {}
+  for key, value in flat.items():
+    parts = key.split('/')
+    parts = [_PRE_LINEN.get(p, p) if i >= 2 and parts[0] == 'Transformer' else p
+             for i, p in enumerate(parts)]
+    key = '/'.join(parts)
+    if value.ndim == 4 and re.search(r'(^|/)gn[^/]*/(scale|bias)$', key):
+      value = value.reshape(-1)  # old hybrid files store GroupNorm params as (1, 1, 1, C)
+    out[key] = value
+  return out
+
+
+def load(path, *, num_heads=None):
+  """Reads any supported checkpoint file into the VisionTransformer parameter tree.
+
+  `num_heads` is only needed for timm files of non-standard widths (timm does not store it).
+  """
+  flat = _read_flat(path)
+  if checkpoint_timm.is_timm(flat):
+    flat = checkpoint_timm.timm_to_flat(flat, num_heads=num_heads)
+  elif _is_big_vision(flat):
+    flat = _from_big_vision(flat)
+  flat = {k: _to_float32(k, v) for k, v in _normalise_names(flat).items()}
+  return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
+
+
+def _flatten(tree):
+  return {'/'.join(k): np.asarray(v)
+          for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()}
+
+
+def save(params, path):
+  """Writes params as an npz in the original's (Linen-named) layout."""
+  with open(path, 'wb') as f:
+    np.savez(f, **_flatten(params))
+
+
+def export_timm(params, path):
+  """Writes params under timm's ViT state-dict names to a `.safetensors` file."""
+  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+  sd = checkpoint_timm.flat_to_timm(_flatten(params))
+  safetensors_numpy.save_file({k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()},
+                              os.fspath(path))
+
+
+def _grid_shape(num_tokens, given, what):
+  if given is not None:
+    if given[0] * given[1] != num_tokens:
+      raise ValueError(f'{what}={tuple(given)} does not match {num_tokens} position tokens')
+    return tuple(given)
+  side = int(round(np.sqrt(num_tokens)))
+  if side * side != num_tokens:
+    raise ValueError(f'{num_tokens} position tokens are not a square grid; pass {what}=(h, w)')
+  return side, side
+
+
+def resize_posemb(posemb, new_num_tokens, *, num_prefix_tokens, old_grid=None, new_grid=None):
+  """Resamples a [1, prefix + h*w, D] embedding to another grid, keeping the prefix rows.
+
+  Bilinear with corners aligned, exactly as the original: scipy.ndimage.zoom(order=1).
+  """
+  prefix, grid = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
+  gh, gw = _grid_shape(grid.shape[0], old_grid, 'old_grid')
+  nh, nw = _grid_shape(new_num_tokens - num_prefix_tokens, new_grid, 'new_grid')
+  logging.info('Resizing position embedding grid %s -> %s', (gh, gw), (nh, nw))
+  grid = grid.reshape(gh, gw, -1)
+  grid = scipy.ndimage.zoom(grid, (nh / gh, nw / gw, 1), order=1)
+  return np.concatenate([prefix, grid.reshape(1, nh * nw, -1)], axis=1)
+
+
+def check_shapes(restored, expected, *, context=''):
+  """Raises a ValueError naming the first key whose shape differs, and the likely cause."""
+  flat_r, flat_e = _flatten(restored), _flatten(expected)
+  for key in sorted(set(flat_r) & set(flat_e)):
+    if flat_r[key].shape != flat_e[key].shape:
+      if key == POSEMB_PATH:
+        cause = 'the image size or patch size differs from the checkpoint\'s'
+      elif key.startswith('head/'):
+        cause = 'num_classes differs from the checkpoint\'s'
+      else:
+        cause = 'the model name (width, depth, heads, patch size) does not fit the checkpoint'
+      raise ValueError(f'{context}parameter {key}: the model expects shape '
+                       f'{flat_e[key].shape}, the checkpoint has {flat_r[key].shape}; likely '
+                       f'cause: {cause}.')
+  return sorted(set(flat_e) - set(flat_r)), sorted(set(flat_r) - set(flat_e))
+
+
+def load_pretrained(*, pretrained_path, init_params, model_config, old_grid=None,
+                    new_grid=None):
+  """Loads a checkpoint for fine-tuning, with the original's semantics.
+
+  - drops `pre_logits` when `model_config.representation_size` is None;
+  - takes the head from `init_params` (so num_classes may differ);
+  - resizes the position embedding when the grid differs (class-token row kept; non-square
+    grids through `old_grid` / `new_grid` = (h, w));
+  - logs missing and extra keys; missing ones keep their `init_params` values.
+  Returns a tree with the structure of `init_params`.
+  """
+  heads = (model_config.get('transformer') or {}).get('num_heads')
+  restored = _flatten(load(pretrained_path, num_heads=heads))
+  init = _flatten(init_params)
+  if model_config.get('representation_size') is None:
+    if any(k.startswith('pre_logits/') for k in restored):
+      logging.info('load_pretrained: dropping pre_logits (representation_size is None)')
+    restored = {k: v for k, v in restored.items() if not k.startswith('pre_logits/')}
+  for key in [k for k in init if k.startswith('head/')]:
+    restored[key] = init[key]
+  if POSEMB_PATH in restored and POSEMB_PATH in init:
+    old, new = restored[POSEMB_PATH], init[POSEMB_PATH]
+    if old.shape != new.shape:
+      prefix = 1 if 'cls' in init else 0
+      restored[POSEMB_PATH] = resize_posemb(old, new.shape[1], num_prefix_tokens=prefix,
+                                            old_grid=old_grid, new_grid=new_grid)
+  missing, extra = check_shapes(restored, init, context=f'{pretrained_path}: ')
+  if missing:
+    logging.warning('load_pretrained: keys missing from %s (kept at init): %s',
+                    pretrained_path, missing)
+  if extra:
+    logging.warning('load_pretrained: extra keys in %s (ignored): %s', pretrained_path, extra)
+  merged = {k: restored.get(k, v).astype(v.dtype) for k, v in init.items()}
+  return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in merged.items()})
