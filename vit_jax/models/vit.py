@@ -10,6 +10,7 @@ from typing import Any, Mapping, Optional, Sequence, Type
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vit_jax import attention
 from vit_jax.models import attention_layer
 from vit_jax.models import posemb as posemb_lib
 from vit_jax.models import resnet as resnet_lib
@@ -62,6 +63,8 @@ class Encoder1DBlock(nn.Module):
   def __call__(self, inputs, *, deterministic, mask=None):
     if inputs.ndim != 3:
       raise ValueError(f'Encoder1DBlock expects [batch, length, width], got {inputs.shape}')
+    impl = (self.attention or {}).get('impl', 'dense')
+    inputs = attention.constrain_tokens(inputs, impl)
     x = nn.LayerNorm(dtype=self.dtype)(inputs)
     x = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype,
@@ -75,7 +78,7 @@ class Encoder1DBlock(nn.Module):
     y = nn.LayerNorm(dtype=self.dtype)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
                  gelu_approximate=self.gelu_approximate)(y, deterministic=deterministic)
-    return x + y
+    return attention.constrain_tokens(x + y, impl)
 
 
 class Encoder(nn.Module):
