@@ -1,0 +1,1 @@
+"""Dataset preparation that works without network access."""

@@ -1,0 +1,276 @@
+"""Datasets -> per-process numpy batches: TFDS presets, image folders, offline Fashion-MNIST.
+
+Config fields read: dataset (TFDS name or a folder with train/ and test/ subfolders of
+class folders), tfds_data_dir, tfds_manual_dir, fashion_mnist_dir, pp.{train, test, crop,
+resize, inception_crop, flip, mixup, randaugment, channels}, batch, batch_eval,
+shuffle_buffer, seed, prefetch.
+
+Order and resume. Small datasets with fixed image shapes (MNIST, Fashion-MNIST, CIFAR) and
+image folders are indexed: global position p of the run is example
+`index_shuffle(p mod N, seed, epoch)`, and every random augmentation is seeded by
+(config.seed, p). Global batch s is positions [s*B, (s+1)*B); process i takes its slice of it.
+So `get_data(start_step=s)` resumes exactly and instantly, and any process count sees the
+same global batches. Large TFDS datasets (ImageNet, pets, flowers) stream each process's
+`tfds.even_splits` shard, decoded after shuffling; resuming skips the undecoded records.
+
+Eval iterates once over the whole split: the last batch is padded and `mask` marks the real
+examples, so every test example counts exactly once.
+"""
+import functools
+import os
+
+from absl import logging
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from vit_jax import preprocessing as pp_lib
+from vit_jax.datasets import fashion_mnist_local
+
+PRESETS = ('cifar10', 'cifar100', 'imagenet2012', 'oxford_iiit_pet', 'oxford_flowers102',
+           'fashion_mnist', 'mnist')
+_IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+_MAX_IN_MEMORY_BYTES = 2 << 30
+
+
+# ----------------------------------------------------------------------------------- sources
+def _data_dir(config):
+  return config.tfds_data_dir or os.path.expanduser('~/tensorflow_datasets')
+
+
+def _tfds_builder(config):
+  """The prepared TFDS builder, or a clear error within seconds (nothing is downloaded)."""
+  name = config.dataset
+  if name not in tfds.list_builders(with_community_datasets=False):
+    raise ValueError(f'config.dataset={name!r} is neither a TFDS dataset nor a folder; use one '
+                     f'of {PRESETS} or a folder with train/ and test/ class subfolders.')
+  builder = tfds.builder(name, data_dir=_data_dir(config))
+  if builder.is_prepared():
+    return builder
+  if name == 'fashion_mnist' and fashion_mnist_local.source_files_present(
+      config.fashion_mnist_dir):
+    return fashion_mnist_local.prepare_fashion_mnist(config.fashion_mnist_dir,
+                                                     _data_dir(config))
+  if config.tfds_manual_dir:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=config.tfds_manual_dir, try_download_gcs=False))
+    return builder
+  raise ValueError(
+      f'config.dataset={name!r} is not prepared in config.tfds_data_dir={_data_dir(config)!r} '
+      'and this run does not download. Prepare it on a machine with network access: '
+      f'`python -c "import tensorflow_datasets as tfds; tfds.builder({name!r}, '
+      f'data_dir={_data_dir(config)!r}).download_and_prepare()"` (copy the folder here), or '
+      'set config.tfds_manual_dir for datasets with manual downloads (imagenet2012).')
+
+
+def _folder_listing(root, split):
+  """(paths, labels, class names) of `root/split/<class>/*.jpg|png`, classes sorted."""
+  split_dir = os.path.join(root, split)
+  if not os.path.isdir(split_dir):
+    raise ValueError(f'config.dataset={root!r} is a folder but has no {split!r} subfolder; '
+                     'lay it out as {train,test}/<class>/*.jpg|png')
+  classes = sorted(d for d in os.listdir(split_dir)
+                   if os.path.isdir(os.path.join(split_dir, d)))
+  paths, labels = [], []
+  for label, name in enumerate(classes):
+    for f in sorted(os.listdir(os.path.join(split_dir, name))):
+      if f.lower().endswith(_IMAGE_SUFFIXES):
+        paths.append(os.path.join(split_dir, name, f))
+        labels.append(label)
+  if not paths:
+    raise ValueError(f'no .jpg/.png images under {split_dir!r}')
+  return np.array(paths), np.array(labels, np.int64), classes
+
+
+def _split_name(config, mode):
+  return config.pp.train if mode == 'train' else config.pp.test
+
+
+def get_dataset_info(config, split):
+  """{'num_examples', 'num_classes', 'image_shape', 'class_names'} of a split spec."""
+  if os.path.isdir(config.dataset):
+    paths, _, classes = _folder_listing(config.dataset, split)
+    return dict(num_examples=len(paths), num_classes=len(classes),
+                image_shape=(None, None, 3), class_names=classes)
+  builder = _tfds_builder(config)
+  label = builder.info.features['label']
+  return dict(num_examples=builder.info.splits[split].num_examples,
+              num_classes=label.num_classes, image_shape=builder.info.features['image'].shape,
+              class_names=list(label.names))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_arrays(dataset, data_dir, split):
+  builder = tfds.builder(dataset, data_dir=data_dir)
+  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  return data['image'], data['label'].astype(np.int64)
+
+
+def _indexed_source(config, split):
+  """(example_fn(index) -> (uint8 image, label), num_examples, num_classes) or None."""
+  if os.path.isdir(config.dataset):
+    paths, labels, classes = _folder_listing(config.dataset, split)
+    paths_t, labels_t = tf.constant(paths), tf.constant(labels)
+
+    def from_file(index):
+      image = tf.io.decode_image(tf.io.read_file(paths_t[index]), channels=3,
+                                 expand_animations=False)
+      return image, labels_t[index]
+    return from_file, len(paths), len(classes)
+  info = get_dataset_info(config, split)
+  shape = info['image_shape']
+  if None in shape or info['num_examples'] * np.prod(shape) > _MAX_IN_MEMORY_BYTES:
+    return None
+  images, labels = _load_arrays(config.dataset, _data_dir(config), split)
+  images_t, labels_t = tf.constant(images), tf.constant(labels)
+  return (lambda index: (images_t[index], labels_t[index]), len(images), info['num_classes'])
+
+
+# ------------------------------------------------------------------------------ preprocessing
+def _example_seed(config, position):
+  return tf.stack([tf.cast(config.seed, tf.int64), tf.cast(position, tf.int64)])
+
+
+def _preprocess(config, image, position, train):
+  pp = config.pp
+  image = pp_lib.ensure_channels(image, pp.channels)
+  image = tf.cast(image, tf.float32)
+  if train:
+    seed = _example_seed(config, position)
+    if pp.inception_crop:
+      image = pp_lib.inception_crop(image, seed)
+    image = pp_lib.resize(image, pp.crop)
+    if pp.flip:
+      image = pp_lib.random_flip(image, seed + 1)
+    if pp.randaugment.num_layers:
+      image = pp_lib.randaugment(image, seed + 2, pp.randaugment.num_layers,
+                                 pp.randaugment.magnitude)
+  elif pp.resize and pp.resize > pp.crop:
+    image = pp_lib.resize_small_central_crop(image, pp.resize, pp.crop)
+  else:
+    image = pp_lib.resize(image, pp.crop)
+  image = tf.ensure_shape(image, [pp.crop, pp.crop, pp.channels])
+  return (image - 127.5) / 127.5
+
+
+def _process_slice(batch_size, process_index, process_count, field):
+  if batch_size % process_count:
+    raise ValueError(f'{field}={batch_size} is not divisible by the process count '
+                     f'{process_count}; pick a multiple of it.')
+  local = batch_size // process_count
+  return local, process_index * local
+
+
+# ------------------------------------------------------------------------------------ train
+def _indexed_train(config, source, start_step, process_index, process_count):
+  example_fn, n, num_classes = source
+  batch = config.batch
+  local, offset = _process_slice(batch, process_index, process_count, 'config.batch')
+
+  def positions(step):
+    return tf.data.Dataset.range(step * batch + offset, step * batch + offset + local)
+
+  def example(position):
+    epoch, within = position // n, position % n
+    index = tf.random.experimental.index_shuffle(
+        within, tf.stack([tf.cast(config.seed, tf.int64), epoch]),
+        n - 1)
+    image, label = example_fn(index)
+    return {'image': _preprocess(config, image, position, train=True),
+            'label': tf.one_hot(label, num_classes), 'position': position}
+
+  ds = tf.data.Dataset.range(start_step, 2**62).flat_map(positions)
+  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(local, drop_remainder=True)
+
+
+def _streamed_train(config, start_step, process_index, process_count):
+  builder = _tfds_builder(config)
+  local, _ = _process_slice(config.batch, process_index, process_count, 'config.batch')
+  split = tfds.even_splits(config.pp.train, n=process_count)[process_index]
+  num_classes = builder.info.features['label'].num_classes
+  ds = builder.as_dataset(split=split, shuffle_files=True,
+                          read_config=tfds.ReadConfig(shuffle_seed=config.seed),
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  ds = ds.repeat().shuffle(config.shuffle_buffer, seed=config.seed)
+  ds = ds.enumerate().skip(start_step * local)  # undecoded records only
+
+  def example(position, features):
+    position = position * process_count + process_index
+    image = builder.info.features['image'].decode_example(features['image'])
+    return {'image': _preprocess(config, image, position, train=True),
+            'label': tf.one_hot(features['label'], num_classes), 'position': position}
+  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(local, drop_remainder=True)
+
+
+def _finish_train_batch(config, batch):
+  step = batch.pop('position')[0] // config.batch
+  if config.pp.mixup:
+    batch = pp_lib.mixup(batch, _example_seed(config, -1 - step), config.pp.mixup)
+  return batch
+
+
+# ------------------------------------------------------------------------------------- eval
+def _eval_dataset(config, process_index, process_count):
+  batch = config.batch_eval
+  local, offset = _process_slice(batch, process_index, process_count, 'config.batch_eval')
+  split = config.pp.test
+  source = _indexed_source(config, split)
+  if source is not None:
+    example_fn, n, num_classes = source
+    num_batches = -(-n // batch)
+    positions = np.concatenate([np.arange(s * batch + offset, s * batch + offset + local)
+                                for s in range(num_batches)])
+    ds = tf.data.Dataset.from_tensor_slices(positions)
+
+    def example(position):
+      real = position < n
+      image, label = example_fn(tf.minimum(position, n - 1))
+      return {'image': _preprocess(config, image, position, train=False) *
+                       tf.cast(real, tf.float32),
+              'label': tf.one_hot(label, num_classes) * tf.cast(real, tf.float32),
+              'mask': tf.cast(real, tf.float32)}
+    return ds.map(example, num_parallel_calls=tf.data.AUTOTUNE).batch(local)
+  builder = _tfds_builder(config)
+  num_classes = builder.info.features['label'].num_classes
+  splits = tfds.even_splits(split, n=process_count)
+  sizes = [builder.info.splits[s].num_examples for s in splits]
+  num_batches = -(-max(sizes) // local)
+  ds = builder.as_dataset(split=splits[process_index], shuffle_files=False)
+  ds = ds.map(lambda f: {'image': _preprocess(config, f['image'], 0, train=False),
+                         'label': tf.one_hot(f['label'], num_classes),
+                         'mask': tf.constant(1.)}, num_parallel_calls=tf.data.AUTOTUNE)
+  pad = num_batches * local - sizes[process_index]
+  crop, channels = config.pp.crop, config.pp.channels
+  padding = tf.data.Dataset.from_tensors({
+      'image': tf.zeros([crop, crop, channels]), 'label': tf.zeros([num_classes]),
+      'mask': tf.constant(0.)}).repeat(pad)
+  return ds.concatenate(padding).batch(local)
+
+
+# -------------------------------------------------------------------------------------- API
+def get_data(config, mode, *, start_step=0, process_index=None, process_count=None):
+  """Iterator of per-process numpy batches; see the module docstring for the contract."""
+  if mode not in ('train', 'eval'):
+    raise ValueError(f"mode={mode!r} must be 'train' or 'eval'")
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if mode == 'eval':
+    ds = _eval_dataset(config, process_index, process_count)
+  else:
+    source = _indexed_source(config, config.pp.train)
+    if source is not None:
+      ds = _indexed_train(config, source, start_step, process_index, process_count)
+    else:
+      ds = _streamed_train(config, start_step, process_index, process_count)
+    ds = ds.map(functools.partial(_finish_train_batch, config),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.private_threadpool_size = max(os.cpu_count() or 1, 1)
+  ds = ds.with_options(options).prefetch(config.prefetch)
+  logging.info('Input pipeline %s: %s, start_step=%d, process %d/%d', mode, config.dataset,
+               start_step, process_index, process_count)
+  return iter(tfds.as_numpy(ds))
