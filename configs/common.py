@@ -1,0 +1,57 @@
+"""Fields shared by every training config; `vit.py`, `pit.py` and `augreg.py` fill them in.
+
+Every field is read: data fields by vit_jax/input_pipeline.py, optimizer fields by
+vit_jax/optim.py, the rest by vit_jax/train.py.
+"""
+import ml_collections
+
+
+def get_config():
+  """Defaults of the original's fine-tuning setup (SGD + momentum, warmup then cosine)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # Data.
+  config.dataset = ''
+  config.tfds_data_dir = ml_collections.config_dict.placeholder(str)
+  config.tfds_manual_dir = ml_collections.config_dict.placeholder(str)
+  config.fashion_mnist_dir = '/usr/share/datasets/fashion-mnist'
+  config.pp = ml_collections.ConfigDict()
+  config.pp.train = 'train'
+  config.pp.test = 'test'
+  config.pp.crop = 224
+  config.pp.resize = 0  # eval: resize the shorter side to this, then central crop (0: off)
+  config.pp.inception_crop = True
+  config.pp.flip = True
+  config.pp.mixup = 0.0  # Beta(alpha, alpha) mixing; 0 disables
+  config.pp.randaugment = ml_collections.ConfigDict({'num_layers': 0, 'magnitude': 0})
+  config.pp.channels = 3
+  config.batch = 512
+  config.batch_eval = 512
+  config.shuffle_buffer = 50_000
+  config.prefetch = 2
+  # Model (a configs/models.py entry) and pretrained weights.
+  config.model = ml_collections.ConfigDict()
+  config.pretrained_path = ml_collections.config_dict.placeholder(str)
+  config.dtype = 'float32'  # compute dtype; parameters and optimizer state stay float32
+  # Devices.
+  config.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'seq': 1})
+  # Optimizer and schedule.
+  config.optim = 'sgd'
+  config.momentum = 0.9
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.999
+  config.weight_decay = 0.0
+  config.base_lr = 0.03
+  config.warmup_steps = 500
+  config.total_steps = 10_000
+  config.decay_type = 'cosine'
+  config.linear_end = 1e-5
+  config.grad_norm_clip = 1.0
+  config.accum_steps = 8
+  config.label_smoothing = 0.0
+  # Loop.
+  config.eval_every = 100
+  config.progress_every = 10
+  config.checkpoint_every = 1_000
+  config.keep_checkpoints = 3
+  return config

@@ -1,0 +1,82 @@
+"""Pixel Transformer recipes: `--config=configs/pit.py:<recipe>`.
+
+Paper recipes (PiT, one token per pixel, vs its ViT/2 baseline): AdamW with betas
+(0.9, 0.95), base lr 4e-3 at batch 1024 (scaled linearly with the batch), weight decay 0.3,
+linear warmup then cosine decay, MoCo-v3-style augmentation (inception crop, flip,
+RandAugment-like ops). CIFAR-100 at 32x32 (PiT-T/S) and ImageNet at 28x28 (PiT-S/B); the
+epoch counts are set to 300 and are meant to be adjusted.
+
+`fashion_mnist` (the README's main job) and `fashion_mnist_vit2` are sized to train to high
+accuracy on a 2-core CPU in under 10 minutes.
+"""
+import ml_collections
+
+from configs import common
+from configs import models
+from configs import vit
+
+TRAIN_EXAMPLES = {'cifar100': 50_000, 'imagenet2012': 1_281_167, 'fashion_mnist': 60_000}
+_PAPER = {
+    # recipe: (dataset, pixel-token model, crop, test split)
+    'cifar100_pit_t': ('cifar100', 'PiT-T', 32, 'test'),
+    'cifar100_pit_s': ('cifar100', 'PiT-S', 32, 'test'),
+    'imagenet_pit_s': ('imagenet2012', 'PiT-S', 28, 'validation'),
+    'imagenet_pit_b': ('imagenet2012', 'PiT-B', 28, 'validation'),
+}
+
+
+def _vit2(pit_config):
+  """The ViT/2 baseline of a PiT: same transformer, 2x2 patches."""
+  config = ml_collections.ConfigDict(pit_config.to_dict())
+  config.model_name = pit_config.model_name.replace('PiT', 'ViT') + '/2'
+  config.patches.size = (2, 2)
+  return config
+
+
+def _paper_recipe(config, dataset, model, crop, test, epochs=300, batch=1024):
+  config.dataset = dataset
+  config.model = model
+  config.pp.update(dict(train='train', test=test, crop=crop, resize=0, inception_crop=True,
+                        flip=True, channels=3))
+  config.pp.randaugment.update(dict(num_layers=2, magnitude=9))
+  config.optim = 'adamw'
+  config.adam_b1, config.adam_b2 = 0.9, 0.95
+  config.weight_decay = 0.3
+  config.batch = config.batch_eval = batch
+  config.base_lr = 4e-3 * batch / 1024
+  config.accum_steps = 1
+  steps_per_epoch = TRAIN_EXAMPLES[dataset] // batch
+  config.total_steps = epochs * steps_per_epoch
+  config.warmup_steps = 20 * steps_per_epoch
+  config.eval_every = 5 * steps_per_epoch
+  config.checkpoint_every = steps_per_epoch
+
+
+def _fashion_mnist(config, model, crop):
+  config.dataset = 'fashion_mnist'
+  config.model = model
+  config.pp.update(dict(train='train', test='test', crop=crop, resize=0,
+                        inception_crop=False, flip=True, channels=1))
+  vit.from_scratch_recipe(config)
+  config.total_steps = 3_000
+  config.warmup_steps = 150
+  config.base_lr = 3e-3
+
+
+def get_config(recipe='fashion_mnist'):
+  config = common.get_config()
+  if recipe in _PAPER:
+    dataset, model, crop, test = _PAPER[recipe]
+    _paper_recipe(config, dataset, models.MODEL_CONFIGS[model], crop, test)
+  elif recipe.endswith('_vit2') and recipe[:-5] in _PAPER:
+    dataset, model, crop, test = _PAPER[recipe[:-5]]
+    _paper_recipe(config, dataset, _vit2(models.MODEL_CONFIGS[model]), crop, test)
+  elif recipe == 'fashion_mnist':
+    # One token per pixel of a 14x14 Fashion-MNIST image: 196 pixel tokens.
+    _fashion_mnist(config, vit.small_vit('PiT-fmnist', 1, 64, 4, 4, 128), crop=14)
+  elif recipe == 'fashion_mnist_vit2':
+    _fashion_mnist(config, _vit2(vit.small_vit('PiT-fmnist', 1, 64, 4, 4, 128)), crop=28)
+  else:
+    raise ValueError(f'unknown recipe {recipe!r}; one of {sorted(_PAPER)}, their *_vit2 '
+                     'baselines, fashion_mnist, fashion_mnist_vit2')
+  return config.lock()

@@ -1,0 +1,86 @@
+"""Fine-tuning / training ViT: `--config=configs/vit.py:<model>,<dataset>`, e.g. `b16,cifar10`.
+
+<model> is a getter of configs/models.py without `get_`/`_config` (ti16, s16, b16, l16, h14,
+b8, s32, b32, l32, r50_b16, testing, ...) or one of the small from-scratch models below;
+<dataset> is a key of DATASET_PRESETS.
+"""
+import ml_collections
+
+from configs import common
+from configs import models
+
+DATASET_PRESETS = {
+    'cifar10': dict(total_steps=10_000, pp=dict(train='train[:98%]', test='test', crop=384)),
+    'cifar100': dict(total_steps=10_000, pp=dict(train='train[:98%]', test='test', crop=384)),
+    'imagenet2012': dict(total_steps=20_000,
+                         pp=dict(train='train[:99%]', test='validation', crop=384)),
+    'oxford_iiit_pet': dict(total_steps=500, pp=dict(train='train[:90%]', test='test',
+                                                     crop=384)),
+    'oxford_flowers102': dict(total_steps=500, pp=dict(train='train[:90%]', test='test',
+                                                       crop=384)),
+    'mnist': dict(total_steps=2_000, pp=dict(crop=28, channels=1, inception_crop=False,
+                                             flip=False)),
+    'fashion_mnist': dict(total_steps=2_000, pp=dict(crop=28, channels=1,
+                                                     inception_crop=False, flip=True)),
+}
+
+
+def small_vit(name, patch, width, depth, heads, mlp):
+  config = ml_collections.ConfigDict()
+  config.model_name = name
+  config.patches = ml_collections.ConfigDict({'size': (patch, patch)})
+  config.hidden_size = width
+  config.transformer = ml_collections.ConfigDict(dict(
+      mlp_dim=mlp, num_heads=heads, num_layers=depth, dropout_rate=0.0,
+      attention_dropout_rate=0.0))
+  config.classifier = 'gap'
+  config.representation_size = None
+  return config
+
+
+# Small ViTs trained from scratch on 28x28 images (4x4 patches: 49 tokens).
+SMALL_MODELS = {
+    'vit4': lambda: small_vit('ViT-4x4-small', 4, 128, 6, 4, 256),
+}
+
+
+def model_config(name):
+  if name in SMALL_MODELS:
+    return SMALL_MODELS[name]()
+  getter = getattr(models, f'get_{name}_config', None)
+  if getter is None:
+    raise ValueError(f'unknown model {name!r}; use a configs/models.py getter name (b16, '
+                     f'ti16, r50_b16, ...) or one of {sorted(SMALL_MODELS)}')
+  return getter()
+
+
+def from_scratch_recipe(config):
+  """AdamW from scratch, sized for small grayscale datasets on a CPU."""
+  config.optim = 'adamw'
+  config.adam_b2 = 0.95
+  config.weight_decay = 0.05
+  config.accum_steps = 1
+  config.batch = 128
+  config.batch_eval = 1000
+  config.base_lr = 2e-3
+  config.warmup_steps = 200
+  config.shuffle_buffer = 0
+  config.eval_every = 500
+  config.checkpoint_every = 500
+
+
+def get_config(model_and_dataset='b16,cifar10'):
+  model, dataset = model_and_dataset.split(',')
+  if dataset not in DATASET_PRESETS:
+    raise ValueError(f'unknown dataset preset {dataset!r}; one of {sorted(DATASET_PRESETS)}')
+  config = common.get_config()
+  config.model = model_config(model)
+  config.dataset = dataset
+  preset = DATASET_PRESETS[dataset]
+  config.total_steps = preset['total_steps']
+  config.pp.update(preset['pp'])
+  if dataset in ('mnist', 'fashion_mnist'):
+    from_scratch_recipe(config)
+    if model == 'vit4':
+      config.total_steps = 4_000
+  return config.lock()

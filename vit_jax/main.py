@@ -1,0 +1,44 @@
+"""Entry point, as the original: python -m vit_jax.main --workdir=DIR --config=FILE:ARG.
+
+  python -m vit_jax.main --workdir=/tmp/vit --config=configs/vit.py:b16,cifar10 \
+      --config.base_lr=0.01
+
+Multi-process: --coordinator_address=host:port --num_processes=N --process_id=i (or the
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).
+"""
+import json
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file('config', None, 'Training config file:arg.', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go; resumes from it.')
+flags.DEFINE_string('coordinator_address', None, 'jax.distributed coordinator host:port.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process runs).')
+flags.DEFINE_integer('process_id', None, 'This process index (multi-process runs).')
+flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Imported here so that the flags above parse before TensorFlow and JAX start.
+  from vit_jax import parallel  # pylint: disable=g-import-not-at-top
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')  # tf.data only; the accelerators are JAX's
+  logging.info('Config:\n%s', FLAGS.config)
+  result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if 'eval_accuracy' in result:
+    print(f'Final test accuracy: {result["eval_accuracy"]:.4f} over '
+          f'{result["eval_examples"]} test images (step {result["step"]})')
+  print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,106 @@
+"""Meshes, sharding rules and multi-process setup: the one place where sharding is declared.
+
+Mesh axes: `data` (batch), `fsdp` (batch, and parameters sharded along their largest
+dimension), `seq` (the token axis of activations, for sequence-sharded attention).
+"""
+import os
+import re
+
+from absl import logging
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+AXES = ('data', 'fsdp', 'seq')
+BATCH_AXES = ('data', 'fsdp')
+# Ordered (regex over '/'-joined parameter or optimizer-state paths, rule); first match wins.
+# 'fsdp': shard the largest dimension divisible by the fsdp axis; 'replicate': no sharding.
+PARAM_RULES = (
+    (r'.*(LayerNorm|encoder_norm|gn_|bias|scale|cls).*', 'replicate'),
+    (r'.*', 'fsdp'),
+)
+
+
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
+  """jax.distributed.initialize from arguments or JAX_COORDINATOR_ADDRESS/... env vars."""
+  coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+  if not coordinator_address:
+    return
+  if jax.distributed.is_initialized():
+    return
+  num_processes = int(num_processes or os.environ['JAX_NUM_PROCESSES'])
+  process_id = int(process_id if process_id is not None else os.environ['JAX_PROCESS_ID'])
+  if os.environ.get('JAX_PLATFORMS', 'cpu').startswith('cpu'):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  logging.info('Process %d of %d, %d local / %d global devices', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def create_mesh(mesh_config):
+  """Mesh over all devices from config.mesh = {data, fsdp, seq}; one size may be -1."""
+  sizes = [int(mesh_config.get(axis, 1)) for axis in AXES]
+  unknown = [i for i, s in enumerate(sizes) if s == -1]
+  known = int(np.prod([s for s in sizes if s != -1]))
+  n = jax.device_count()
+  if len(unknown) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f'config.mesh={dict(zip(AXES, sizes))}: at most one axis may be -1 and '
+                     'the others must be positive')
+  if unknown and n % known == 0:
+    sizes[unknown[0]] = n // known
+  if int(np.prod(sizes)) != n:
+    raise ValueError(f'config.mesh={dict(zip(AXES, sizes))} needs {int(np.prod(sizes))} '
+                     f'devices but there are {n}; make the product of the axis sizes equal '
+                     f'{n} (or set one axis to -1).')
+  return jax.make_mesh(tuple(sizes), AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+
+
+def data_parallel_size(mesh):
+  return mesh.shape['data'] * mesh.shape['fsdp']
+
+
+def validate_batch(batch_size, mesh, field='config.batch'):
+  dp = data_parallel_size(mesh)
+  if batch_size % dp or batch_size % jax.process_count():
+    raise ValueError(f'{field}={batch_size} is not divisible by the {dp} data-parallel devices '
+                     f'(mesh data x fsdp) and {jax.process_count()} processes; use a multiple '
+                     'of both.')
+
+
+def _spec_for(path, shape, fsdp):
+  for pattern, rule in PARAM_RULES:
+    if re.fullmatch(pattern, path):
+      break
+  if rule == 'replicate' or fsdp == 1 or not shape:
+    return P()
+  dims = sorted(range(len(shape)), key=lambda d: -shape[d])
+  for d in dims:
+    if shape[d] % fsdp == 0 and shape[d] >= fsdp:
+      spec = [None] * len(shape)
+      spec[d] = 'fsdp'
+      return P(*spec)
+  return P()
+
+
+def param_shardings(abstract_tree, mesh):
+  """NamedSharding for every leaf of a parameter or optimizer-state tree, by PARAM_RULES."""
+  fsdp = mesh.shape['fsdp']
+
+  def one(path, leaf):
+    name = '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+                    for k in path)
+    return NamedSharding(mesh, _spec_for(name, tuple(getattr(leaf, 'shape', ())), fsdp))
+  return jax.tree_util.tree_map_with_path(one, abstract_tree)
+
+
+def batch_sharding(mesh):
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def global_batch(local_batch, mesh):
+  """Per-process numpy batch -> dict of global jax.Arrays sharded over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}

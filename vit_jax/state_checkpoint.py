@@ -1,0 +1,57 @@
+"""Orbax checkpoints of the whole train state: asynchronous, keeps N, survives preemption.
+
+A newest checkpoint that cannot be read (a crash mid-write, a corrupted file) is skipped with
+a warning and the previous one is restored; nothing is deleted.
+"""
+import signal
+
+from absl import logging
+import orbax.checkpoint as ocp
+
+
+class TrainStateCheckpointer:
+  """Saves and restores one pytree (the train state) under `directory`."""
+
+  def __init__(self, directory, *, max_to_keep, save_interval_steps):
+    self._manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+            enable_async_checkpointing=True, create=True))
+    self._preempted = False
+
+  def restore(self, abstract_state):
+    """(state, step) from the newest readable checkpoint, or None when there is none."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('Checkpoint at step %d in %s is unreadable (%s: %s); trying the '
+                        'previous one. Nothing is deleted.', step, self._manager.directory,
+                        type(e).__name__, e)
+        continue
+      logging.info('Restored checkpoint at step %d from %s', step, self._manager.directory)
+      return state, step
+    return None
+
+  def save(self, step, state, force=False):
+    """Starts an asynchronous save (if due at this step, or forced); returns whether it did."""
+    return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  def install_sigterm_handler(self):
+    def on_sigterm(signum, frame):
+      del signum, frame
+      logging.warning('SIGTERM: saving a checkpoint at the next step and stopping.')
+      self._preempted = True
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+  def preemption_requested(self):
+    return self._preempted
+
+  def latest_step(self):
+    return self._manager.latest_step()
+
+  def wait_until_finished(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.close()

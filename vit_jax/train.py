@@ -1,0 +1,225 @@
+"""train_and_evaluate(config, workdir): the train loop on jax.jit + NamedSharding.
+
+Everything is a deterministic function of (config, step): the data comes from
+`input_pipeline.get_data(start_step=step)`, the dropout rng is fold_in(seed, step). A run
+killed at any point and restarted from its last checkpoint ends bitwise equal to one that was
+never interrupted.
+"""
+import os
+import time
+
+from absl import logging
+from clu import parameter_overview
+from clu import periodic_actions
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vit_jax import checkpoint
+from vit_jax import input_pipeline
+from vit_jax import metrics
+from vit_jax import optim
+from vit_jax import parallel
+from vit_jax import state_checkpoint
+from vit_jax.models import VisionTransformer
+
+
+def make_model(config, num_classes):
+  return VisionTransformer(num_classes=num_classes, dtype=jnp.dtype(config.dtype),
+                           **config.model)
+
+
+def _to_host(x):
+  """A replicated (possibly multi-process) array as numpy."""
+  return np.asarray(x.addressable_data(0))
+
+
+def validate_config(config, mesh):
+  """Errors that would otherwise surface mid-compile or hours later; names the field."""
+  parallel.validate_batch(config.batch, mesh, 'config.batch')
+  parallel.validate_batch(config.batch_eval, mesh, 'config.batch_eval')
+  micro = config.batch // config.accum_steps
+  if config.batch % config.accum_steps or micro % parallel.data_parallel_size(mesh):
+    raise ValueError(f'config.batch={config.batch} / config.accum_steps={config.accum_steps} '
+                     f'must give a whole micro-batch divisible by the '
+                     f'{parallel.data_parallel_size(mesh)} data-parallel devices.')
+  ph, pw = config.model.patches.size
+  stem = 1
+  if config.model.get('resnet') is not None:
+    stem = 4 * 2**max(len(config.model.resnet.num_layers) - 1, 0)
+  if config.pp.crop % (ph * stem) or config.pp.crop % (pw * stem):
+    raise ValueError(f'config.pp.crop={config.pp.crop} is not divisible by '
+                     f'config.model.patches.size={tuple(config.model.patches.size)}'
+                     + (f' x {stem} (ResNet stem)' if stem > 1 else '')
+                     + '; change the crop size or the patch size.')
+  if config.pretrained_path and not os.path.exists(config.pretrained_path):
+    raise FileNotFoundError(f'config.pretrained_path={config.pretrained_path!r} does not '
+                            'exist; fix the path or set it to None to train from scratch.')
+
+
+def _loss_fn(model, config, num_classes):
+  def loss_fn(params, images, labels, rng):
+    logits = model.apply({'params': params}, images, train=True, rngs={'dropout': rng})
+    if config.label_smoothing:
+      labels = labels * (1. - config.label_smoothing) + config.label_smoothing / num_classes
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), labels).mean()
+  return loss_fn
+
+
+def make_train_step(model, tx, schedule, config, num_classes):
+  """Pure (state, batch) -> (state, metrics); gradients accumulated over accum_steps."""
+  grad_fn = jax.value_and_grad(_loss_fn(model, config, num_classes))
+  accum = config.accum_steps
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state['step'])
+    params = state['params']
+    if accum == 1:
+      loss, grads = grad_fn(params, batch['image'], batch['label'], rng)
+    else:
+      split = lambda x: x.reshape((-1, accum) + x.shape[1:]).swapaxes(0, 1)
+      images, labels = split(batch['image']), split(batch['label'])
+
+      def micro_step(carry, i):
+        loss, grads = grad_fn(params, images[i], labels[i], jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (loss, grads)), None
+      zeros = (jnp.zeros([], jnp.float32), jax.tree.map(jnp.zeros_like, params))
+      (loss, grads), _ = jax.lax.scan(micro_step, zeros, jnp.arange(accum))
+      loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
+    updates, opt_state = tx.update(grads, state['opt_state'], params)
+    new_state = dict(state, step=state['step'] + 1, params=optax.apply_updates(params, updates),
+                     opt_state=opt_state)
+    return new_state, {'loss': loss, 'grad_norm': optax.global_norm(grads),
+                       'learning_rate': schedule(state['step'])}
+  return train_step
+
+
+def make_eval_step(model):
+  def eval_step(params, batch):
+    logits = model.apply({'params': params}, batch['image'], train=False)
+    correct = jnp.argmax(logits, -1) == jnp.argmax(batch['label'], -1)
+    return jnp.sum(correct * batch['mask']), jnp.sum(batch['mask'])
+  return eval_step
+
+
+def _state_from(tx, params):
+  return {'step': jnp.zeros([], jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+
+
+def abstract_train_state(config, model, tx, mesh, image_shape):
+  """Shapes, dtypes and shardings of the train state, nothing allocated."""
+  def init():
+    return _state_from(tx, model.init(jax.random.PRNGKey(config.seed),
+                                      jnp.zeros((1,) + image_shape), train=False)['params'])
+  abstract = jax.eval_shape(init)
+  shardings = parallel.param_shardings(abstract, mesh)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings), shardings
+
+
+def create_train_state(config, model, tx, shardings, image_shape):
+  """Initial state created already sharded (jit of init with out_shardings)."""
+  def init(rng):
+    return model.init(rng, jnp.zeros((1,) + image_shape), train=False)['params']
+  params = jax.jit(init, out_shardings=shardings['params'])(jax.random.PRNGKey(config.seed))
+  if config.pretrained_path:
+    params = checkpoint.load_pretrained(
+        pretrained_path=config.pretrained_path, init_params=jax.device_get(params),
+        model_config=config.model)
+  return jax.jit(lambda p: _state_from(tx, p), out_shardings=shardings)(params)
+
+
+def evaluate(config, eval_step, params, mesh):
+  """Accuracy over every example of the test split (padded batches are masked)."""
+  correct = total = 0.
+  for batch in input_pipeline.get_data(config, 'eval'):
+    c, n = eval_step(params, parallel.global_batch(batch, mesh))
+    correct += float(_to_host(c))
+    total += float(_to_host(n))
+  return correct / max(total, 1.), int(total)
+
+
+def train_and_evaluate(config, workdir):
+  """Trains (resuming from `workdir` if it has checkpoints); returns the final metrics."""
+  # ----------------------------------------------------------------------------- setup
+  mesh = parallel.create_mesh(config.mesh)
+  validate_config(config, mesh)
+  info = input_pipeline.get_dataset_info(config, config.pp.train)
+  num_classes = info['num_classes']
+  model = make_model(config, num_classes)
+  tx, schedule = optim.make_optimizer(config)
+  image_shape = (config.pp.crop, config.pp.crop, config.pp.channels)
+  os.makedirs(workdir, exist_ok=True)
+  logger = metrics.MetricsLogger(workdir)
+  ckpt = state_checkpoint.TrainStateCheckpointer(
+      os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints,
+      save_interval_steps=1)
+  ckpt.install_sigterm_handler()
+
+  with jax.set_mesh(mesh):
+    # ------------------------------------------------------------------------- state
+    target, shardings = abstract_train_state(config, model, tx, mesh, image_shape)
+    restored = ckpt.restore(target)
+    if restored is None:
+      state = create_train_state(config, model, tx, shardings, image_shape)
+    else:
+      state = restored[0]
+    start_step = int(_to_host(state['step']))
+    parameter_overview.log_parameter_overview(jax.device_get(state['params']),
+                                              msg=f'{config.model.model_name} parameters')
+
+    # ------------------------------------------------------------------------- steps
+    batch_sharding = parallel.batch_sharding(mesh)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    train_step = jax.jit(make_train_step(model, tx, schedule, config, num_classes),
+                         in_shardings=(shardings, batch_sharding),
+                         out_shardings=(shardings, replicated), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(model),
+                        in_shardings=(shardings['params'], batch_sharding),
+                        out_shardings=replicated)
+
+    # -------------------------------------------------------------------------- loop
+    total = config.total_steps
+    report = periodic_actions.ReportProgress(num_train_steps=total, writer=logger.writer,
+                                             every_secs=None, every_steps=config.progress_every)
+    train_iter = input_pipeline.get_data(config, 'train', start_step=start_step)
+    logging.info('Training steps %d..%d of %s on %s', start_step + 1, total,
+                 config.dataset, dict(mesh.shape))
+    result, last_log, last_time = {}, start_step, time.time()
+    for step in range(start_step + 1, total + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, step_metrics = train_step(state, parallel.global_batch(next(train_iter), mesh))
+      report(step)
+      due_ckpt = step % config.checkpoint_every == 0 or step == total
+      if step % config.progress_every == 0 or step == total or due_ckpt or (
+          ckpt.preemption_requested()):
+        host = {k: float(_to_host(v)) for k, v in step_metrics.items()}
+        if not np.isfinite(host['loss']):
+          ckpt.wait_until_finished()
+          raise FloatingPointError(
+              f'train loss is {host["loss"]} at step {step}; stopping. The last good '
+              f'checkpoint (step {ckpt.latest_step()}) is kept in {workdir}. Lower '
+              'config.base_lr, raise config.warmup_steps or set config.grad_norm_clip.')
+        now = time.time()
+        logger.write(step, train_loss=host['loss'], learning_rate=host['learning_rate'],
+                     grad_norm=host['grad_norm'],
+                     examples_per_sec=(step - last_log) * config.batch / (now - last_time))
+        last_log, last_time = step, now
+        result['train_loss'] = host['loss']
+      if (config.eval_every and step % config.eval_every == 0) or step == total:
+        accuracy, count = evaluate(config, eval_step, state['params'], mesh)
+        logger.write(step, eval_accuracy=accuracy)
+        logging.info('Step %d: test accuracy %.4f over %d examples', step, accuracy, count)
+        result.update(eval_accuracy=accuracy, eval_examples=count)
+        last_time = time.time()
+      if due_ckpt or ckpt.preemption_requested():
+        ckpt.save(step, state, force=True)
+      if ckpt.preemption_requested():
+        logging.warning('Stopping at step %d after SIGTERM; checkpoint saved.', step)
+        break
+    ckpt.wait_until_finished()
+    ckpt.close()
+    logger.flush()
+  result['step'] = int(_to_host(state['step']))
+  return result
