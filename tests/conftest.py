@@ -10,3 +10,16 @@ os.environ.setdefault('TFDS_DISABLE_GCS', '1')
 import jax  # pylint: disable=g-import-not-at-top
 
 jax.config.update('jax_default_matmul_precision', 'highest')
+
+import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+
+
+@pytest.fixture(scope='session')
+def fashion_mnist_data_dir(tmp_path_factory):
+  """A tfds data_dir with fashion_mnist prepared offline from Debian's files (once)."""
+  from vit_jax.datasets import fashion_mnist_local  # pylint: disable=import-outside-toplevel
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  fashion_mnist_local.prepare_fashion_mnist(FASHION_MNIST_DIR, data_dir)
+  return data_dir

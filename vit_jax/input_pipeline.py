@@ -95,7 +95,11 @@ def get_dataset_info(config, split):
                 image_shape=(None, None, 3), class_names=classes)
   builder = _tfds_builder(config)
   label = builder.info.features['label']
-  return dict(num_examples=builder.info.splits[split].num_examples,
+  if builder.info.splits:
+    num_examples = builder.info.splits[split].num_examples
+  else:  # metadata without split sizes (mocked data): count the records
+    num_examples = int(builder.as_dataset(split=split).cardinality())
+  return dict(num_examples=num_examples,
               num_classes=label.num_classes, image_shape=builder.info.features['image'].shape,
               class_names=list(label.names))
 
@@ -103,8 +107,10 @@ def get_dataset_info(config, split):
 @functools.lru_cache(maxsize=4)
 def _load_arrays(dataset, data_dir, split):
   builder = tfds.builder(dataset, data_dir=data_dir)
-  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-  return data['image'], data['label'].astype(np.int64)
+  ds = builder.as_dataset(split=split).map(lambda f: (f['image'], f['label'])).batch(8192)
+  parts = list(tfds.as_numpy(ds))
+  return (np.concatenate([p[0] for p in parts]),
+          np.concatenate([p[1] for p in parts]).astype(np.int64))
 
 
 def _indexed_source(config, split):
@@ -257,6 +263,9 @@ def get_data(config, mode, *, start_step=0, process_index=None, process_count=No
     raise ValueError(f"mode={mode!r} must be 'train' or 'eval'")
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
+  batch_field = 'config.batch' if mode == 'train' else 'config.batch_eval'
+  _process_slice(config.batch if mode == 'train' else config.batch_eval, process_index,
+                 process_count, batch_field)
   if mode == 'eval':
     ds = _eval_dataset(config, process_index, process_count)
   else:

@@ -1,0 +1,138 @@
+"""Input pipeline: real offline Fashion-MNIST, mocked TFDS, folders, order, resume, eval."""
+import gzip
+import os
+import time
+from unittest import mock
+
+import ml_collections
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+from vit_jax import input_pipeline
+from vit_jax import preprocessing
+
+FMNIST = '/usr/share/datasets/fashion-mnist'
+
+
+def _config(**overrides):
+  config = ml_collections.ConfigDict(dict(
+      dataset='fashion_mnist', tfds_data_dir=None, tfds_manual_dir=None,
+      fashion_mnist_dir=FMNIST, batch=32, batch_eval=64, shuffle_buffer=16, seed=0, prefetch=1,
+      pp=dict(train='train', test='test', crop=14, resize=0, inception_crop=False, flip=True,
+              mixup=0.0, randaugment=dict(num_layers=0, magnitude=0), channels=3)))
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def _idx(name, header):
+  with gzip.open(os.path.join(FMNIST, name)) as f:
+    return np.frombuffer(f.read(), np.uint8)[header:]
+
+
+def test_offline_fashion_mnist_is_the_real_data(fashion_mnist_data_dir):
+  builder = tfds.builder('fashion_mnist', data_dir=fashion_mnist_data_dir)
+  assert builder.is_prepared()
+  assert builder.info.splits['train'].num_examples == 60_000
+  test = tfds.as_numpy(builder.as_dataset(split='test', batch_size=-1))
+  images = _idx('t10k-images-idx3-ubyte.gz', 16).reshape(-1, 28, 28)
+  labels = _idx('t10k-labels-idx1-ubyte.gz', 8)
+  assert np.bincount(test['label']).tolist() == [1000] * 10
+  # Same (image, label) pairs as the idx files, whatever the order TFDS wrote them in.
+  from_idx = sorted((img.tobytes(), int(lab)) for img, lab in zip(images, labels))
+  from_tfds = sorted((img[..., 0].tobytes(), int(lab))
+                     for img, lab in zip(test['image'], test['label']))
+  assert from_idx == from_tfds
+
+
+def test_train_batches_are_deterministic_resumable_and_rgb(fashion_mnist_data_dir):
+  config = _config(tfds_data_dir=fashion_mnist_data_dir)
+  run = input_pipeline.get_data(config, 'train')
+  batches = [next(run) for _ in range(4)]
+  assert batches[0]['image'].shape == (32, 14, 14, 3)  # grayscale -> RGB for the model
+  assert batches[0]['image'].min() >= -1 and batches[0]['image'].max() <= 1
+  np.testing.assert_array_equal(batches[0]['label'].sum(1), 1.)
+  again = next(input_pipeline.get_data(config, 'train'))
+  np.testing.assert_array_equal(again['image'], batches[0]['image'])
+  resumed = next(input_pipeline.get_data(config, 'train', start_step=3))
+  np.testing.assert_array_equal(resumed['image'], batches[3]['image'])
+  other = next(input_pipeline.get_data(_config(tfds_data_dir=fashion_mnist_data_dir, seed=1),
+                                       'train'))
+  assert not np.array_equal(other['image'], batches[0]['image'])
+  # Two processes see the two halves of the same global batch.
+  halves = [next(input_pipeline.get_data(config, 'train', start_step=3, process_index=i,
+                                         process_count=2)) for i in range(2)]
+  np.testing.assert_array_equal(np.concatenate([h['image'] for h in halves]),
+                                batches[3]['image'])
+
+
+def test_eval_counts_every_example_once_across_processes(fashion_mnist_data_dir):
+  config = _config(tfds_data_dir=fashion_mnist_data_dir, batch_eval=96)
+  per_process = []
+  for i in range(3):
+    batches = list(input_pipeline.get_data(config, 'eval', process_index=i, process_count=3))
+    per_process.append(batches)
+  assert len({len(b) for b in per_process}) == 1  # equal batch counts on every process
+  total = sum(b['mask'].sum() for batches in per_process for b in batches)
+  assert total == 10_000
+  labels = sum(b['label'].sum(0) for batches in per_process for b in batches)
+  np.testing.assert_array_equal(labels, [1000] * 10)
+
+
+def test_mocked_tfds_preset_with_all_augmentations(tmp_path):
+  config = _config(dataset='cifar10', tfds_data_dir=str(tmp_path), batch=8, batch_eval=8,
+                   **{'pp.crop': 16, 'pp.inception_crop': True, 'pp.mixup': 0.2,
+                      'pp.randaugment.num_layers': 2, 'pp.randaugment.magnitude': 9,
+                      'pp.resize': 20})
+  with tfds.testing.mock_data(num_examples=20), mock.patch.object(
+      tfds.core.DatasetBuilder, 'is_prepared', return_value=True):
+    batch = next(input_pipeline.get_data(config, 'train'))
+    assert batch['image'].shape == (8, 16, 16, 3)
+    np.testing.assert_allclose(batch['label'].sum(1), 1., atol=1e-6)  # mixup keeps sums
+    assert np.abs(batch['image']).max() <= 1.0 + 1e-6
+    masks = [b['mask'] for b in input_pipeline.get_data(config, 'eval')]
+    assert sum(m.sum() for m in masks) == 20 and len(masks) == 3
+
+
+def test_image_folder(tmp_path):
+  rng = np.random.default_rng(0)
+  for split, count in (('train', 3), ('test', 2)):
+    for name in ('cat', 'dog'):
+      os.makedirs(tmp_path / split / name)
+      for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), np.uint8)).save(
+            tmp_path / split / name / f'{i}.png')
+  config = _config(dataset=str(tmp_path), batch=4, batch_eval=3)
+  info = input_pipeline.get_dataset_info(config, 'train')
+  assert info['num_classes'] == 2 and info['class_names'] == ['cat', 'dog']
+  assert next(input_pipeline.get_data(config, 'train'))['image'].shape == (4, 14, 14, 3)
+  evals = list(input_pipeline.get_data(config, 'eval'))
+  assert sum(b['mask'].sum() for b in evals) == 4
+
+
+def test_clear_errors_in_seconds(tmp_path):
+  with pytest.raises(ValueError, match="config.dataset='no_such_set'"):
+    input_pipeline.get_dataset_info(_config(dataset='no_such_set'), 'train')
+  start = time.time()
+  with pytest.raises(ValueError, match='not prepared.*download_and_prepare'):
+    input_pipeline.get_dataset_info(_config(dataset='cifar10', tfds_data_dir=str(tmp_path)),
+                                    'train')
+  assert time.time() - start < 20
+  with pytest.raises(ValueError, match='config.batch=32 is not divisible'):
+    input_pipeline.get_data(_config(dataset=str(tmp_path)), 'train', process_count=3,
+                            process_index=0)
+
+
+def test_preprocessing_ops_shapes_and_ranges():
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  image = tf.constant(np.random.default_rng(0).integers(0, 255, (40, 30, 3)), tf.float32)
+  seed = tf.constant([1, 2], tf.int64)
+  assert preprocessing.resize_small_central_crop(image, 24, 20).shape == (20, 20, 3)
+  assert preprocessing.inception_crop(image, seed).shape[-1] == 3
+  for i in range(preprocessing.NUM_RANDAUGMENT_OPS):
+    out = preprocessing.randaugment(image, tf.constant([i, 5], tf.int64), 3, 10)
+    assert out.shape == (40, 30, 3)
+    assert float(tf.reduce_min(out)) >= 0 and float(tf.reduce_max(out)) <= 255
+  same = [preprocessing.randaugment(image, seed, 2, 9) for _ in range(2)]
+  np.testing.assert_array_equal(same[0], same[1])
