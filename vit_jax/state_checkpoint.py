@@ -1,9 +1,12 @@
 """Orbax checkpoints of the whole train state: asynchronous, keeps N, survives preemption.
 
 A newest checkpoint that cannot be read (a crash mid-write, a corrupted file) is skipped with
-a warning and the previous one is restored; nothing is deleted.
+a warning and the previous one is restored. Nothing is deleted: the unreadable step is moved
+to `<directory>.unreadable/<step>` so the resumed run can write that step again.
 """
+import os
 import signal
+import time
 
 from absl import logging
 import orbax.checkpoint as ocp
@@ -25,13 +28,22 @@ class TrainStateCheckpointer:
       try:
         state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('Checkpoint at step %d in %s is unreadable (%s: %s); trying the '
-                        'previous one. Nothing is deleted.', step, self._manager.directory,
-                        type(e).__name__, e)
+        aside = self._move_aside(step)
+        logging.warning('Checkpoint at step %d in %s is unreadable (%s: %s); moved it to %s '
+                        'and trying the previous one. Nothing is deleted.', step,
+                        self._manager.directory, type(e).__name__, str(e)[:500], aside)
         continue
       logging.info('Restored checkpoint at step %d from %s', step, self._manager.directory)
       return state, step
     return None
+
+  def _move_aside(self, step):
+    directory = os.fspath(self._manager.directory)
+    aside = os.path.join(f'{directory}.unreadable', f'{step}-{int(time.time())}')
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    os.rename(os.path.join(directory, str(step)), aside)
+    self._manager.reload()
+    return aside
 
   def save(self, step, state, force=False):
     """Starts an asynchronous save (if due at this step, or forced); returns whether it did."""

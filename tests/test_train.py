@@ -1,0 +1,199 @@
+"""Train loop: real offline data, mocked TFDS, seq-sharded PiT, fine-tuning, errors, configs."""
+import json
+import os
+import pathlib
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import common
+from configs import pit as pit_configs
+from configs import vit as vit_configs
+from vit_jax import metrics
+from vit_jax import optim
+from vit_jax import parallel
+from vit_jax import train
+
+FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
+
+
+def tiny_config(data_dir, **overrides):
+  """The Fashion-MNIST PiT preset shrunk to seconds: 8x8 pixels, width 16, one block."""
+  config = pit_configs.get_config('fashion_mnist')
+  config.unlock()
+  config.update_from_flattened_dict({
+      'tfds_data_dir': data_dir, 'pp.crop': 8, 'batch': 16, 'batch_eval': 1000,
+      'model.hidden_size': 16, 'model.transformer.mlp_dim': 32,
+      'model.transformer.num_heads': 2, 'model.transformer.num_layers': 1,
+      'total_steps': 6, 'warmup_steps': 1, 'eval_every': 0, 'progress_every': 2,
+      'checkpoint_every': 3, 'mesh.data': -1})
+  config.update_from_flattened_dict(overrides)
+  return config.lock()
+
+
+def test_trains_on_local_fashion_mnist_and_writes_metrics(fashion_mnist_data_dir, tmp_path):
+  result = train.train_and_evaluate(tiny_config(fashion_mnist_data_dir), str(tmp_path))
+  assert result['step'] == 6 and result['eval_examples'] == 10_000
+  assert 0. <= result['eval_accuracy'] <= 1.
+  records = metrics.read_jsonl(str(tmp_path))
+  assert [r['step'] for r in records if 'train_loss' in r] == [2, 3, 4, 6]
+  assert all({'learning_rate', 'examples_per_sec'} <= set(r) for r in records
+             if 'train_loss' in r)
+  assert any('eval_accuracy' in r for r in records)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+
+
+def test_trains_on_mocked_tfds_cifar10(tmp_path):
+  config = tiny_config(str(tmp_path / 'tfds'), dataset='cifar10', **{
+      'pp.channels': 3, 'batch_eval': 8, 'total_steps': 2, 'checkpoint_every': 2,
+      'pp.randaugment.num_layers': 1, 'pp.mixup': 0.2})
+  with tfds.testing.mock_data(num_examples=24), mock.patch.object(
+      tfds.core.DatasetBuilder, 'is_prepared', return_value=True):
+    result = train.train_and_evaluate(config, str(tmp_path / 'work'))
+  assert result['eval_examples'] == 24 and np.isfinite(result['train_loss'])
+
+
+def test_loss_decreases_on_a_fixed_batch():
+  config = pit_configs.get_config('fashion_mnist')
+  config.unlock()
+  config.update_from_flattened_dict({'model.hidden_size': 16, 'model.transformer.mlp_dim': 32,
+                                     'model.transformer.num_layers': 1, 'warmup_steps': 1,
+                                     'accum_steps': 2, 'label_smoothing': 0.1,
+                                     'base_lr': 1e-2})
+  model = train.make_model(config, 10)
+  tx, schedule = optim.make_optimizer(config)
+  images = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 1))
+  batch = {'image': images, 'label': jax.nn.one_hot(jnp.arange(8) % 10, 10)}
+  params = model.init(jax.random.PRNGKey(1), images[:1], train=False)['params']
+  state = {'step': jnp.zeros([], jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+  step = jax.jit(train.make_train_step(model, tx, schedule, config, 10))
+  losses = []
+  for _ in range(25):
+    state, m = step(state, batch)
+    losses.append(float(m['loss']))
+  assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_seq_mesh_trains_a_pit_step_with_ring_attention(fashion_mnist_data_dir, tmp_path):
+  config = tiny_config(fashion_mnist_data_dir, **{
+      'mesh.data': 2, 'mesh.seq': 4, 'total_steps': 2, 'checkpoint_every': 2})
+  config.unlock()
+  config.model.transformer.attention = {'impl': 'ring', 'block_size': 8}
+  result = train.train_and_evaluate(config.lock(), str(tmp_path))
+  assert result['step'] == 2 and np.isfinite(result['train_loss'])
+
+
+def test_fine_tunes_fixture_checkpoint_at_new_resolution_and_classes(
+    fashion_mnist_data_dir, tmp_path):
+  fixture = json.loads((FIXTURES / 'gap_config.json').read_text())
+  config = tiny_config(fashion_mnist_data_dir, **{
+      'pp.crop': 16, 'pp.channels': 3, 'total_steps': 2, 'checkpoint_every': 2,
+      'pretrained_path': str(FIXTURES / 'gap.npz')})
+  config.unlock()
+  config.model = fixture['model_config']  # 32x32 / 5 classes -> 16x16 / 10 classes
+  config.lock()
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result['step'] == 2 and np.isfinite(result['train_loss'])
+  # The initial state holds the fixture's weights, a resized posemb and a fresh 10-way head.
+  mesh = parallel.create_mesh(config.mesh)
+  model = train.make_model(config, 10)
+  tx, _ = optim.make_optimizer(config)
+  _, shardings = train.abstract_train_state(config, model, tx, mesh, (16, 16, 3))
+  params = train.create_train_state(config, model, tx, shardings, (16, 16, 3))['params']
+  raw = np.load(FIXTURES / 'gap_linen.npz')
+  np.testing.assert_array_equal(params['Transformer']['encoderblock_1']['MlpBlock_0'][
+      'Dense_0']['kernel'], raw['Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel'])
+  assert params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 16, 64)
+  assert params['head']['kernel'].shape == (64, 10) and not np.any(params['head']['kernel'])
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'dataset': 'no_such_dataset'}, "config.dataset='no_such_dataset'"),
+    ({'batch': 12}, 'config.batch=12 is not divisible'),
+    ({'pp.crop': 10, 'model.patches.size': (4, 4)}, 'config.pp.crop=10 is not divisible'),
+    ({'mesh.data': 3}, 'needs 3 devices but there are 8'),
+    ({'pretrained_path': '/no/such/file.npz'}, 'config.pretrained_path'),
+])
+def test_bad_input_is_a_clear_error(fashion_mnist_data_dir, tmp_path, overrides, message):
+  with pytest.raises((ValueError, FileNotFoundError), match=message):
+    train.train_and_evaluate(tiny_config(fashion_mnist_data_dir, **overrides), str(tmp_path))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(fashion_mnist_data_dir, tmp_path):
+  good = tiny_config(fashion_mnist_data_dir, total_steps=3)
+  train.train_and_evaluate(good, str(tmp_path))
+  bad = tiny_config(fashion_mnist_data_dir, total_steps=6, base_lr=1e38, grad_norm_clip=0.,
+                    optim='sgd', momentum=0.)
+  with pytest.raises(FloatingPointError, match='last good checkpoint'):
+    train.train_and_evaluate(bad, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']
+
+
+def test_corrupted_newest_checkpoint_falls_back_with_warning(fashion_mnist_data_dir, tmp_path,
+                                                              caplog):
+  train.train_and_evaluate(tiny_config(fashion_mnist_data_dir), str(tmp_path))
+  newest = tmp_path / 'checkpoints' / '6'
+  for path in newest.rglob('*'):
+    if path.is_file() and path.stat().st_size > 0 and 'METADATA' not in path.name:
+      path.write_bytes(b'garbage')
+  result = train.train_and_evaluate(tiny_config(fashion_mnist_data_dir), str(tmp_path))
+  assert 'unreadable' in caplog.text
+  assert result['step'] == 6  # resumed from step 3 and trained again to 6
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+  kept = os.listdir(tmp_path / 'checkpoints.unreadable')  # the bad one is kept aside
+  assert len(kept) == 1 and kept[0].startswith('6-')
+
+
+def _leaf_names(config, prefix=''):
+  names = []
+  for key, value in config.items():
+    if hasattr(value, 'items') and key not in ('model',):
+      names += _leaf_names(value, f'{prefix}{key}.')
+    else:
+      names.append(f'{prefix}{key}')
+  return names
+
+
+def test_every_config_field_is_read():
+  """Each field of common.py appears as `config.<field>` / `pp.<field>` in the package."""
+  source = ''
+  for path in pathlib.Path(train.__file__).parent.rglob('*.py'):
+    source += path.read_text()
+  for name in _leaf_names(common.get_config()):
+    last = name.split('.')[-1]
+    parent = name.split('.')[-2] if '.' in name else 'config'
+    assert f'{parent}.{last}' in source or f"'{last}'" in source, name
+
+
+def test_presets_build_and_reject_unknown_names():
+  for arg in ('b16,cifar10', 'ti16,imagenet2012', 'r50_b16,oxford_flowers102',
+              'vit4,fashion_mnist', 'testing,mnist'):
+    config = vit_configs.get_config(arg)
+    assert config.model.model_name and config.total_steps > 0
+  for recipe in ('fashion_mnist', 'fashion_mnist_vit2', 'cifar100_pit_t', 'cifar100_pit_t_vit2',
+                 'imagenet_pit_b', 'imagenet_pit_b_vit2'):
+    config = pit_configs.get_config(recipe)
+    assert config.optim == 'adamw'
+  assert pit_configs.get_config('imagenet_pit_s_vit2').model.patches.size == (2, 2)
+  with pytest.raises(ValueError, match='unknown'):
+    vit_configs.get_config('b16,not_a_dataset')
+  with pytest.raises(ValueError, match='unknown'):
+    pit_configs.get_config('nope')
+
+
+def test_schedule_matches_closed_form():
+  config = common.get_config()
+  config.update_from_flattened_dict({'base_lr': 0.1, 'warmup_steps': 10, 'total_steps': 110})
+  schedule = optim.make_schedule(config)
+  assert float(schedule(0)) == 0.
+  np.testing.assert_allclose(schedule(5), 0.05, rtol=1e-6)
+  np.testing.assert_allclose(schedule(10), 0.1, rtol=1e-6)
+  np.testing.assert_allclose(schedule(60), 0.1 * 0.5 * (1 + np.cos(np.pi * 0.5)), rtol=1e-5)
+  config.decay_type = 'linear'
+  np.testing.assert_allclose(optim.make_schedule(config)(60),
+                             0.1 * (1e-5 + (1 - 1e-5) * 0.5), rtol=1e-5)
+  np.testing.assert_allclose(optim.make_schedule(config)(110), 0.1 * 1e-5, rtol=1e-5)
