@@ -12,6 +12,7 @@ from absl import logging
 from clu import parameter_overview
 from clu import periodic_actions
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -125,7 +126,8 @@ def create_train_state(config, model, tx, shardings, image_shape):
   params = jax.jit(init, out_shardings=shardings['params'])(jax.random.PRNGKey(config.seed))
   if config.pretrained_path:
     params = checkpoint.load_pretrained(
-        pretrained_path=config.pretrained_path, init_params=jax.device_get(params),
+        pretrained_path=config.pretrained_path,
+        init_params=multihost_utils.process_allgather(params, tiled=True),
         model_config=config.model)
   return jax.jit(lambda p: _state_from(tx, p), out_shardings=shardings)(params)
 
@@ -166,8 +168,8 @@ def train_and_evaluate(config, workdir):
     else:
       state = restored[0]
     start_step = int(_to_host(state['step']))
-    parameter_overview.log_parameter_overview(jax.device_get(state['params']),
-                                              msg=f'{config.model.model_name} parameters')
+    parameter_overview.log_parameter_overview(
+        target['params'], include_stats=False, msg=f'{config.model.model_name} parameters')
 
     # ------------------------------------------------------------------------- steps
     batch_sharding = parallel.batch_sharding(mesh)
