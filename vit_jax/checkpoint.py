@@ -149,10 +149,15 @@ def resize_posemb(posemb, new_num_tokens, *, num_prefix_tokens, old_grid=None, n
 
 
 def check_shapes(restored, expected, *, context=''):
-  """Raises a ValueError naming the first key whose shape differs, and the likely cause."""
-  flat_r, flat_e = _flatten(restored), _flatten(expected)
+  """Raises a ValueError naming the first key whose shape differs, and the likely cause.
+
+  `expected` may hold arrays or jax.ShapeDtypeStructs. Returns (missing, extra) keys.
+  """
+  shapes = lambda tree: {'/'.join(k): tuple(v.shape) for k, v in
+                         flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()}
+  flat_r, flat_e = shapes(restored), shapes(expected)
   for key in sorted(set(flat_r) & set(flat_e)):
-    if flat_r[key].shape != flat_e[key].shape:
+    if flat_r[key] != flat_e[key]:
       if key == POSEMB_PATH:
         cause = 'the image size or patch size differs from the checkpoint\'s'
       elif key.startswith('head/'):
@@ -160,7 +165,7 @@ def check_shapes(restored, expected, *, context=''):
       else:
         cause = 'the model name (width, depth, heads, patch size) does not fit the checkpoint'
       raise ValueError(f'{context}parameter {key}: the model expects shape '
-                       f'{flat_e[key].shape}, the checkpoint has {flat_r[key].shape}; likely '
+                       f'{flat_e[key]}, the checkpoint has {flat_r[key]}; likely '
                        f'cause: {cause}.')
   return sorted(set(flat_e) - set(flat_r)), sorted(set(flat_r) - set(flat_e))
 

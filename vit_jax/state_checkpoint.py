@@ -67,3 +67,13 @@ class TrainStateCheckpointer:
 
   def close(self):
     self._manager.close()
+
+
+def load_params(directory, step=None):
+  """The `params` of a saved train state (newest step by default) as numpy arrays."""
+  manager = ocp.CheckpointManager(directory)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {directory!r}')
+  state = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), 'default'))
+  return state['params']

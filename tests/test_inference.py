@@ -1,0 +1,95 @@
+"""Inference CLI on real Fashion-MNIST images written to PNG, and its error messages."""
+import gzip
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs import models as model_configs
+from vit_jax import checkpoint
+from vit_jax import inference
+from vit_jax import labels
+from vit_jax.models import VisionTransformer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def assets(tmp_path_factory):
+  """A random 10-class 'testing' model checkpoint (32x32) and 3 Fashion-MNIST PNGs."""
+  tmp = tmp_path_factory.mktemp('inference')
+  model = VisionTransformer(num_classes=10, **model_configs.MODEL_CONFIGS['testing'])
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)['params']
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+  params = jax.tree.unflatten(tree, [p + jax.random.normal(k, p.shape)
+                                     for p, k in zip(leaves, keys)])
+  checkpoint.save(params, tmp / 'testing.npz')
+  with gzip.open('/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz') as f:
+    images = np.frombuffer(f.read(), np.uint8)[16:].reshape(-1, 28, 28)
+  paths = []
+  for i in range(3):
+    paths.append(str(tmp / f'fmnist_{i}.png'))
+    Image.fromarray(images[i]).save(paths[-1])
+  return tmp, params, paths
+
+
+def test_classify_matches_the_model(assets):
+  tmp, params, paths = assets
+  model, loaded, size, channels = inference.build(str(tmp / 'testing.npz'), 'testing')
+  assert (size, channels) == (32, 3)  # 2x2 grid of 16x16 patches, from the checkpoint
+  images = inference.load_images(paths, size, channels, 16)
+  assert images.shape == (3, 32, 32, 3) and images.min() >= -1 and images.max() <= 1
+  top = inference.classify(model, loaded, images, labels.get_labels('fashion_mnist'))
+  logits = np.asarray(model.apply({'params': params}, images, train=False))
+  for row, expected in zip(top, logits):
+    assert len(row) == 5
+    assert row[0][0] == labels.FASHION_MNIST[int(np.argmax(expected))]
+    probs = np.exp(expected - expected.max())
+    np.testing.assert_allclose(row[0][1], probs.max() / probs.sum(), rtol=1e-5)
+
+
+def test_cli_prints_top5_and_benchmarks(assets):
+  tmp, params, paths = assets
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
+  out = subprocess.run([sys.executable, '-m', 'vit_jax.inference',
+                        f'--checkpoint={tmp / "testing.npz"}', '--model=testing',
+                        '--labels=fashion_mnist', *paths], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.splitlines()
+  assert lines[0] == paths[0] and len(lines) == 3 * 6
+  model = VisionTransformer(num_classes=10, **model_configs.MODEL_CONFIGS['testing'])
+  images = inference.load_images(paths[:1], 32, 3, 16)
+  expected = labels.FASHION_MNIST[int(np.argmax(model.apply({'params': params}, images,
+                                                             train=False)))]
+  assert lines[1].strip().split('  ', 1)[1].strip() == expected
+  bench = subprocess.run([sys.executable, '-m', 'vit_jax.inference',
+                          f'--checkpoint={tmp / "testing.npz"}', '--model=testing',
+                          '--benchmark', '--steps=3', '--batch=2'], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+  assert 'images/s over 3 timed steps' in bench.stdout, bench.stderr[-2000:]
+
+
+def test_imagenet_labels_ship_with_the_package():
+  names = labels.imagenet1k()
+  assert len(names) == 1000 and names[0] == 'tench' and names[1] == 'goldfish'
+
+
+def test_bad_inputs_are_clear(assets, tmp_path):
+  tmp, _, paths = assets
+  with pytest.raises(ValueError, match='does not exist'):
+    inference.load_images([str(tmp_path / 'missing.png')], 32, 3, 16)
+  (tmp_path / 'broken.png').write_text('not an image')
+  with pytest.raises(ValueError, match='cannot be read'):
+    inference.load_images([str(tmp_path / 'broken.png')], 32, 3, 16)
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / 'tiny.png')
+  with pytest.raises(ValueError, match='smaller than one 16x16 patch'):
+    inference.load_images([str(tmp_path / 'tiny.png')], 32, 3, 16)
+  with pytest.raises(ValueError, match='parameter .* the model expects shape'):
+    inference.build(str(tmp / 'testing.npz'), 'ViT-Ti_16', image_size=32)

@@ -1,0 +1,139 @@
+"""Classify images with a checkpoint, or time the forward pass.
+
+  python -m vit_jax.inference --checkpoint=ViT-B_16.npz --model=ViT-B_16 cat.jpg dog.png
+  python -m vit_jax.inference --checkpoint=ViT-B_16.npz --model=ViT-B_16 --benchmark
+
+Resolution follows the checkpoint (its position-embedding grid times the patch size) unless
+--image_size is given; images are resized to it and scaled to [-1, 1] as in training.
+"""
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from configs import models as model_configs
+from vit_jax import checkpoint
+from vit_jax import labels as labels_lib
+from vit_jax.models import VisionTransformer
+
+flags.DEFINE_string('checkpoint', None, 'npz / safetensors checkpoint.')
+flags.DEFINE_string('model', 'ViT-B_16', 'Name in configs/models.py MODEL_CONFIGS.')
+flags.DEFINE_integer('image_size', 0, 'Input resolution; 0 = from the checkpoint.')
+flags.DEFINE_string('labels', 'imagenet1k', "'imagenet1k', 'fashion_mnist' or a file.")
+flags.DEFINE_bool('exact_gelu', False, 'erf GELU (timm checkpoints) instead of tanh.')
+flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.')
+flags.DEFINE_bool('benchmark', False, 'Time the jitted forward pass instead.')
+flags.DEFINE_integer('steps', 10, 'Timed steps for --benchmark (after one warm-up step).')
+flags.DEFINE_integer('batch', 8, 'Batch size for --benchmark.')
+FLAGS = flags.FLAGS
+
+
+def build(checkpoint_path, model_name, image_size=0, exact_gelu=False):
+  """(model, params, image_size, channels) for a checkpoint; clear errors if it does not fit."""
+  if model_name not in model_configs.MODEL_CONFIGS:
+    raise ValueError(f'--model={model_name!r} is not in configs/models.py')
+  config = model_configs.MODEL_CONFIGS[model_name].to_dict()
+  config['transformer'] = dict(config['transformer'], gelu_approximate=not exact_gelu)
+  params = checkpoint.load(checkpoint_path, num_heads=config['transformer']['num_heads'])
+  if 'head' not in params:
+    raise ValueError(f'{checkpoint_path}: no classification head to predict with')
+  num_classes = params['head']['bias'].shape[0]
+  model = VisionTransformer(num_classes=num_classes, **config)
+  first = params.get('conv_root', params.get('embedding', {})).get('kernel')
+  channels = first.shape[2] if first is not None else 3
+  if not image_size:
+    image_size = _size_from_posemb(model, params)
+  abstract = jax.eval_shape(lambda: model.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, channels)), train=False))
+  missing, extra = checkpoint.check_shapes(params, abstract['params'],
+                                           context=f'{checkpoint_path} vs {model_name}: ')
+  if missing or extra:
+    raise ValueError(f'{checkpoint_path} does not fit {model_name}: missing {missing[:5]}, '
+                     f'unexpected {extra[:5]}')
+  return model, params, image_size, channels
+
+
+def _size_from_posemb(model, params):
+  pe = params.get('Transformer', {}).get('posembed_input', {}).get('pos_embedding')
+  if pe is None:
+    return 224
+  tokens = pe.shape[1] - (1 if 'cls' in params else 0)
+  side = int(round(np.sqrt(tokens)))
+  patch = model.patches['size'][0]
+  stem = 1 if model.resnet is None else 4 * 2**max(len(model.resnet['num_layers']) - 1, 0)
+  return side * patch * stem
+
+
+def load_images(paths, image_size, channels, patch):
+  """Reads, resizes and scales images to [-1, 1]; clear errors for bad files."""
+  images = []
+  for path in paths:
+    try:
+      with Image.open(path) as img:
+        img = img.convert('RGB' if channels == 3 else 'L')
+        img.load()
+    except FileNotFoundError as e:
+      raise ValueError(f'image {path!r} does not exist') from e
+    except OSError as e:
+      raise ValueError(f'image {path!r} cannot be read as an image ({e})') from e
+    if min(img.size) < patch:
+      raise ValueError(f'image {path!r} is {img.size[0]}x{img.size[1]}, smaller than one '
+                       f'{patch}x{patch} patch of the model')
+    img = img.resize((image_size, image_size), Image.BILINEAR)
+    array = np.asarray(img, np.float32).reshape(image_size, image_size, channels)
+    images.append((array - 127.5) / 127.5)
+  return np.stack(images)
+
+
+def classify(model, params, images, class_names, top_k=5):
+  """Top-k (name, probability) lists per image."""
+  logits = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(params, images)
+  probs = np.asarray(jax.nn.softmax(logits.astype(jnp.float32)))
+  if len(class_names) != probs.shape[1]:
+    class_names = [f'class {i}' for i in range(probs.shape[1])]
+  top = np.argsort(-probs, axis=1)[:, :top_k]
+  return [[(class_names[i], float(p[i])) for i in row] for row, p in zip(top, probs)]
+
+
+def benchmark(model, params, batch, image_size, channels, steps):
+  """(images/s, compile seconds) timing exactly `steps` forward passes after a warm-up."""
+  x = jnp.zeros((batch, image_size, image_size, channels))
+  start = time.perf_counter()
+  forward = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False)).lower(
+      params, x).compile()
+  compile_s = time.perf_counter() - start
+  forward(params, x).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = forward(params, x)
+  out.block_until_ready()
+  return steps * batch / (time.perf_counter() - start), compile_s
+
+
+def main(argv):
+  paths = argv[1:]
+  if not FLAGS.checkpoint:
+    raise app.UsageError('--checkpoint is required')
+  model, params, size, channels = build(FLAGS.checkpoint, FLAGS.model, FLAGS.image_size,
+                                        FLAGS.exact_gelu)
+  if FLAGS.benchmark:
+    rate, compile_s = benchmark(model, params, FLAGS.batch, size, channels, FLAGS.steps)
+    print(f'{FLAGS.model} {size}x{size} batch {FLAGS.batch}: {rate:.2f} images/s over '
+          f'{FLAGS.steps} timed steps (compile {compile_s:.1f} s)')
+    return
+  if not paths:
+    raise app.UsageError('give image paths, or --benchmark')
+  images = load_images(paths, size, channels, model.patches['size'][0])
+  names = labels_lib.get_labels(FLAGS.labels)
+  for path, top in zip(paths, classify(model, params, images, names, FLAGS.top_k)):
+    print(path)
+    for name, prob in top:
+      print(f'  {prob:7.2%}  {name}')
+
+
+if __name__ == '__main__':
+  app.run(main)
