@@ -40,7 +40,7 @@ def small_vit(name, patch, width, depth, heads, mlp):
 
 # Small ViTs trained from scratch on 28x28 images (4x4 patches: 49 tokens).
 SMALL_MODELS = {
-    'vit4': lambda: small_vit('ViT-4x4-small', 4, 128, 6, 4, 256),
+    'vit4': lambda: small_vit('ViT-4x4-small', 4, 96, 4, 3, 192),
 }
 
 
@@ -82,5 +82,5 @@ def get_config(model_and_dataset='b16,cifar10'):
   if dataset in ('mnist', 'fashion_mnist'):
     from_scratch_recipe(config)
     if model == 'vit4':
-      config.total_steps = 4_000
+      config.total_steps = 3_000
   return config.lock()
