@@ -69,18 +69,23 @@ def from_scratch_recipe(config):
   config.checkpoint_every = 500
 
 
-def get_config(model_and_dataset='b16,cifar10'):
-  model, dataset = model_and_dataset.split(',')
+def apply_dataset_preset(config, dataset):
+  """Sets dataset, pp and total_steps (and the from-scratch recipe for MNIST-likes)."""
   if dataset not in DATASET_PRESETS:
     raise ValueError(f'unknown dataset preset {dataset!r}; one of {sorted(DATASET_PRESETS)}')
-  config = common.get_config()
-  config.model = model_config(model)
   config.dataset = dataset
   preset = DATASET_PRESETS[dataset]
   config.total_steps = preset['total_steps']
   config.pp.update(preset['pp'])
   if dataset in ('mnist', 'fashion_mnist'):
     from_scratch_recipe(config)
-    if model == 'vit4':
-      config.total_steps = 3_000
+
+
+def get_config(model_and_dataset='b16,cifar10'):
+  model, dataset = model_and_dataset.split(',')
+  config = common.get_config()
+  config.model = model_config(model)
+  apply_dataset_preset(config, dataset)
+  if model == 'vit4':
+    config.total_steps = 3_000
   return config.lock()

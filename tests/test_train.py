@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from configs import augreg as augreg_configs
 from configs import common
 from configs import pit as pit_configs
 from configs import vit as vit_configs
@@ -179,6 +180,9 @@ def test_presets_build_and_reject_unknown_names():
     config = pit_configs.get_config(recipe)
     assert config.optim == 'adamw'
   assert pit_configs.get_config('imagenet_pit_s_vit2').model.patches.size == (2, 2)
+  augreg = augreg_configs.get_config('/ckpts/R26_S_32-i21k-300ep.npz,oxford_iiit_pet')
+  assert augreg.model.model_name == 'R26+ViT-S_32' and augreg.dataset == 'oxford_iiit_pet'
+  assert augreg.pretrained_path == '/ckpts/R26_S_32-i21k-300ep.npz'
   with pytest.raises(ValueError, match='unknown'):
     vit_configs.get_config('b16,not_a_dataset')
   with pytest.raises(ValueError, match='unknown'):
