@@ -80,8 +80,11 @@ def dot_product_attention(q, k, v, *, impl='dense', block_size=512, mask=None,
     if impl == 'ulysses' and heads % devices:
       raise ValueError(f"impl='ulysses' needs num_heads ({heads}) divisible by the 'seq' mesh "
                        f"axis size ({devices}); use impl='ring' or another mesh.")
-  block = min(block_size, -(-length // devices))
-  padded = -(-length // (devices * block)) * devices * block
+  # As few blocks of at most block_size per device as possible, sized to waste little padding.
+  local = -(-length // devices)
+  num_blocks = -(-local // block_size)
+  block = -(-local // num_blocks)
+  padded = devices * num_blocks * block
   q, k, v, kmask = (_pad(x, padded) for x in (q, k, v, kmask))
   if impl == 'blockwise':
     out = blockwise_attention(q, k, v, kmask, block)
