@@ -107,3 +107,21 @@ def test_two_processes_match_one_process(fashion_mnist_data_dir, tmp_path):
   accuracy = lambda workdir: [r['eval_accuracy'] for r in metrics.read_jsonl(workdir)
                               if 'eval_accuracy' in r]
   np.testing.assert_allclose(accuracy(multi), accuracy(single), atol=1e-4)
+
+
+def test_sigterm_saves_and_stops_cleanly(fashion_mnist_data_dir, tmp_path):
+  workdir = str(tmp_path / 'preempted')
+  proc = subprocess.Popen(
+      _command(workdir, fashion_mnist_data_dir, '--config.total_steps=100000',
+               '--config.checkpoint_every=1000'),
+      cwd=ROOT, env=_env(8), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 300
+  while not (os.path.exists(os.path.join(workdir, 'metrics.jsonl')) and
+             len(metrics.read_jsonl(workdir)) >= 3):
+    assert proc.poll() is None and time.time() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  output = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, output[-3000:]
+  saved = [int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit()]
+  assert len(saved) == 1 and 3 <= saved[0] < 1000  # saved at the step where it stopped
