@@ -127,11 +127,14 @@ def test_bad_input_is_a_clear_error(fashion_mnist_data_dir, tmp_path, overrides,
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(fashion_mnist_data_dir, tmp_path):
   good = tiny_config(fashion_mnist_data_dir, total_steps=3)
   train.train_and_evaluate(good, str(tmp_path))
-  bad = tiny_config(fashion_mnist_data_dir, total_steps=6, base_lr=1e38, grad_norm_clip=0.,
-                    optim='sgd', momentum=0.)
+  bad = tiny_config(fashion_mnist_data_dir, total_steps=6, base_lr=1e38)
   with pytest.raises(FloatingPointError, match='last good checkpoint'):
     train.train_and_evaluate(bad, str(tmp_path))
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']
+  other_optimizer = tiny_config(fashion_mnist_data_dir, total_steps=6, optim='sgd')
+  with pytest.raises(ValueError, match='different train state'):
+    train.train_and_evaluate(other_optimizer, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']  # nothing moved or deleted
 
 
 def test_corrupted_newest_checkpoint_falls_back_with_warning(fashion_mnist_data_dir, tmp_path,

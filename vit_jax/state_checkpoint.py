@@ -28,6 +28,11 @@ class TrainStateCheckpointer:
       try:
         state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
       except Exception as e:  # pylint: disable=broad-except
+        if 'tree structures do not match' in str(e) or 'shape' in str(e).lower():
+          raise ValueError(
+              f'The checkpoint at step {step} in {self._manager.directory} was written by a '
+              'different train state (another model or optimizer config); use a new '
+              f'--workdir or the config that wrote it. Orbax said: {str(e)[:300]}') from e
         aside = self._move_aside(step)
         logging.warning('Checkpoint at step %d in %s is unreadable (%s: %s); moved it to %s '
                         'and trying the previous one. Nothing is deleted.', step,
