@@ -19,6 +19,7 @@ from configs import models as model_configs
 from vit_jax import checkpoint
 from vit_jax import labels as labels_lib
 from vit_jax.models import VisionTransformer
+from vit_jax.models import resnet
 
 flags.DEFINE_string('checkpoint', None, 'npz / safetensors checkpoint.')
 flags.DEFINE_string('model', 'ViT-B_16', 'Name in configs/models.py MODEL_CONFIGS.')
@@ -64,8 +65,7 @@ def _size_from_posemb(model, params):
   tokens = pe.shape[1] - (1 if 'cls' in params else 0)
   side = int(round(np.sqrt(tokens)))
   patch = model.patches['size'][0]
-  stem = 1 if model.resnet is None else 4 * 2**max(len(model.resnet['num_layers']) - 1, 0)
-  return side * patch * stem
+  return side * patch * resnet.stem_downsampling(model.resnet)
 
 
 def load_images(paths, image_size, channels, patch):

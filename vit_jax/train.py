@@ -24,6 +24,7 @@ from vit_jax import optim
 from vit_jax import parallel
 from vit_jax import state_checkpoint
 from vit_jax.models import VisionTransformer
+from vit_jax.models import resnet
 
 
 def make_model(config, num_classes):
@@ -46,9 +47,7 @@ def validate_config(config, mesh):
                      f'must give a whole micro-batch divisible by the '
                      f'{parallel.data_parallel_size(mesh)} data-parallel devices.')
   ph, pw = config.model.patches.size
-  stem = 1
-  if config.model.get('resnet') is not None:
-    stem = 4 * 2**max(len(config.model.resnet.num_layers) - 1, 0)
+  stem = resnet.stem_downsampling(config.model.get('resnet'))
   if config.pp.crop % (ph * stem) or config.pp.crop % (pw * stem):
     raise ValueError(f'config.pp.crop={config.pp.crop} is not divisible by '
                      f'config.model.patches.size={tuple(config.model.patches.size)}'

@@ -8,13 +8,13 @@ through the layers. For PiT every grid token is one pixel, so the map has one we
 import jax
 import numpy as np
 
+from vit_jax.models import resnet
+
 
 def grid_shape(model, image_hw):
   """Token grid (h, w) of `model` for images of size image_hw."""
   ph, pw = model.patches['size']
-  stem = 1
-  if model.resnet is not None:
-    stem = 4 * 2**max(len(tuple(model.resnet['num_layers'])) - 1, 0)
+  stem = resnet.stem_downsampling(model.resnet)
   return image_hw[0] // (ph * stem), image_hw[1] // (pw * stem)
 
 

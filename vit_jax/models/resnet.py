@@ -68,6 +68,16 @@ class ResNetStage(nn.Module):
     return x
 
 
+def stem_downsampling(resnet_config):
+  """How much the hybrid stem shrinks the image: 4 for the root, x2 per stage after the first.
+
+  1 when there is no stem (`resnet_config` is None).
+  """
+  if resnet_config is None:
+    return 1
+  return 4 * 2**max(len(tuple(resnet_config['num_layers'])) - 1, 0)
+
+
 def apply_resnet_stem(x, num_layers, width_factor, dtype):
   """Runs the hybrid stem inside the caller's compact scope (original parameter paths)."""
   width = int(64 * width_factor)

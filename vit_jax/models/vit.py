@@ -161,11 +161,10 @@ class VisionTransformer(nn.Module):
     self._validate(inputs)
     x = inputs.astype(self.dtype)
 
-    stem_factor = 1
+    stem_factor = resnet_lib.stem_downsampling(self.resnet)
     if self.resnet is not None:
-      num_layers = tuple(self.resnet['num_layers'])
-      x = resnet_lib.apply_resnet_stem(x, num_layers, self.resnet['width_factor'], self.dtype)
-      stem_factor = 4 * 2**max(len(num_layers) - 1, 0)
+      x = resnet_lib.apply_resnet_stem(x, tuple(self.resnet['num_layers']),
+                                       self.resnet['width_factor'], self.dtype)
 
     self._check_grid(x, stem_factor)
     x = nn.Conv(features=self.hidden_size, kernel_size=tuple(self.patches['size']),
