@@ -1,7 +1,8 @@
 """Learning-rate schedules and optimizers: SGD+momentum (the original) and AdamW (PiT).
 
 Config fields read: base_lr, warmup_steps, total_steps, decay_type, linear_end, optim,
-momentum, adam_b1, adam_b2, weight_decay, grad_norm_clip.
+momentum, adam_b1, adam_b2, weight_decay, grad_norm_clip. Parameters and optimizer state are
+float32 whatever the compute dtype (`config.dtype`) of the model.
 """
 import jax
 import jax.numpy as jnp
@@ -12,15 +13,16 @@ OPTIMIZERS = ('sgd', 'adamw')
 
 
 def make_schedule(config):
-  """Linear warmup from 0 to base_lr, then cosine or linear decay to 0 at total_steps.
+  """Linear warmup from 0 to base_lr, then cosine decay to 0 or linear decay at total_steps.
 
   Linear decay ends at `linear_end * base_lr`, as the original.
   """
   if config.decay_type not in DECAY_TYPES:
     raise ValueError(f'config.decay_type={config.decay_type!r} is not one of {DECAY_TYPES}')
   base, warmup, total = config.base_lr, config.warmup_steps, config.total_steps
-  if warmup >= total:
-    raise ValueError(f'config.warmup_steps={warmup} must be below config.total_steps={total}')
+  if not 0 <= warmup < total:
+    raise ValueError(f'config.warmup_steps={warmup} must be in [0, config.total_steps={total})')
+  linear_end = config.linear_end if config.decay_type == 'linear' else 0.
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
@@ -28,25 +30,42 @@ def make_schedule(config):
     if config.decay_type == 'cosine':
       decay = 0.5 * (1. + jnp.cos(jnp.pi * progress))
     else:
-      decay = config.linear_end + (1. - config.linear_end) * (1. - progress)
+      decay = linear_end + (1. - linear_end) * (1. - progress)
     warm = jnp.minimum(1., step / warmup) if warmup else 1.
     return base * warm * decay
   return schedule
 
 
-def _decay_mask(params):
-  """Weight decay on matrices and kernels only (not biases, norms, embeddings' cls)."""
+def decay_mask(params):
+  """Weight decay on matrices and kernels (ndim > 1); biases and LayerNorm scales are exempt."""
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def _check_unit_interval(config, fields):
+  for field in fields:
+    value = config[field]
+    if not 0. <= value < 1.:
+      raise ValueError(f'config.{field}={value} must be in [0, 1)')
+
+
 def make_optimizer(config):
-  """optax transformation: global-norm clipping, then SGD+momentum or AdamW."""
+  """(optax transformation, schedule): global-norm clipping, then SGD+momentum or AdamW.
+
+  SGD adds `weight_decay * param` to the gradient (L2, before momentum); AdamW decays
+  decoupled from the adaptive update. Both leave biases and norm scales undecayed.
+  """
   schedule = make_schedule(config)
+  if config.weight_decay < 0:
+    raise ValueError(f'config.weight_decay={config.weight_decay} must be >= 0')
   if config.optim == 'sgd':
-    tx = optax.sgd(schedule, momentum=config.momentum)
+    _check_unit_interval(config, ('momentum',))
+    tx = optax.sgd(schedule, momentum=config.momentum or None)
+    if config.weight_decay:
+      tx = optax.chain(optax.add_decayed_weights(config.weight_decay, decay_mask), tx)
   elif config.optim == 'adamw':
+    _check_unit_interval(config, ('adam_b1', 'adam_b2'))
     tx = optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2,
-                     weight_decay=config.weight_decay, mask=_decay_mask)
+                     weight_decay=config.weight_decay, mask=decay_mask)
   else:
     raise ValueError(f'config.optim={config.optim!r} is not one of {OPTIMIZERS}')
   if config.grad_norm_clip:
