@@ -174,10 +174,14 @@ def _indexed_train(config, source, start_step, process_index, process_count):
   batch = config.batch
   local, offset = _process_slice(batch, process_index, process_count, 'config.batch')
 
-  def positions(step):
-    return tf.data.Dataset.range(step * batch + offset, step * batch + offset + local)
+  def position_of(i):
+    # The i-th example this process reads: slot i % local of global batch start_step + i //
+    # local. Arithmetic on one flat range, not a flat_map of per-step ranges: tf.data keeps
+    # a node per inner iterator, and deleting the iterator after 3,000 steps took 52 s.
+    return (start_step + i // local) * batch + offset + i % local
 
-  def example(position):
+  def example(i):
+    position = position_of(i)
     epoch, within = position // n, position % n
     index = tf.random.experimental.index_shuffle(
         within, tf.stack([tf.cast(config.seed, tf.int64), epoch]),
@@ -186,8 +190,8 @@ def _indexed_train(config, source, start_step, process_index, process_count):
     return {'image': _preprocess(config, image, position, train=True),
             'label': tf.one_hot(label, num_classes), 'position': position}
 
-  ds = tf.data.Dataset.range(start_step, 2**62).flat_map(positions)
-  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = tf.data.Dataset.range(2**62).map(example, num_parallel_calls=tf.data.AUTOTUNE,
+                                         deterministic=True)
   return ds.batch(local, drop_remainder=True)
 
 
