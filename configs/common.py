@@ -33,7 +33,9 @@ def get_config():
   config.model = ml_collections.ConfigDict()
   config.pretrained_path = ml_collections.config_dict.placeholder(str)
   config.dtype = 'float32'  # compute dtype; parameters and optimizer state stay float32
-  # Devices.
+  # Devices. cpu_devices: CPU devices JAX creates on a host without accelerators (0: JAX's
+  # default or XLA_FLAGS, -1: one per core); set by main.py before JAX starts.
+  config.cpu_devices = 0
   config.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'seq': 1})
   # Optimizer and schedule.
   config.optim = 'sgd'

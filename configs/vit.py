@@ -35,6 +35,7 @@ def small_vit(name, patch, width, depth, heads, mlp):
       attention_dropout_rate=0.0))
   config.classifier = 'gap'
   config.representation_size = None
+  config.posemb = 'learn'  # or 'sincos2d' / 'none'
   return config
 
 
@@ -56,6 +57,7 @@ def model_config(name):
 
 def from_scratch_recipe(config):
   """AdamW from scratch, sized for small grayscale datasets on a CPU."""
+  config.cpu_devices = -1  # one data-parallel device per core (see vit_jax/host_runtime.py)
   config.optim = 'adamw'
   config.adam_b2 = 0.95
   config.weight_decay = 0.05

@@ -5,6 +5,10 @@
 
 Multi-process: --coordinator_address=host:port --num_processes=N --process_id=i (or the
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).
+
+On start the process re-executes itself with tcmalloc preloaded when it is installed
+(VIT_JAX_TCMALLOC=0 disables this) and creates `config.cpu_devices` CPU devices; see
+vit_jax/host_runtime.py.
 """
 import json
 
@@ -12,6 +16,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from vit_jax import host_runtime
 
 config_flags.DEFINE_config_file('config', None, 'Training config file:arg.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go; resumes from it.')
@@ -25,6 +31,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  host_runtime.reexec_with_tcmalloc('vit_jax.main')
+  host_runtime.set_cpu_devices(FLAGS.config.cpu_devices)  # before JAX's backends start
   # Imported here so that the flags above parse before TensorFlow and JAX start.
   from vit_jax import parallel  # pylint: disable=g-import-not-at-top
   from vit_jax import train  # pylint: disable=g-import-not-at-top
