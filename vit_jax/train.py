@@ -192,31 +192,35 @@ def train_and_evaluate(config, workdir):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, step_metrics = train_step(state, parallel.global_batch(next(train_iter), mesh))
       report(step)
-      due_ckpt = step % config.checkpoint_every == 0 or step == total
-      if step % config.progress_every == 0 or step == total or due_ckpt or (
-          ckpt.preemption_requested()):
+      preempted = ckpt.preemption_requested()
+      due_ckpt = step % config.checkpoint_every == 0 or step == total or preempted
+      record = {}
+      if step % config.progress_every == 0 or due_ckpt:  # the only host syncs of the loop
         host = {k: float(_to_host(v)) for k, v in step_metrics.items()}
         if not np.isfinite(host['loss']):
           ckpt.wait_until_finished()
           raise FloatingPointError(
-              f'train loss is {host["loss"]} at step {step}; stopping. The last good '
-              f'checkpoint (step {ckpt.latest_step()}) is kept in {workdir}. Lower '
-              'config.base_lr, raise config.warmup_steps or set config.grad_norm_clip.')
+              f'train loss is {host["loss"]} at step {step}; stopping without saving this '
+              f'state. The last good checkpoint (step {ckpt.latest_step()}) is kept in '
+              f'{workdir}. Lower config.base_lr, raise config.warmup_steps or set '
+              'config.grad_norm_clip.')
         now = time.time()
-        logger.write(step, train_loss=host['loss'], learning_rate=host['learning_rate'],
-                     grad_norm=host['grad_norm'],
-                     examples_per_sec=(step - last_log) * config.batch / (now - last_time))
-        last_log, last_time = step, now
+        record = dict(train_loss=host['loss'], learning_rate=host['learning_rate'],
+                      grad_norm=host['grad_norm'],
+                      examples_per_sec=(step - last_log) * config.batch / (now - last_time))
         result['train_loss'] = host['loss']
       if (config.eval_every and step % config.eval_every == 0) or step == total:
-        accuracy, count = evaluate(config, eval_step, state['params'], mesh)
-        logger.write(step, eval_accuracy=accuracy)
+        with report.timed('eval'):
+          accuracy, count = evaluate(config, eval_step, state['params'], mesh)
         logging.info('Step %d: test accuracy %.4f over %d examples', step, accuracy, count)
+        record['eval_accuracy'] = accuracy
         result.update(eval_accuracy=accuracy, eval_examples=count)
-        last_time = time.time()
-      if due_ckpt or ckpt.preemption_requested():
+      if record:
+        logger.write(step, **record)  # one metrics.jsonl object per logged step
+        last_log, last_time = step, time.time()
+      if due_ckpt:
         ckpt.save(step, state, force=True)
-      if ckpt.preemption_requested():
+      if preempted:
         logging.warning('Stopping at step %d after SIGTERM; checkpoint saved.', step)
         break
     ckpt.wait_until_finished()
