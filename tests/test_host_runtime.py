@@ -91,11 +91,10 @@ def test_cpu_devices_one_per_core_or_explicit():
   assert _device_count(0) == 1
 
 
-def test_several_devices_get_spare_pool_threads():
-  cores = len(os.sched_getaffinity(0))
-  assert _devices_and_pool(3) == (3, max(cores, 5)) == (3, host_runtime.spare_threads(3))
-  assert _devices_and_pool(0)[1] == cores  # JAX's default: one thread per core
-  assert _devices_and_pool(3, nproc='4') == (3, 4)  # an explicit NPROC wins
+def test_default_pool_is_one_thread_per_core():
+  # More XLA pool threads than cores (NPROC=3 with 2 devices) made the all-reduce
+  # rendezvous abort; the pool must stay at XLA's default.
+  assert _devices_and_pool(2) == (2, len(os.sched_getaffinity(0)))
 
 
 def test_explicit_xla_flags_win_over_config():

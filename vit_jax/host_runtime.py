@@ -90,19 +90,6 @@ def set_cpu_devices(cpu_devices):
                     cpu_devices)
     return
   import jax  # pylint: disable=g-import-not-at-top
-  if count > 1:
-    # XLA's CPU pools default to one thread per core, and a device's program blocks a pool
-    # thread at each collective while another waits for its thunks; with as many devices as
-    # cores one such run aborted here on a 40 s all-reduce rendezvous timeout. Spare threads
-    # (XLA reads NPROC for its default pool size) keep every device runnable.
-    os.environ.setdefault('NPROC', str(spare_threads(count)))
   jax.config.update('jax_num_cpu_devices', count)
-  logging.info('config.cpu_devices=%d: %d CPU devices, NPROC=%s', cpu_devices, count,
-               os.environ.get('NPROC'))
+  logging.info('config.cpu_devices=%d: %d CPU devices', cpu_devices, count)
 
-
-def spare_threads(devices):
-  """XLA CPU pool size for `devices` devices: even when all devices but one each hold two
-  blocked threads (one waiting at a collective, one for its thunks), one thread is left."""
-  cores = resolve_cpu_devices(-1)
-  return max(cores, 2 * devices - 1)
