@@ -21,6 +21,7 @@ def get_config():
   config.pp.crop = 224
   config.pp.resize = 0  # eval: resize the shorter side to this, then central crop (0: off)
   config.pp.inception_crop = True
+  config.pp.pad_crop = 0  # train: zero-pad this many pixels, random crop back (0: off)
   config.pp.flip = True
   config.pp.mixup = 0.0  # Beta(alpha, alpha) mixing; 0 disables
   config.pp.randaugment = ml_collections.ConfigDict({'num_layers': 0, 'magnitude': 0})

@@ -20,8 +20,8 @@ def _config(**overrides):
   config = ml_collections.ConfigDict(dict(
       dataset='fashion_mnist', tfds_data_dir=None, tfds_manual_dir=None,
       fashion_mnist_dir=FMNIST, batch=32, batch_eval=64, shuffle_buffer=16, seed=0, prefetch=1,
-      pp=dict(train='train', test='test', crop=14, resize=0, inception_crop=False, flip=True,
-              mixup=0.0, randaugment=dict(num_layers=0, magnitude=0), channels=3)))
+      pp=dict(train='train', test='test', crop=14, resize=0, inception_crop=False, pad_crop=0,
+              flip=True, mixup=0.0, randaugment=dict(num_layers=0, magnitude=0), channels=3)))
   config.update_from_flattened_dict(overrides)
   return config
 
@@ -136,3 +136,19 @@ def test_preprocessing_ops_shapes_and_ranges():
     assert float(tf.reduce_min(out)) >= 0 and float(tf.reduce_max(out)) <= 255
   same = [preprocessing.randaugment(image, seed, 2, 9) for _ in range(2)]
   np.testing.assert_array_equal(same[0], same[1])
+
+
+def test_pad_random_crop_is_a_seeded_translation_with_black_fill():
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  image = np.random.default_rng(1).integers(1, 255, (12, 10, 1)).astype(np.float32)
+  padded = np.pad(image, [(3, 3), (3, 3), (0, 0)])
+  offsets = set()
+  for s in range(40):
+    seed = tf.constant([7, s], tf.int64)
+    out = preprocessing.pad_random_crop(tf.constant(image), 3, seed).numpy()
+    np.testing.assert_array_equal(out, preprocessing.pad_random_crop(image, 3, seed))
+    matches = [(dy, dx) for dy in range(7) for dx in range(7)
+               if np.array_equal(out, padded[dy:dy + 12, dx:dx + 10])]
+    assert len(matches) == 1, s  # exactly one window of the zero-padded image
+    offsets.add(matches[0])
+  assert len(offsets) > 10  # the offset really varies with the seed

@@ -2,7 +2,7 @@
 
 Config fields read: dataset (TFDS name or a folder with train/ and test/ subfolders of
 class folders), tfds_data_dir, tfds_manual_dir, fashion_mnist_dir, pp.{train, test, crop,
-resize, inception_crop, flip, mixup, randaugment, channels}, batch, batch_eval,
+resize, inception_crop, pad_crop, flip, mixup, randaugment, channels}, batch, batch_eval,
 shuffle_buffer, seed, prefetch.
 
 Order and resume. Small datasets with fixed image shapes (MNIST, Fashion-MNIST, CIFAR) and
@@ -147,6 +147,8 @@ def _preprocess(config, image, position, train):
     if pp.inception_crop:
       image = pp_lib.inception_crop(image, seed)
     image = pp_lib.resize(image, pp.crop)
+    if pp.pad_crop:
+      image = pp_lib.pad_random_crop(image, pp.pad_crop, seed + 3)
     if pp.flip:
       image = pp_lib.random_flip(image, seed + 1)
     if pp.randaugment.num_layers:

@@ -47,6 +47,17 @@ def resize_small_central_crop(image, resize_to, crop):
   return image[top:top + crop, left:left + crop]
 
 
+def pad_random_crop(image, pad, seed):
+  """Zero-pads `pad` pixels on each side, then crops back to the size at a random offset.
+
+  A random translation by up to `pad` pixels (the classic CIFAR/Fashion-MNIST augmentation);
+  zero is black in the [0, 255] range this runs in.
+  """
+  shape = tf.shape(image)
+  padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+  return tf.image.stateless_random_crop(padded, shape, seed)
+
+
 def random_flip(image, seed):
   return tf.image.stateless_random_flip_left_right(image, seed)
 
