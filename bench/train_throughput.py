@@ -26,7 +26,7 @@ def main(argv):
   host_runtime.reexec_with_tcmalloc()
   host_runtime.set_cpu_devices(FLAGS.config.cpu_devices)
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import input_pipeline, optim, parallel, train
+  from vit_jax import dispatch, input_pipeline, optim, parallel, train
   config = FLAGS.config
   print(f'cpus: {os.cpu_count()}  load average: {os.getloadavg()}  devices: '
         f'{jax.device_count()}')
@@ -57,8 +57,10 @@ def main(argv):
     jax.block_until_ready(metrics)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
+    limit_dispatch = dispatch.DispatchLimiter()  # as the train loop: unbounded can deadlock
     for _ in range(FLAGS.steps):
       state, metrics = step(state, batch)
+      limit_dispatch(metrics['loss'])
     jax.block_until_ready(metrics)
     step_rate = FLAGS.steps * config.batch / (time.perf_counter() - start)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / FLAGS.steps

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from vit_jax import checkpoint
+from vit_jax import dispatch
 from vit_jax import input_pipeline
 from vit_jax import metrics
 from vit_jax import optim
@@ -188,9 +189,11 @@ def train_and_evaluate(config, workdir):
     logging.info('Training steps %d..%d of %s on %s', start_step + 1, total,
                  config.dataset, dict(mesh.shape))
     result, last_log, last_time = {}, start_step, time.time()
+    limit_dispatch = dispatch.DispatchLimiter()
     for step in range(start_step + 1, total + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, step_metrics = train_step(state, parallel.global_batch(next(train_iter), mesh))
+      limit_dispatch(step_metrics['loss'])
       report(step)
       preempted = ckpt.preemption_requested()
       due_ckpt = step % config.checkpoint_every == 0 or step == total or preempted
