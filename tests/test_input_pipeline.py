@@ -138,6 +138,15 @@ def test_preprocessing_ops_shapes_and_ranges():
   np.testing.assert_array_equal(same[0], same[1])
 
 
+def test_resize_to_the_same_size_skips_the_resize_without_changing_values():
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  image = tf.constant(np.random.default_rng(1).integers(0, 255, (28, 28, 1)), tf.float32)
+  full = tf.image.resize(image, [28, 28], method='bilinear', antialias=True)
+  np.testing.assert_array_equal(preprocessing.resize(image, 28), full)
+  assert preprocessing.resize(image, 28) is image
+  assert preprocessing.resize(image, 14).shape == (14, 14, 1)
+
+
 def test_pad_random_crop_is_a_seeded_translation_with_black_fill():
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   image = np.random.default_rng(1).integers(1, 255, (12, 10, 1)).astype(np.float32)
