@@ -145,6 +145,8 @@ def test_resize_to_the_same_size_skips_the_resize_without_changing_values():
   np.testing.assert_array_equal(preprocessing.resize(image, 28), full)
   assert preprocessing.resize(image, 28) is image
   assert preprocessing.resize(image, 14).shape == (14, 14, 1)
+  as_uint8 = preprocessing.resize(tf.cast(image, tf.uint8), 28)
+  assert as_uint8.dtype == tf.image.resize(tf.cast(image, tf.uint8), [28, 28]).dtype
 
 
 def test_pad_random_crop_is_a_seeded_translation_with_black_fill():

@@ -33,10 +33,10 @@ def inception_crop(image, seed, area_range=(0.05, 1.0)):
 
 
 def resize(image, size):
-  """Bilinear (antialiased) resize to size x size; an image already that size is returned as
-  is (the resize would copy it unchanged at a real cost per example)."""
+  """Bilinear (antialiased) float32 resize to size x size; an image already that size is only
+  cast (the resize would copy it unchanged at a real cost per example)."""
   if tuple(image.shape[:2]) == (size, size):
-    return image
+    return tf.cast(image, tf.float32)
   return tf.image.resize(image, [size, size], method='bilinear', antialias=True)
 
 
