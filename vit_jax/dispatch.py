@@ -9,8 +9,9 @@ process ("Termination timeout for `all reduce ...`"). Measured here with 2 CPU d
 loop of a 2-device step aborted within 200 steps every time when unbounded or 64 ahead, and
 ran 3,000 steps when 32 or fewer ahead (tests/test_dispatch.py keeps that check).
 
-Waiting for the step MAX_STEPS_AHEAD back keeps enough work queued to hide the host's
-dispatch and input time, changes no numbers, and costs nothing on accelerators.
+Waiting for the step MAX_STEPS_AHEAD back keeps work queued to hide the host's dispatch and
+input time and changes no numbers (measured on CPU only: 2, 4 and 8 ahead ran within the
+run-to-run noise of one another).
 """
 import collections
 
