@@ -4,7 +4,9 @@ import setuptools
 INSTALL_REQUIRES = [
     'absl-py>=2.1,<3',
     'clu>=0.0.12,<0.1',
+    'etils[epath]>=1.7',  # the path layer (vit_jax/paths.py)
     'flax>=0.12,<0.13',
+    'gcsfs>=2024.2',  # gs:// paths, also for Orbax (vit_jax/paths.py)
     'importlib_resources>=6',  # tfds imports it but does not declare it
     'jax>=0.10.2,<0.11',
     'jaxlib>=0.10.2,<0.11',
@@ -21,6 +23,7 @@ INSTALL_REQUIRES = [
 ]
 
 TEST_REQUIRES = [
+    'gcp-storage-emulator>=2024.8',  # a real GCS server process for the gs:// tests
     'ipykernel>=6',
     'matplotlib>=3.8',
     'nbclient>=0.10',
