@@ -57,4 +57,7 @@ def get_config():
   config.progress_every = 10
   config.checkpoint_every = 1_000
   config.keep_checkpoints = 3
+  # A jax.profiler trace of steps first_step .. first_step + num_steps - 1 into
+  # WORKDIR/plugins/profile (TensorBoard's profile tab); first_step 0: off.
+  config.profile = ml_collections.ConfigDict({'first_step': 0, 'num_steps': 5})
   return config

@@ -5,6 +5,7 @@ nested dicts of float32 numpy arrays. Loading is renaming keys and exact reshape
 number is re-derived. `load_pretrained` adds the original's fine-tuning semantics (head reset,
 pre_logits drop, position-embedding resize). Files are never unpickled.
 """
+import io
 import os
 import re
 
@@ -14,6 +15,7 @@ import numpy as np
 import scipy.ndimage
 
 from vit_jax import checkpoint_timm
+from vit_jax import paths
 
 # Pre-Linen (released) block names -> current Linen names.
 _PRE_LINEN = {'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0',
@@ -31,13 +33,13 @@ def _to_float32(name, value):
 
 
 def _read_flat(path):
-  """Reads a checkpoint file into {name: numpy array}, without unpickling anything."""
+  """Reads a checkpoint file (local or gs://) into {name: numpy array}, unpickling nothing."""
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(f'checkpoint {path!r} does not exist')
   if path.endswith('.safetensors'):
     from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
-    return dict(safetensors_numpy.load_file(path))
+    return dict(safetensors_numpy.load(paths.read_bytes(path)))
   if path.endswith(('.pth', '.pt', '.bin')):
     try:
       import torch  # pylint: disable=g-import-not-at-top
@@ -46,10 +48,10 @@ def _read_flat(path):
           f'{path!r} is a PyTorch pickle; reading it needs torch, which is not installed. '
           'Convert it to .safetensors (safetensors.torch.save_file(state_dict, ...)) where '
           'torch is available, or `pip install torch`.') from e
-    sd = torch.load(path, map_location='cpu', weights_only=True)
+    sd = torch.load(paths.open_bytes(path), map_location='cpu', weights_only=True)
     sd = sd.get('state_dict', sd.get('model', sd)) if isinstance(sd, dict) else sd
     return {k: v.float().numpy() for k, v in sd.items()}
-  with np.load(path, allow_pickle=False) as data:
+  with np.load(paths.open_bytes(path), allow_pickle=False) as data:
     return {k: data[k] for k in data.files}
 
 
@@ -110,17 +112,18 @@ def _flatten(tree):
 
 
 def save(params, path):
-  """Writes params as an npz in the original's (Linen-named) layout."""
-  with open(path, 'wb') as f:
-    np.savez(f, **_flatten(params))
+  """Writes params as an npz in the original's (Linen-named) layout (local or gs://)."""
+  buffer = io.BytesIO()
+  np.savez(buffer, **_flatten(params))
+  paths.write_bytes(path, buffer.getvalue())
 
 
 def export_timm(params, path):
   """Writes params under timm's ViT state-dict names to a `.safetensors` file."""
   from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
   sd = checkpoint_timm.flat_to_timm(_flatten(params))
-  safetensors_numpy.save_file({k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()},
-                              os.fspath(path))
+  paths.write_bytes(path, safetensors_numpy.save(
+      {k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}))
 
 
 def _grid_shape(num_tokens, given, what):

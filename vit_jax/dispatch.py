@@ -15,11 +15,17 @@ run-to-run noise of one another).
 """
 import collections
 
+import jax
+
 MAX_STEPS_AHEAD = 8
 
 
 class DispatchLimiter:
-  """Call with one output array of each dispatched step; blocks while too many are queued."""
+  """Call with the outputs of each dispatched step; blocks while too many are queued.
+
+  Returns the outputs it waited for (oldest first): the train loop reads values that every
+  process must agree on (the stop request) from these, at the same iteration everywhere.
+  """
 
   def __init__(self, max_ahead=MAX_STEPS_AHEAD):
     if max_ahead < 1:
@@ -29,5 +35,7 @@ class DispatchLimiter:
 
   def __call__(self, step_output):
     self._queued.append(step_output)
+    done = []
     while len(self._queued) > self._max_ahead:
-      self._queued.popleft().block_until_ready()
+      done.append(jax.block_until_ready(self._queued.popleft()))
+    return done

@@ -18,10 +18,11 @@ from PIL import Image
 from configs import models as model_configs
 from vit_jax import checkpoint
 from vit_jax import labels as labels_lib
+from vit_jax import paths
 from vit_jax.models import VisionTransformer
 from vit_jax.models import resnet
 
-flags.DEFINE_string('checkpoint', None, 'npz / safetensors checkpoint.')
+flags.DEFINE_string('checkpoint', None, 'npz / safetensors checkpoint (local or gs://).')
 flags.DEFINE_string('model', 'ViT-B_16', 'Name in configs/models.py MODEL_CONFIGS.')
 flags.DEFINE_integer('image_size', 0, 'Input resolution; 0 = from the checkpoint.')
 flags.DEFINE_string('labels', 'imagenet1k', "'imagenet1k', 'fashion_mnist' or a file.")
@@ -68,12 +69,12 @@ def _size_from_posemb(model, params):
   return side * patch * resnet.stem_downsampling(model.resnet)
 
 
-def load_images(paths, image_size, channels, patch):
-  """Reads, resizes and scales images to [-1, 1]; clear errors for bad files."""
+def load_images(image_paths, image_size, channels, patch):
+  """Reads (local or gs://), resizes and scales images to [-1, 1]; clear errors for bad files."""
   images = []
-  for path in paths:
+  for path in image_paths:
     try:
-      with Image.open(path) as img:
+      with Image.open(paths.open_bytes(path)) as img:
         img = img.convert('RGB' if channels == 3 else 'L')
         img.load()
     except FileNotFoundError as e:
@@ -115,7 +116,7 @@ def benchmark(model, params, batch, image_size, channels, steps):
 
 
 def main(argv):
-  paths = argv[1:]
+  image_paths = argv[1:]
   if not FLAGS.checkpoint:
     raise app.UsageError('--checkpoint is required')
   model, params, size, channels = build(FLAGS.checkpoint, FLAGS.model, FLAGS.image_size,
@@ -125,11 +126,11 @@ def main(argv):
     print(f'{FLAGS.model} {size}x{size} batch {FLAGS.batch}: {rate:.2f} images/s over '
           f'{FLAGS.steps} timed steps (compile {compile_s:.1f} s)')
     return
-  if not paths:
+  if not image_paths:
     raise app.UsageError('give image paths, or --benchmark')
-  images = load_images(paths, size, channels, model.patches['size'][0])
+  images = load_images(image_paths, size, channels, model.patches['size'][0])
   names = labels_lib.get_labels(FLAGS.labels)
-  for path, top in zip(paths, classify(model, params, images, names, FLAGS.top_k)):
+  for path, top in zip(image_paths, classify(model, params, images, names, FLAGS.top_k)):
     print(path)
     for name, prob in top:
       print(f'  {prob:7.2%}  {name}')

@@ -1,6 +1,7 @@
 """Class names: ImageNet-1k (shipped with the package), Fashion-MNIST, or a text file."""
 import importlib.resources
-import os
+
+from vit_jax import paths
 
 FASHION_MNIST = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
                  'Sneaker', 'Bag', 'Ankle boot')
@@ -14,13 +15,12 @@ def imagenet1k():
 
 
 def get_labels(name):
-  """'imagenet1k', 'fashion_mnist', or a path to a file with one class name per line."""
+  """'imagenet1k', 'fashion_mnist', or a path (local or gs://) to a file with one class name per line."""
   if name == 'imagenet1k':
     return imagenet1k()
   if name == 'fashion_mnist':
     return list(FASHION_MNIST)
-  if os.path.exists(name):
-    with open(name) as f:
-      return [line.strip() for line in f if line.strip()]
+  if paths.exists(name):
+    return [line.strip() for line in paths.read_text(name).splitlines() if line.strip()]
   raise ValueError(f"labels={name!r}: use 'imagenet1k', 'fashion_mnist' or a path to a text "
                    'file with one class name per line')

@@ -4,13 +4,19 @@
       --config.base_lr=0.01
 
 Multi-process: --coordinator_address=host:port --num_processes=N --process_id=i (or the
-JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables). On a
+multi-host Cloud TPU slice without them, jax.distributed.initialize() finds its peers itself.
+
+Exit status: 0 when the run finished; 128 + N when signal N (SIGTERM: 143, SIGINT: 130)
+reached any process and every process stopped after saving a checkpoint at the same step
+(rerun the same command to resume); 1 on an error.
 
 On start the process re-executes itself with tcmalloc preloaded when it is installed
 (VIT_JAX_TCMALLOC=0 disables this) and creates `config.cpu_devices` CPU devices; see
 vit_jax/host_runtime.py.
 """
 import json
+import sys
 
 from absl import app
 from absl import flags
@@ -35,6 +41,7 @@ def main(argv):
   host_runtime.set_cpu_devices(FLAGS.config.cpu_devices)  # before JAX's backends start
   # Imported here so that the flags above parse before TensorFlow and JAX start.
   from vit_jax import parallel  # pylint: disable=g-import-not-at-top
+  from vit_jax import preemption  # pylint: disable=g-import-not-at-top
   from vit_jax import train  # pylint: disable=g-import-not-at-top
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
@@ -42,6 +49,12 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')  # tf.data only; the accelerators are JAX's
   logging.info('Config:\n%s', FLAGS.config)
   result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if result.get('stopped_by_signal'):
+    status = preemption.exit_status(result['stopped_by_signal'])
+    print(json.dumps(result))
+    print(f'Stopped early at step {result["step"]} by a signal, checkpoint saved; exit status '
+          f'{status}. Run the same command to resume.')
+    sys.exit(status)
   if 'eval_accuracy' in result:
     print(f'Final test accuracy: {result["eval_accuracy"]:.4f} over '
           f'{result["eval_examples"]} test images (step {result["step"]})')

@@ -22,12 +22,31 @@ PARAM_RULES = (
 )
 
 
+def multi_host_tpu_environment(environ=None):
+  """Whether the environment describes a multi-host Cloud TPU slice (or several slices).
+
+  TPU VMs of a multi-host slice (GKE, queued resources) list their workers in
+  TPU_WORKER_HOSTNAMES or TPU_PROCESS_ADDRESSES; multislice jobs set
+  MEGASCALE_COORDINATOR_ADDRESS. jax.distributed.initialize() reads the rest itself.
+  """
+  environ = os.environ if environ is None else environ
+  for key in ('TPU_PROCESS_ADDRESSES', 'TPU_WORKER_HOSTNAMES'):
+    hosts = [h for h in environ.get(key, '').split(',') if h.strip()]
+    if len(hosts) > 1:
+      return True
+  return bool(environ.get('MEGASCALE_COORDINATOR_ADDRESS'))
+
+
 def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
-  """jax.distributed.initialize from arguments or JAX_COORDINATOR_ADDRESS/... env vars."""
+  """jax.distributed.initialize from arguments, JAX_COORDINATOR_ADDRESS/... env vars, or a
+  multi-host TPU environment (then without arguments); explicit values win."""
+  if jax.distributed.is_initialized():
+    return
   coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
   if not coordinator_address:
-    return
-  if jax.distributed.is_initialized():
+    if multi_host_tpu_environment():
+      logging.info('Multi-host TPU environment: jax.distributed.initialize()')
+      jax.distributed.initialize()
     return
   num_processes = int(num_processes or os.environ['JAX_NUM_PROCESSES'])
   process_id = int(process_id if process_id is not None else os.environ['JAX_PROCESS_ID'])

@@ -5,7 +5,7 @@ Everything is a deterministic function of (config, step): the data comes from
 killed at any point and restarted from its last checkpoint ends bitwise equal to one that was
 never interrupted.
 """
-import os
+import signal
 import time
 
 from absl import logging
@@ -23,6 +23,9 @@ from vit_jax import input_pipeline
 from vit_jax import metrics
 from vit_jax import optim
 from vit_jax import parallel
+from vit_jax import paths
+from vit_jax import preemption
+from vit_jax import profiling
 from vit_jax import state_checkpoint
 from vit_jax.models import VisionTransformer
 from vit_jax.models import resnet
@@ -54,9 +57,6 @@ def validate_config(config, mesh):
                      f'config.model.patches.size={tuple(config.model.patches.size)}'
                      + (f' x {stem} (ResNet stem)' if stem > 1 else '')
                      + '; change the crop size or the patch size.')
-  if config.pretrained_path and not os.path.exists(config.pretrained_path):
-    raise FileNotFoundError(f'config.pretrained_path={config.pretrained_path!r} does not '
-                            'exist; fix the path or set it to None to train from scratch.')
 
 
 def _loss_fn(model, config, num_classes):
@@ -92,7 +92,8 @@ def make_train_step(model, tx, schedule, config, num_classes):
     new_state = dict(state, step=state['step'] + 1, params=optax.apply_updates(params, updates),
                      opt_state=opt_state)
     return new_state, {'loss': loss, 'grad_norm': optax.global_norm(grads),
-                       'learning_rate': schedule(state['step'])}
+                       'learning_rate': schedule(state['step']),
+                       'stop': jnp.max(batch['stop']) if 'stop' in batch else 0}
   return train_step
 
 
@@ -142,92 +143,143 @@ def evaluate(config, eval_step, params, mesh):
   return correct / max(total, 1.), int(total)
 
 
+def _write_config(config, workdir):
+  """WORKDIR/config.json: the resolved config of this run (process 0), as big_vision does."""
+  if jax.process_index() == 0:
+    paths.write_text(paths.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+
+
+def _first_restorable(ckpt, target, config, workdir):
+  """(state or None, start step); a workdir already past total_steps is a clear error."""
+  restored = ckpt.restore(target)
+  start_step = 0 if restored is None else restored[1]
+  if start_step > config.total_steps:
+    raise ValueError(
+        f'{workdir} holds a checkpoint at step {start_step}, beyond config.total_steps='
+        f'{config.total_steps}: nothing would be trained. Raise config.total_steps to continue '
+        'that run, or pass a new --workdir.')
+  return (None if restored is None else restored[0]), start_step
+
+
 def train_and_evaluate(config, workdir):
-  """Trains (resuming from `workdir` if it has checkpoints); returns the final metrics."""
+  """Trains (resuming from `workdir` if it has checkpoints); returns the final metrics.
+
+  `result['stopped_by_signal']` is set when SIGTERM / SIGINT stopped the run early (after
+  saving a checkpoint at a step every process agreed on); see vit_jax/preemption.py.
+  """
   # ----------------------------------------------------------------------------- setup
+  started = time.time()
   mesh = parallel.create_mesh(config.mesh)
   validate_config(config, mesh)
+  if config.pretrained_path and not paths.exists(config.pretrained_path):
+    raise FileNotFoundError(f'config.pretrained_path={config.pretrained_path!r} does not '
+                            'exist; fix the path or set it to None to train from scratch.')
   info = input_pipeline.get_dataset_info(config, config.pp.train)
   num_classes = info['num_classes']
   model = make_model(config, num_classes)
   tx, schedule = optim.make_optimizer(config)
   image_shape = (config.pp.crop, config.pp.crop, config.pp.channels)
-  os.makedirs(workdir, exist_ok=True)
-  logger = metrics.MetricsLogger(workdir)
+  paths.makedirs(workdir)
+  _write_config(config, workdir)
   ckpt = state_checkpoint.TrainStateCheckpointer(
-      os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints,
-      save_interval_steps=1)
-  ckpt.install_sigterm_handler()
-
-  with jax.set_mesh(mesh):
-    # ------------------------------------------------------------------------- state
-    target, shardings = abstract_train_state(config, model, tx, mesh, image_shape)
-    restored = ckpt.restore(target)
-    if restored is None:
-      state = create_train_state(config, model, tx, shardings, image_shape)
-    else:
-      state = restored[0]
-    start_step = int(_to_host(state['step']))
-    parameter_overview.log_parameter_overview(
-        target['params'], include_stats=False, msg=f'{config.model.model_name} parameters')
-
-    # ------------------------------------------------------------------------- steps
-    batch_sharding = parallel.batch_sharding(mesh)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    train_step = jax.jit(make_train_step(model, tx, schedule, config, num_classes),
-                         in_shardings=(shardings, batch_sharding),
-                         out_shardings=(shardings, replicated), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(model),
-                        in_shardings=(shardings['params'], batch_sharding),
-                        out_shardings=replicated)
-
-    # -------------------------------------------------------------------------- loop
-    total = config.total_steps
-    report = periodic_actions.ReportProgress(num_train_steps=total, writer=logger.writer,
-                                             every_secs=None, every_steps=config.progress_every)
-    train_iter = input_pipeline.get_data(config, 'train', start_step=start_step)
-    logging.info('Training steps %d..%d of %s on %s', start_step + 1, total,
-                 config.dataset, dict(mesh.shape))
-    result, last_log, last_time = {}, start_step, time.time()
-    limit_dispatch = dispatch.DispatchLimiter()
-    for step in range(start_step + 1, total + 1):
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, step_metrics = train_step(state, parallel.global_batch(next(train_iter), mesh))
-      limit_dispatch(step_metrics['loss'])
-      report(step)
-      preempted = ckpt.preemption_requested()
-      due_ckpt = step % config.checkpoint_every == 0 or step == total or preempted
-      record = {}
-      if step % config.progress_every == 0 or due_ckpt:  # the only host syncs of the loop
-        host = {k: float(_to_host(v)) for k, v in step_metrics.items()}
-        if not np.isfinite(host['loss']):
-          ckpt.wait_until_finished()
-          raise FloatingPointError(
-              f'train loss is {host["loss"]} at step {step}; stopping without saving this '
-              f'state. The last good checkpoint (step {ckpt.latest_step()}) is kept in '
-              f'{workdir}. Lower config.base_lr, raise config.warmup_steps or set '
-              'config.grad_norm_clip.')
-        now = time.time()
-        record = dict(train_loss=host['loss'], learning_rate=host['learning_rate'],
-                      grad_norm=host['grad_norm'],
-                      examples_per_sec=(step - last_log) * config.batch / (now - last_time))
-        result['train_loss'] = host['loss']
-      if (config.eval_every and step % config.eval_every == 0) or step == total:
-        with report.timed('eval'):
-          accuracy, count = evaluate(config, eval_step, state['params'], mesh)
-        logging.info('Step %d: test accuracy %.4f over %d examples', step, accuracy, count)
-        record['eval_accuracy'] = accuracy
-        result.update(eval_accuracy=accuracy, eval_examples=count)
-      if record:
-        logger.write(step, **record)  # one metrics.jsonl object per logged step
-        last_log, last_time = step, time.time()
-      if due_ckpt:
-        ckpt.save(step, state, force=True)
-      if preempted:
-        logging.warning('Stopping at step %d after SIGTERM; checkpoint saved.', step)
-        break
+      paths.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints)
+  stop = preemption.StopRequest().install()
+  try:
+    with jax.set_mesh(mesh):
+      result = _train_loop(config, workdir, mesh, model, tx, schedule, num_classes,
+                           image_shape, ckpt, stop, started)
+  finally:
+    # Also on an exception: a checkpoint being written is finished before the error
+    # propagates (no half-written *.orbax-checkpoint-tmp, no noise from its threads at exit).
+    stop.uninstall()
     ckpt.wait_until_finished()
     ckpt.close()
-    logger.flush()
+  return result
+
+
+def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_shape, ckpt,
+                stop, started):
+  # --------------------------------------------------------------------------- state
+  target, shardings = abstract_train_state(config, model, tx, mesh, image_shape)
+  state, start_step = _first_restorable(ckpt, target, config, workdir)
+  if state is None:
+    state = create_train_state(config, model, tx, shardings, image_shape)
+  logger = metrics.MetricsLogger(workdir)
+  previous = logger.resume_at(start_step)  # drops what a killed run logged after its checkpoint
+  core_hours = previous.get('core_hours', 0.)
+  parameter_overview.log_parameter_overview(
+      target['params'], include_stats=False, msg=f'{config.model.model_name} parameters')
+
+  # --------------------------------------------------------------------------- steps
+  batch_sharding = parallel.batch_sharding(mesh)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  train_step = jax.jit(make_train_step(model, tx, schedule, config, num_classes),
+                       in_shardings=(shardings, batch_sharding),
+                       out_shardings=(shardings, replicated), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(model),
+                      in_shardings=(shardings['params'], batch_sharding),
+                      out_shardings=replicated)
+
+  # ---------------------------------------------------------------------------- loop
+  total, devices = config.total_steps, jax.device_count()
+  report = periodic_actions.ReportProgress(num_train_steps=total, writer=logger.writer,
+                                           every_secs=None, every_steps=config.progress_every)
+  profiler = profiling.StepProfiler(config.profile, workdir)
+  train_iter = input_pipeline.get_data(config, 'train', start_step=start_step)
+  local_batch = config.batch // jax.process_count()
+  logging.info('Training steps %d..%d of %s on %s', start_step + 1, total, config.dataset,
+               dict(mesh.shape))
+  result, last_log, last_time = {}, start_step, time.time()
+  limit_dispatch = dispatch.DispatchLimiter()
+  stopped_by = 0
+  for step in range(start_step + 1, total + 1):
+    profiler.before_step(step)
+    batch = dict(next(train_iter), stop=stop.batch_field(local_batch))
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      state, step_metrics = train_step(state, parallel.global_batch(batch, mesh))
+    # Every process reads the same older step's agreed stop request here.
+    for done in limit_dispatch(step_metrics):
+      stopped_by = max(stopped_by, int(_to_host(done['stop'])))
+    profiler.after_step(step, step_metrics)
+    report(step)
+    due_ckpt = step % config.checkpoint_every == 0 or step == total or stopped_by
+    record = {}
+    if step % config.progress_every == 0 or due_ckpt:  # the only host syncs of the loop
+      host = {k: float(_to_host(v)) for k, v in step_metrics.items()}
+      if not np.isfinite(host['loss']):
+        raise FloatingPointError(
+            f'train loss is {host["loss"]} at step {step}; stopping without saving this '
+            f'state. The last good checkpoint (step {ckpt.latest_step()}) is kept in '
+            f'{workdir}. Lower config.base_lr, raise config.warmup_steps or set '
+            'config.grad_norm_clip.')
+      now = time.time()
+      rate = (step - last_log) * config.batch / (now - last_time)
+      record = dict(train_loss=host['loss'], learning_rate=host['learning_rate'],
+                    grad_norm=host['grad_norm'], examples_per_sec=rate,
+                    img_per_sec_per_device=rate / devices,
+                    core_hours=core_hours + devices * (now - started) / 3600)
+      result['train_loss'] = host['loss']
+    if (config.eval_every and step % config.eval_every == 0) or step == total:
+      with report.timed('eval'):
+        accuracy, count = evaluate(config, eval_step, state['params'], mesh)
+      logging.info('Step %d: test accuracy %.4f over %d examples', step, accuracy, count)
+      record['eval_accuracy'] = accuracy
+      result.update(eval_accuracy=accuracy, eval_examples=count)
+    if record:
+      logger.write(step, **record)  # one metrics.jsonl object per logged step
+      last_log, last_time = step, time.time()
+    if due_ckpt:
+      ckpt.save(step, state, force=True)
+      logger.flush()
+    if stopped_by:
+      logging.warning('Stopped at step %d by %s on some process; checkpoint saved. Run the '
+                      'same command to resume.', step, signal.Signals(stopped_by).name)
+      result['stopped_by_signal'] = stopped_by
+      break
+  profiler.stop()
+  if start_step == total:  # a finished run asked again: report its accuracy
+    result.update(zip(('eval_accuracy', 'eval_examples'),
+                      evaluate(config, eval_step, state['params'], mesh)))
+  logger.flush()
   result['step'] = int(_to_host(state['step']))
   return result
