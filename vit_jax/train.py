@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from vit_jax import checkpoint
+from vit_jax import config_checks
 from vit_jax import dispatch
 from vit_jax import input_pipeline
 from vit_jax import metrics
@@ -25,7 +26,6 @@ from vit_jax import optim
 from vit_jax import parallel
 from vit_jax import state_checkpoint
 from vit_jax.models import VisionTransformer
-from vit_jax.models import resnet
 
 
 def make_model(config, num_classes):
@@ -39,21 +39,8 @@ def _to_host(x):
 
 
 def validate_config(config, mesh):
-  """Errors that would otherwise surface mid-compile or hours later; names the field."""
-  parallel.validate_batch(config.batch, mesh, 'config.batch')
-  parallel.validate_batch(config.batch_eval, mesh, 'config.batch_eval')
-  micro = config.batch // config.accum_steps
-  if config.batch % config.accum_steps or micro % parallel.data_parallel_size(mesh):
-    raise ValueError(f'config.batch={config.batch} / config.accum_steps={config.accum_steps} '
-                     f'must give a whole micro-batch divisible by the '
-                     f'{parallel.data_parallel_size(mesh)} data-parallel devices.')
-  ph, pw = config.model.patches.size
-  stem = resnet.stem_downsampling(config.model.get('resnet'))
-  if config.pp.crop % (ph * stem) or config.pp.crop % (pw * stem):
-    raise ValueError(f'config.pp.crop={config.pp.crop} is not divisible by '
-                     f'config.model.patches.size={tuple(config.model.patches.size)}'
-                     + (f' x {stem} (ResNet stem)' if stem > 1 else '')
-                     + '; change the crop size or the patch size.')
+  """Errors that would otherwise surface mid-compile or hours later; see config_checks.py."""
+  config_checks.validate(config, mesh)
   if config.pretrained_path and not os.path.exists(config.pretrained_path):
     raise FileNotFoundError(f'config.pretrained_path={config.pretrained_path!r} does not '
                             'exist; fix the path or set it to None to train from scratch.')
@@ -148,6 +135,7 @@ def train_and_evaluate(config, workdir):
   mesh = parallel.create_mesh(config.mesh)
   validate_config(config, mesh)
   info = input_pipeline.get_dataset_info(config, config.pp.train)
+  logging.info('Config:\n%s', config)  # once it passed the checks above
   num_classes = info['num_classes']
   model = make_model(config, num_classes)
   tx, schedule = optim.make_optimizer(config)
