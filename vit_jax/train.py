@@ -47,12 +47,26 @@ def validate_config(config, mesh):
 
 
 def _loss_fn(model, config, num_classes):
-  def loss_fn(params, images, labels, rng):
+  def loss_fn(params, images, labels, rng, scale=None):
     logits = model.apply({'params': params}, images, train=True, rngs={'dropout': rng})
     if config.label_smoothing:
       labels = labels * (1. - config.label_smoothing) + config.label_smoothing / num_classes
+    if scale is not None:  # per-example weights, see _example_scale
+      return (optax.softmax_cross_entropy(logits.astype(jnp.float32), labels) * scale).mean()
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), labels).mean()
   return loss_fn
+
+
+def _example_scale(batch):
+  """() or (w * B / max(sum(w), 1),): the mean of scale * ce is sum(w * ce) / max(sum(w), 1).
+
+  batch['weight'] (0 for skipped undecodable images) is present only with
+  config.pp.skip_undecodable; without it the loss is the plain mean, as before.
+  """
+  if 'weight' not in batch:
+    return ()
+  weight = batch['weight']
+  return (weight * (weight.shape[0] / jnp.maximum(jnp.sum(weight), 1.)),)
 
 
 def make_train_step(model, tx, schedule, config, num_classes):
@@ -64,13 +78,15 @@ def make_train_step(model, tx, schedule, config, num_classes):
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state['step'])
     params = state['params']
     if accum == 1:
-      loss, grads = grad_fn(params, batch['image'], batch['label'], rng)
+      loss, grads = grad_fn(params, batch['image'], batch['label'], rng, *_example_scale(batch))
     else:
       split = lambda x: x.reshape((-1, accum) + x.shape[1:]).swapaxes(0, 1)
       images, labels = split(batch['image']), split(batch['label'])
+      scales = [split(x) for x in _example_scale(batch)]
 
       def micro_step(carry, i):
-        loss, grads = grad_fn(params, images[i], labels[i], jax.random.fold_in(rng, i))
+        loss, grads = grad_fn(params, images[i], labels[i], jax.random.fold_in(rng, i),
+                              *[x[i] for x in scales])
         return jax.tree.map(jnp.add, carry, (loss, grads)), None
       zeros = (jnp.zeros([], jnp.float32), jax.tree.map(jnp.zeros_like, params))
       (loss, grads), _ = jax.lax.scan(micro_step, zeros, jnp.arange(accum))
