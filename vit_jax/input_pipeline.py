@@ -2,8 +2,8 @@
 
 Config fields read: dataset (TFDS name or a folder with train/ and test/ subfolders of
 class folders), tfds_data_dir, tfds_manual_dir, fashion_mnist_dir, pp.{train, test, crop,
-resize, inception_crop, pad_crop, flip, mixup, randaugment, channels}, batch, batch_eval,
-shuffle_buffer, seed, prefetch.
+resize, inception_crop, pad_crop, flip, mixup, randaugment, channels, skip_undecodable},
+batch, batch_eval, shuffle_buffer, seed, prefetch.
 
 Order and resume. Small datasets with fixed image shapes (MNIST, Fashion-MNIST, CIFAR) and
 image folders are indexed: global position p of the run is example
