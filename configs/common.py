@@ -26,6 +26,9 @@ def get_config():
   config.pp.mixup = 0.0  # Beta(alpha, alpha) mixing; 0 disables
   config.pp.randaugment = ml_collections.ConfigDict({'num_layers': 0, 'magnitude': 0})
   config.pp.channels = 3
+  # Image folders: an image that cannot be decoded stops the run with an error naming the
+  # file (False), or becomes a zero image with weight 0 in its batch, logged with its path.
+  config.pp.skip_undecodable = False
   config.batch = 512
   config.batch_eval = 512
   config.shuffle_buffer = 50_000

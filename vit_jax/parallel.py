@@ -12,6 +12,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from vit_jax import errors
+
 AXES = ('data', 'fsdp', 'seq')
 BATCH_AXES = ('data', 'fsdp')
 # Ordered (regex over '/'-joined parameter or optimizer-state paths, rule); first match wins.
@@ -64,14 +66,16 @@ def create_mesh(mesh_config):
   known = int(np.prod([s for s in sizes if s != -1]))
   n = jax.device_count()
   if len(unknown) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f'config.mesh={dict(zip(AXES, sizes))}: at most one axis may be -1 and '
-                     'the others must be positive')
+    raise errors.UserInputError(
+        f'config.mesh={dict(zip(AXES, sizes))}: at most one axis may be -1 and '
+        'the others must be positive')
   if unknown and n % known == 0:
     sizes[unknown[0]] = n // known
   if int(np.prod(sizes)) != n:
-    raise ValueError(f'config.mesh={dict(zip(AXES, sizes))} needs {int(np.prod(sizes))} '
-                     f'devices but there are {n}; make the product of the axis sizes equal '
-                     f'{n} (or set one axis to -1).')
+    raise errors.UserInputError(
+        f'config.mesh={dict(zip(AXES, sizes))} needs {int(np.prod(sizes))} '
+        f'devices but there are {n}; make the product of the axis sizes equal '
+        f'{n} (or set one axis to -1).')
   return jax.make_mesh(tuple(sizes), AXES,
                        axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
@@ -83,9 +87,10 @@ def data_parallel_size(mesh):
 def validate_batch(batch_size, mesh, field='config.batch'):
   dp = data_parallel_size(mesh)
   if batch_size % dp or batch_size % jax.process_count():
-    raise ValueError(f'{field}={batch_size} is not divisible by the {dp} data-parallel devices '
-                     f'(mesh data x fsdp) and {jax.process_count()} processes; use a multiple '
-                     'of both.')
+    raise errors.UserInputError(
+        f'{field}={batch_size} is not divisible by the {dp} data-parallel devices '
+        f'(mesh data x fsdp) and {jax.process_count()} processes; use a multiple '
+        'of both.')
 
 
 def _spec_for(path, shape, fsdp):

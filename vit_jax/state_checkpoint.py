@@ -18,10 +18,11 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vit_jax import errors
 from vit_jax import paths
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.UserInputError):
   """The checkpoint in the workdir was written for another train state."""
 
 

@@ -18,7 +18,9 @@ import numpy as np
 import optax
 
 from vit_jax import checkpoint
+from vit_jax import config_checks
 from vit_jax import dispatch
+from vit_jax import errors
 from vit_jax import input_pipeline
 from vit_jax import metrics
 from vit_jax import optim
@@ -28,7 +30,6 @@ from vit_jax import preemption
 from vit_jax import profiling
 from vit_jax import state_checkpoint
 from vit_jax.models import VisionTransformer
-from vit_jax.models import resnet
 
 
 def make_model(config, num_classes):
@@ -42,30 +43,35 @@ def _to_host(x):
 
 
 def validate_config(config, mesh):
-  """Errors that would otherwise surface mid-compile or hours later; names the field."""
-  parallel.validate_batch(config.batch, mesh, 'config.batch')
-  parallel.validate_batch(config.batch_eval, mesh, 'config.batch_eval')
-  micro = config.batch // config.accum_steps
-  if config.batch % config.accum_steps or micro % parallel.data_parallel_size(mesh):
-    raise ValueError(f'config.batch={config.batch} / config.accum_steps={config.accum_steps} '
-                     f'must give a whole micro-batch divisible by the '
-                     f'{parallel.data_parallel_size(mesh)} data-parallel devices.')
-  ph, pw = config.model.patches.size
-  stem = resnet.stem_downsampling(config.model.get('resnet'))
-  if config.pp.crop % (ph * stem) or config.pp.crop % (pw * stem):
-    raise ValueError(f'config.pp.crop={config.pp.crop} is not divisible by '
-                     f'config.model.patches.size={tuple(config.model.patches.size)}'
-                     + (f' x {stem} (ResNet stem)' if stem > 1 else '')
-                     + '; change the crop size or the patch size.')
+  """Errors that would otherwise surface mid-compile or hours later; see config_checks.py."""
+  config_checks.validate(config, mesh)
+  if config.pretrained_path and not paths.exists(config.pretrained_path):
+    raise errors.MissingInputError(
+        f'config.pretrained_path={config.pretrained_path!r} does not exist; fix the path or '
+        'set it to None to train from scratch.')
 
 
 def _loss_fn(model, config, num_classes):
-  def loss_fn(params, images, labels, rng):
+  def loss_fn(params, images, labels, rng, scale=None):
     logits = model.apply({'params': params}, images, train=True, rngs={'dropout': rng})
     if config.label_smoothing:
       labels = labels * (1. - config.label_smoothing) + config.label_smoothing / num_classes
+    if scale is not None:  # per-example weights, see _example_scale
+      return (optax.softmax_cross_entropy(logits.astype(jnp.float32), labels) * scale).mean()
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), labels).mean()
   return loss_fn
+
+
+def _example_scale(batch):
+  """() or (w * B / max(sum(w), 1),): the mean of scale * ce is sum(w * ce) / max(sum(w), 1).
+
+  batch['weight'] (0 for skipped undecodable images) is present only with
+  config.pp.skip_undecodable; without it the loss is the plain mean, as before.
+  """
+  if 'weight' not in batch:
+    return ()
+  weight = batch['weight']
+  return (weight * (weight.shape[0] / jnp.maximum(jnp.sum(weight), 1.)),)
 
 
 def make_train_step(model, tx, schedule, config, num_classes):
@@ -77,13 +83,15 @@ def make_train_step(model, tx, schedule, config, num_classes):
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state['step'])
     params = state['params']
     if accum == 1:
-      loss, grads = grad_fn(params, batch['image'], batch['label'], rng)
+      loss, grads = grad_fn(params, batch['image'], batch['label'], rng, *_example_scale(batch))
     else:
       split = lambda x: x.reshape((-1, accum) + x.shape[1:]).swapaxes(0, 1)
       images, labels = split(batch['image']), split(batch['label'])
+      scales = [split(x) for x in _example_scale(batch)]
 
       def micro_step(carry, i):
-        loss, grads = grad_fn(params, images[i], labels[i], jax.random.fold_in(rng, i))
+        loss, grads = grad_fn(params, images[i], labels[i], jax.random.fold_in(rng, i),
+                              *[x[i] for x in scales])
         return jax.tree.map(jnp.add, carry, (loss, grads)), None
       zeros = (jnp.zeros([], jnp.float32), jax.tree.map(jnp.zeros_like, params))
       (loss, grads), _ = jax.lax.scan(micro_step, zeros, jnp.arange(accum))
@@ -154,7 +162,7 @@ def _first_restorable(ckpt, target, config, workdir):
   restored = ckpt.restore(target)
   start_step = 0 if restored is None else restored[1]
   if start_step > config.total_steps:
-    raise ValueError(
+    raise errors.UserInputError(
         f'{workdir} holds a checkpoint at step {start_step}, beyond config.total_steps='
         f'{config.total_steps}: nothing would be trained. Raise config.total_steps to continue '
         'that run, or pass a new --workdir.')
@@ -171,10 +179,8 @@ def train_and_evaluate(config, workdir):
   started = time.time()
   mesh = parallel.create_mesh(config.mesh)
   validate_config(config, mesh)
-  if config.pretrained_path and not paths.exists(config.pretrained_path):
-    raise FileNotFoundError(f'config.pretrained_path={config.pretrained_path!r} does not '
-                            'exist; fix the path or set it to None to train from scratch.')
   info = input_pipeline.get_dataset_info(config, config.pp.train)
+  logging.info('Config:\n%s', config)  # once it passed the checks above
   num_classes = info['num_classes']
   model = make_model(config, num_classes)
   tx, schedule = optim.make_optimizer(config)
@@ -258,6 +264,8 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
                     grad_norm=host['grad_norm'], examples_per_sec=rate,
                     img_per_sec_per_device=rate / devices,
                     core_hours=core_hours + devices * (now - started) / 3600)
+      if config.pp.skip_undecodable:  # this process's count; each file is logged with its path
+        record['skipped_undecodable'] = float(getattr(train_iter, 'skipped', 0))
       result['train_loss'] = host['loss']
     if (config.eval_every and step % config.eval_every == 0) or step == total:
       with report.timed('eval'):

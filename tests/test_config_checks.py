@@ -1,0 +1,90 @@
+"""config_checks.validate: each bad value is a UserInputError naming the field and the value."""
+import ml_collections
+import pytest
+
+from configs import pit as pit_configs
+from vit_jax import config_checks
+from vit_jax import errors
+from vit_jax import parallel
+
+
+def _config(**overrides):
+  config = pit_configs.get_config('fashion_mnist')
+  config.unlock()
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def _validate(config):
+  config_checks.validate(config, parallel.create_mesh(config.mesh))
+
+
+def test_presets_pass():
+  _validate(_config())
+  _validate(_config(dtype='bfloat16', grad_norm_clip=None, eval_every=0, prefetch=0))
+
+
+@pytest.mark.parametrize('field,value,expected', [
+    ('keep_checkpoints', 0, 'final one'),
+    ('keep_checkpoints', -2, '>= 1'),
+    ('checkpoint_every', 0, '>= 1'),
+    ('progress_every', 0, '>= 1'),
+    ('eval_every', -1, '>= 0'),
+    ('total_steps', 0, '>= 1'),
+    ('base_lr', 0., '> 0'),
+    ('base_lr', -1e-3, '> 0'),
+    ('base_lr', float('nan'), 'finite'),
+    ('base_lr', float('inf'), 'finite'),
+    ('warmup_steps', -1, 'config.total_steps=6000'),
+    ('warmup_steps', 6001, 'config.total_steps=6000'),
+    ('dtype', 'bf16', "did you mean 'bfloat16'"),
+    ('dtype', 'float64', 'float32'),
+    ('accum_steps', 0, '>= 1'),
+    ('batch', 0, '>= 1'),
+    ('batch_eval', -8, '>= 1'),
+    ('label_smoothing', 1., '[0, 1)'),
+    ('label_smoothing', -0.1, '[0, 1)'),
+    ('grad_norm_clip', -1., '>= 0'),
+    ('weight_decay', -0.1, '>= 0'),
+    ('pp.crop', 0, '>= 1'),
+    ('pp.mixup', -0.5, '>= 0'),
+    ('prefetch', -1, '>= 0'),
+    ('optim', 'adam', "did you mean 'adamw'"),
+    ('decay_type', 'cos', 'not one of'),
+    ('adam_b2', 1.5, '[0, 1)'),
+    ('pp.channels', 2, 'not one of'),
+    # Wrong types: a string where a number is expected, a float where an integer is.
+    ('base_lr', '1e-3', 'must be a number'),
+    ('keep_checkpoints', '3', 'must be an integer'),
+    ('total_steps', 100.5, 'must be an integer'),
+    ('batch', True, 'must be an integer'),
+    ('label_smoothing', None, 'must be a number'),
+    ('grad_norm_clip', 'off', 'must be a number'),
+    ('pp.mixup', 'yes', 'must be a number'),
+    ('pp.skip_undecodable', 1, 'True or False'),
+    ('dtype', 16, 'not one of'),
+])
+def test_bad_value_names_field_and_value(field, value, expected):
+  # A config written in Python (not --config overrides) can hold any type: type_safe=False.
+  config = ml_collections.ConfigDict(_config().to_dict(), type_safe=False)
+  parent, last = (['', *field.split('.')])[-2:]
+  (config.pp if parent == 'pp' else config)[last] = value
+  with pytest.raises(errors.UserInputError) as error:
+    _validate(config)
+  message = str(error.value)
+  assert f'config.{field}=' in message, message
+  assert repr(value) in message or str(value) in message, message
+  assert expected in message, message
+
+
+def test_errors_are_value_errors_and_missing_inputs_are_file_errors():
+  assert issubclass(errors.UserInputError, ValueError)
+  assert issubclass(errors.MissingInputError, errors.UserInputError)
+  assert issubclass(errors.MissingInputError, FileNotFoundError)
+
+
+def test_mesh_and_batch_errors_are_user_input_errors():
+  with pytest.raises(errors.UserInputError, match='needs 3 devices'):
+    parallel.create_mesh({'data': 3})
+  with pytest.raises(errors.UserInputError, match='config.batch=12 is not divisible'):
+    _validate(_config(batch=12))

@@ -1,0 +1,146 @@
+"""validate(config, mesh): every config error found before anything is compiled.
+
+A bad value otherwise surfaces late and far from its cause: `keep_checkpoints=0` deletes the
+final checkpoint, `progress_every=0` is a ZeroDivisionError after compiling, `dtype='bf16'`
+a numpy TypeError. Each error is an `errors.UserInputError` naming the field, the value and
+the fix. The optimizer's own checks (vit_jax/optim.py) run here too, so they also come first.
+"""
+import difflib
+import math
+import numbers
+
+from vit_jax import errors
+from vit_jax import optim
+from vit_jax import parallel
+from vit_jax.models import resnet
+
+DTYPES = ('float32', 'bfloat16', 'float16')
+_DTYPE_ALIASES = {'bf16': 'bfloat16', 'fp16': 'float16', 'f16': 'float16', 'half': 'float16',
+                  'fp32': 'float32', 'f32': 'float32', 'float': 'float32'}
+
+# (field, kind, lowest allowed value or None, why); kind: 'int', 'number', 'bool'.
+_RANGES = (
+    ('seed', 'int', None, ''),
+    ('total_steps', 'int', 1, 'the number of train steps'),
+    ('warmup_steps', 'int', None, ''),  # range checked by optim.make_schedule
+    ('batch', 'int', 1, 'examples per train step'),
+    ('batch_eval', 'int', 1, 'examples per eval step'),
+    ('accum_steps', 'int', 1, 'micro-batches per step; 1 means no accumulation'),
+    ('keep_checkpoints', 'int', 1, '0 would delete every checkpoint, the final one too'),
+    ('checkpoint_every', 'int', 1, 'a checkpoint every N steps (the last step always saves)'),
+    ('progress_every', 'int', 1, 'train metrics every N steps'),
+    ('eval_every', 'int', 0, '0 evaluates after the last step only'),
+    ('prefetch', 'int', 0, 'batches prepared ahead'),
+    ('shuffle_buffer', 'int', 0, 'examples in the shuffle buffer of streamed datasets'),
+    ('pp.crop', 'int', 1, 'the image side the model sees'),
+    ('pp.resize', 'int', 0, '0 turns the eval resize off'),
+    ('pp.pad_crop', 'int', 0, '0 turns pad-and-crop off'),
+    ('pp.randaugment.num_layers', 'int', 0, '0 turns RandAugment off'),
+    ('pp.randaugment.magnitude', 'number', 0, ''),
+    ('pp.mixup', 'number', 0, '0 turns mixup off'),
+    ('weight_decay', 'number', None, ''),  # range checked by optim.make_optimizer
+    ('momentum', 'number', None, ''),
+    ('adam_b1', 'number', None, ''),
+    ('adam_b2', 'number', None, ''),
+    ('linear_end', 'number', None, ''),
+    ('pp.inception_crop', 'bool', None, ''),
+    ('pp.flip', 'bool', None, ''),
+    ('pp.skip_undecodable', 'bool', None, ''),
+)
+
+
+_KINDS = {'int': ('an integer', 1), 'number': ('a number', 0.5), 'bool': ('True or False', False)}
+
+
+def _get(config, field):
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  return value
+
+
+def _error(field, value, requirement):
+  return errors.UserInputError(f'config.{field}={value!r} {requirement}')
+
+
+def _check_type(field, value, kind):
+  """The value has the type `kind` names (bool is not a number; None is not allowed)."""
+  is_bool = isinstance(value, bool)
+  ok = {'int': isinstance(value, numbers.Integral) and not is_bool,
+        'number': isinstance(value, numbers.Real) and not is_bool,
+        'bool': is_bool}[kind]
+  if not ok:
+    name, example = _KINDS[kind]
+    raise _error(field, value, f'has type {type(value).__name__}; it must be {name}, e.g. '
+                 f'--config.{field}={example}')
+
+
+def _check_ranges(config):
+  for field, kind, lowest, why in _RANGES:
+    value = _get(config, field)
+    _check_type(field, value, kind)
+    if kind == 'number' and not math.isfinite(value):
+      raise _error(field, value, 'is not finite; set a finite number')
+    if lowest is not None and value < lowest:
+      raise _error(field, value, f'must be >= {lowest} ({why}); set it to {lowest} or more')
+
+
+def _check_choice(field, value, choices, aliases=None):
+  same_type = isinstance(value, type(choices[0])) and not isinstance(value, bool)
+  if same_type and value in choices:
+    return
+  hint = ''
+  if isinstance(value, str):
+    close = (aliases or {}).get(value.lower()) or next(
+        iter(difflib.get_close_matches(value, choices, n=1, cutoff=0.5)), None)
+    hint = f"; did you mean '{close}'?" if close else ''
+  raise _error(field, value, f'is not one of {choices}{hint}')
+
+
+def _check_optimization(config):
+  lr = config.base_lr
+  _check_type('base_lr', lr, 'number')
+  if not (math.isfinite(lr) and lr > 0):
+    raise _error('base_lr', lr, 'must be a finite number > 0, e.g. 1e-3')
+  smoothing = config.label_smoothing
+  _check_type('label_smoothing', smoothing, 'number')
+  if not 0 <= smoothing < 1:
+    raise _error('label_smoothing', smoothing, 'must be in [0, 1); 0 turns it off')
+  clip = config.grad_norm_clip
+  if clip is not None:  # None or 0: no clipping (optim.make_optimizer)
+    _check_type('grad_norm_clip', clip, 'number')
+    if not (math.isfinite(clip) and clip >= 0):
+      raise _error('grad_norm_clip', clip, 'must be a finite number >= 0; 0 or None turns '
+                   'clipping off')
+  _check_choice('optim', config.optim, optim.OPTIMIZERS)
+  _check_choice('decay_type', config.decay_type, optim.DECAY_TYPES)
+  _check_choice('dtype', config.dtype, DTYPES, _DTYPE_ALIASES)
+  _check_choice('pp.channels', config.pp.channels, (1, 3))
+  optim.make_optimizer(config)  # its own range checks (warmup, momentum, betas, decay)
+
+
+def _check_shapes(config, mesh):
+  """Batch and crop sizes that the mesh and the patch size can divide."""
+  parallel.validate_batch(config.batch, mesh, 'config.batch')
+  parallel.validate_batch(config.batch_eval, mesh, 'config.batch_eval')
+  micro = config.batch // config.accum_steps
+  if config.batch % config.accum_steps or micro % parallel.data_parallel_size(mesh):
+    raise errors.UserInputError(
+        f'config.batch={config.batch} / config.accum_steps={config.accum_steps} '
+        f'must give a whole micro-batch divisible by the '
+        f'{parallel.data_parallel_size(mesh)} data-parallel devices.')
+  ph, pw = config.model.patches.size
+  stem = resnet.stem_downsampling(config.model.get('resnet'))
+  if config.pp.crop % (ph * stem) or config.pp.crop % (pw * stem):
+    raise errors.UserInputError(
+        f'config.pp.crop={config.pp.crop} is not divisible by '
+        f'config.model.patches.size={tuple(config.model.patches.size)}'
+        + (f' x {stem} (ResNet stem)' if stem > 1 else '')
+        + '; change the crop size or the patch size.')
+
+
+def validate(config, mesh):
+  """Raises errors.UserInputError for the first bad field; types, then ranges, then shapes."""
+  _check_ranges(config)
+  _check_optimization(config)
+  _check_shapes(config, mesh)
