@@ -131,10 +131,18 @@ def _any_process(flag):
 
 
 def load_params(directory, step=None):
-  """The `params` of a saved train state (newest step by default) as numpy arrays."""
-  manager = ocp.CheckpointManager(directory)
+  """The `params` of a saved train state (newest step by default) as numpy arrays.
+
+  Works in any process layout: a checkpoint written by a multi-host run is read onto this
+  process's first device (its stored shardings name devices this process does not have).
+  """
+  manager = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
   step = manager.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f'no checkpoint in {directory!r}')
-  state = ocp.StandardCheckpointer().restore(paths.join(directory, str(step), 'default'))
-  return state['params']
+    raise errors.MissingInputError(f'no checkpoint in {directory!r}')
+  one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                        manager.item_metadata(step).tree)
+  state = manager.restore(step, args=ocp.args.StandardRestore(target))
+  manager.close()
+  return jax.tree.map(np.asarray, state['params'])
