@@ -17,6 +17,8 @@ from configs import vit as vit_configs
 from vit_jax import metrics
 from vit_jax import optim
 from vit_jax import parallel
+from vit_jax import state_checkpoint
+from vit_jax import tensorboard_events
 from vit_jax import train
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
@@ -37,14 +39,33 @@ def tiny_config(data_dir, **overrides):
 
 
 def test_trains_on_local_fashion_mnist_and_writes_metrics(fashion_mnist_data_dir, tmp_path):
-  result = train.train_and_evaluate(tiny_config(fashion_mnist_data_dir), str(tmp_path))
+  config = tiny_config(fashion_mnist_data_dir, **{'profile.first_step': 2,
+                                                  'profile.num_steps': 2})
+  result = train.train_and_evaluate(config, str(tmp_path))
   assert result['step'] == 6 and result['eval_examples'] == 10_000
   assert 0. <= result['eval_accuracy'] <= 1.
   records = metrics.read_jsonl(str(tmp_path))
   assert [r['step'] for r in records if 'train_loss' in r] == [2, 3, 4, 6]
-  assert all({'learning_rate', 'examples_per_sec'} <= set(r) for r in records
-             if 'train_loss' in r)
+  logged = [r for r in records if 'train_loss' in r]
+  assert all({'learning_rate', 'examples_per_sec', 'img_per_sec_per_device', 'core_hours'} <=
+             set(r) for r in logged)
+  for r in logged:  # 8 simulated devices
+    assert r['img_per_sec_per_device'] == pytest.approx(r['examples_per_sec'] / 8)
+  hours = [r['core_hours'] for r in logged]
+  assert 0 < hours[0] < hours[-1] < 8 * 600 / 3600
   assert any('eval_accuracy' in r for r in records)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['total_steps'] == 6 and saved['model']['hidden_size'] == 16
+  assert sorted(step for step, tag, _ in tensorboard_events.read_scalars(str(tmp_path))
+                if tag == 'train_loss') == [2, 3, 4, 6]
+  traces = list((tmp_path / 'plugins' / 'profile').rglob('*.xplane.pb'))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
+  # Asked again, the finished run trains nothing and reports its accuracy.
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert again['step'] == 6 and again['eval_accuracy'] == result['eval_accuracy']
+  with pytest.raises(ValueError, match='beyond config.total_steps=4'):
+    train.train_and_evaluate(tiny_config(fashion_mnist_data_dir, total_steps=4), str(tmp_path))
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
 
 
@@ -167,19 +188,22 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(fashion_mnist_data_dir, t
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']  # nothing moved or deleted
 
 
-def test_corrupted_newest_checkpoint_falls_back_with_warning(fashion_mnist_data_dir, tmp_path,
-                                                              caplog):
+def test_truncated_newest_checkpoint_falls_back_and_ends_bitwise_equal(
+    fashion_mnist_data_dir, tmp_path, caplog):
   train.train_and_evaluate(tiny_config(fashion_mnist_data_dir), str(tmp_path))
-  newest = tmp_path / 'checkpoints' / '6'
-  for path in newest.rglob('*'):
-    if path.is_file() and path.stat().st_size > 0 and 'METADATA' not in path.name:
-      path.write_bytes(b'garbage')
+  uninterrupted = state_checkpoint.load_params(str(tmp_path / 'checkpoints'), 6)
+  arrays = sorted((tmp_path / 'checkpoints' / '6' / 'default' / 'd').iterdir(),
+                  key=lambda p: -p.stat().st_size)
+  damaged = arrays[0]  # the array data file, truncated as a full disk or a killed copy leaves it
+  damaged.write_bytes(damaged.read_bytes()[:damaged.stat().st_size // 2])
   result = train.train_and_evaluate(tiny_config(fashion_mnist_data_dir), str(tmp_path))
-  assert 'unreadable' in caplog.text
+  assert 'is damaged' in caplog.text and 'different train state' not in caplog.text
   assert result['step'] == 6  # resumed from step 3 and trained again to 6
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
   kept = os.listdir(tmp_path / 'checkpoints.unreadable')  # the bad one is kept aside
   assert len(kept) == 1 and kept[0].startswith('6-')
+  again = state_checkpoint.load_params(str(tmp_path / 'checkpoints'), 6)
+  jax.tree.map(np.testing.assert_array_equal, again, uninterrupted)
 
 
 def _leaf_names(config, prefix=''):
