@@ -74,6 +74,12 @@ def test_cli_prints_top5_and_benchmarks(assets):
                           '--benchmark', '--steps=3', '--batch=2'], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
   assert 'images/s over 3 timed steps' in bench.stdout, bench.stderr[-2000:]
+  missing = subprocess.run([sys.executable, '-m', 'vit_jax.inference',
+                            f'--checkpoint={tmp / "nope.npz"}', '--model=testing', *paths],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert missing.returncode == 2 and 'Traceback' not in missing.stderr, missing.stderr[-2000:]
+  assert missing.stderr.strip().splitlines()[-1] == (
+      f"error: checkpoint '{tmp / 'nope.npz'}' does not exist")
 
 
 def test_imagenet_labels_ship_with_the_package():

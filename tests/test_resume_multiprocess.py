@@ -81,7 +81,7 @@ def _steps_saved(workdir):
 
 def test_two_processes_match_one_process_and_survive_sigterm_to_one(fashion_mnist_data_dir,
                                                                      tmp_path):
-  total = 200
+  total = 60
   steps = [f'--config.total_steps={total}', '--config.checkpoint_every=1000']
   single = str(tmp_path / 'single')
   subprocess.run(_command(single, fashion_mnist_data_dir, *steps), cwd=ROOT, env=_env(4),

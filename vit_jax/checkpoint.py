@@ -14,6 +14,7 @@ import flax
 import numpy as np
 import scipy.ndimage
 
+from vit_jax import errors
 from vit_jax import checkpoint_timm
 from vit_jax import paths
 
@@ -28,7 +29,7 @@ def _to_float32(name, value):
   if value.dtype.kind == 'V' and value.dtype.itemsize == 2:  # bfloat16 saved without ml_dtypes
     return (value.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
   if value.dtype.kind not in 'fiub' and value.dtype.name != 'bfloat16':
-    raise ValueError(f'checkpoint entry {name!r} has unsupported dtype {value.dtype}')
+    raise errors.UserInputError(f'checkpoint entry {name!r} has unsupported dtype {value.dtype}')
   return value.astype(np.float32) if value.dtype != np.float32 else value
 
 
@@ -36,7 +37,7 @@ def _read_flat(path):
   """Reads a checkpoint file (local or gs://) into {name: numpy array}, unpickling nothing."""
   path = os.fspath(path)
   if not paths.exists(path):
-    raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+    raise errors.MissingInputError(f'checkpoint {path!r} does not exist')
   if path.endswith('.safetensors'):
     from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
     return dict(safetensors_numpy.load(paths.read_bytes(path)))
@@ -44,7 +45,7 @@ def _read_flat(path):
     try:
       import torch  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-      raise ValueError(
+      raise errors.UserInputError(
           f'{path!r} is a PyTorch pickle; reading it needs torch, which is not installed. '
           'Convert it to .safetensors (safetensors.torch.save_file(state_dict, ...)) where '
           'torch is available, or `pip install torch`.') from e
@@ -129,11 +130,11 @@ def export_timm(params, path):
 def _grid_shape(num_tokens, given, what):
   if given is not None:
     if given[0] * given[1] != num_tokens:
-      raise ValueError(f'{what}={tuple(given)} does not match {num_tokens} position tokens')
+      raise errors.UserInputError(f'{what}={tuple(given)} does not match {num_tokens} position tokens')
     return tuple(given)
   side = int(round(np.sqrt(num_tokens)))
   if side * side != num_tokens:
-    raise ValueError(f'{num_tokens} position tokens are not a square grid; pass {what}=(h, w)')
+    raise errors.UserInputError(f'{num_tokens} position tokens are not a square grid; pass {what}=(h, w)')
   return side, side
 
 
@@ -167,7 +168,7 @@ def check_shapes(restored, expected, *, context=''):
         cause = 'num_classes differs from the checkpoint\'s'
       else:
         cause = 'the model name (width, depth, heads, patch size) does not fit the checkpoint'
-      raise ValueError(f'{context}parameter {key}: the model expects shape '
+      raise errors.UserInputError(f'{context}parameter {key}: the model expects shape '
                        f'{flat_e[key]}, the checkpoint has {flat_r[key]}; likely '
                        f'cause: {cause}.')
   return sorted(set(flat_e) - set(flat_r)), sorted(set(flat_r) - set(flat_e))

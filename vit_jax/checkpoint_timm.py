@@ -9,6 +9,8 @@ import re
 
 import numpy as np
 
+from vit_jax import errors
+
 # Widths of the standard ViTs -> heads (timm does not store the head count).
 _STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16, 1664: 16}
 _UNSUPPORTED = ('fc_norm.', '.ls1.', '.ls2.', 'attn_pool.', 'reg_token', 'dist_token',
@@ -69,13 +71,13 @@ def timm_to_flat(sd, num_heads=None):
   """timm state dict (name -> numpy) -> our flat {'a/b/c': array} in the original layout."""
   bad = sorted(k for k in sd if any(u in k for u in _UNSUPPORTED) or k.startswith(_UNSUPPORTED))
   if bad:
-    raise ValueError(f'timm checkpoint has parts the original ViT does not: {bad[:4]} '
+    raise errors.UserInputError(f'timm checkpoint has parts the original ViT does not: {bad[:4]} '
                      '(fc_norm / LayerScale / registers / distillation / qk-norm models are '
                      'different architectures and cannot be loaded into VisionTransformer).')
   width = sd['patch_embed.proj.weight'].shape[0]
   heads = num_heads or default_num_heads(width)
   if width % heads:
-    raise ValueError(f'num_heads={heads} does not divide the checkpoint width {width}')
+    raise errors.UserInputError(f'num_heads={heads} does not divide the checkpoint width {width}')
   hd = width // heads
   out = {}
   for key, w in sd.items():
@@ -104,7 +106,7 @@ def timm_to_flat(sd, num_heads=None):
       path, kind = _backbone_key(key)
       out[path] = _conv_to_flax(w) if kind == 'conv' else w
     else:
-      raise ValueError(f'unknown timm key {key!r} (shape {w.shape}): not a ViT checkpoint '
+      raise errors.UserInputError(f'unknown timm key {key!r} (shape {w.shape}): not a ViT checkpoint '
                        'this loader knows')
   return out
 
@@ -131,7 +133,7 @@ def _block_to_flat(prefix, name, w, heads, hd):
     dense = mlp + f'Dense_{int(fc.group(1)) - 1}/'
     return {dense + ('kernel' if fc.group(2) == 'weight' else 'bias'):
             w.T if fc.group(2) == 'weight' else w}
-  raise ValueError(f'unknown timm block key {name!r} (shape {w.shape})')
+  raise errors.UserInputError(f'unknown timm block key {name!r} (shape {w.shape})')
 
 
 def flat_to_timm(flat):

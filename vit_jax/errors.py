@@ -4,6 +4,7 @@
 (no traceback); any other exception is a bug and keeps its traceback. Both are ValueErrors,
 so code and tests catching ValueError (or FileNotFoundError) keep working.
 """
+import sys
 
 
 class UserInputError(ValueError):
@@ -12,3 +13,18 @@ class UserInputError(ValueError):
 
 class MissingInputError(UserInputError, FileNotFoundError):
   """A file or folder the config names does not exist."""
+
+
+def reporting_user_errors(main):
+  """main(argv), with a UserInputError as one line `error: ...` on stderr and exit status 2.
+
+  For absl `app.run` entry points; everything else (a bug) keeps its traceback.
+  """
+  def run(argv):
+    try:
+      return main(argv)
+    except UserInputError as e:
+      sys.stdout.flush()
+      print('error: ' + ' '.join(str(e).split()), file=sys.stderr, flush=True)
+      sys.exit(2)
+  return run

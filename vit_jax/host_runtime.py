@@ -19,6 +19,8 @@ import sys
 
 from absl import logging
 
+from vit_jax import errors
+
 _FORCE_FLAG = '--xla_force_host_platform_device_count'
 # Set to 0 to keep the allocator the process started with.
 TCMALLOC_ENV = 'VIT_JAX_TCMALLOC'
@@ -71,7 +73,7 @@ def reexec_with_tcmalloc(module=None):
 def resolve_cpu_devices(cpu_devices):
   """config.cpu_devices -> the device count to request (None: leave JAX's default)."""
   if not isinstance(cpu_devices, int) or cpu_devices < -1:
-    raise ValueError(f'config.cpu_devices={cpu_devices!r} must be -1 (one per CPU core), 0 '
+    raise errors.UserInputError(f'config.cpu_devices={cpu_devices!r} must be -1 (one per CPU core), 0 '
                      "(JAX's default) or a positive device count.")
   if cpu_devices == 0:
     return None

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from configs import models as model_configs
+from vit_jax import errors
 from vit_jax import checkpoint
 from vit_jax import labels as labels_lib
 from vit_jax import paths
@@ -37,12 +38,12 @@ FLAGS = flags.FLAGS
 def build(checkpoint_path, model_name, image_size=0, exact_gelu=False):
   """(model, params, image_size, channels) for a checkpoint; clear errors if it does not fit."""
   if model_name not in model_configs.MODEL_CONFIGS:
-    raise ValueError(f'--model={model_name!r} is not in configs/models.py')
+    raise errors.UserInputError(f'--model={model_name!r} is not in configs/models.py')
   config = model_configs.MODEL_CONFIGS[model_name].to_dict()
   config['transformer'] = dict(config['transformer'], gelu_approximate=not exact_gelu)
   params = checkpoint.load(checkpoint_path, num_heads=config['transformer']['num_heads'])
   if 'head' not in params:
-    raise ValueError(f'{checkpoint_path}: no classification head to predict with')
+    raise errors.UserInputError(f'{checkpoint_path}: no classification head to predict with')
   num_classes = params['head']['bias'].shape[0]
   model = VisionTransformer(num_classes=num_classes, **config)
   first = params.get('conv_root', params.get('embedding', {})).get('kernel')
@@ -54,7 +55,7 @@ def build(checkpoint_path, model_name, image_size=0, exact_gelu=False):
   missing, extra = checkpoint.check_shapes(params, abstract['params'],
                                            context=f'{checkpoint_path} vs {model_name}: ')
   if missing or extra:
-    raise ValueError(f'{checkpoint_path} does not fit {model_name}: missing {missing[:5]}, '
+    raise errors.UserInputError(f'{checkpoint_path} does not fit {model_name}: missing {missing[:5]}, '
                      f'unexpected {extra[:5]}')
   return model, params, image_size, channels
 
@@ -78,11 +79,11 @@ def load_images(image_paths, image_size, channels, patch):
         img = img.convert('RGB' if channels == 3 else 'L')
         img.load()
     except FileNotFoundError as e:
-      raise ValueError(f'image {path!r} does not exist') from e
+      raise errors.MissingInputError(f'image {path!r} does not exist') from e
     except OSError as e:
-      raise ValueError(f'image {path!r} cannot be read as an image ({e})') from e
+      raise errors.UserInputError(f'image {path!r} cannot be read as an image ({e})') from e
     if min(img.size) < patch:
-      raise ValueError(f'image {path!r} is {img.size[0]}x{img.size[1]}, smaller than one '
+      raise errors.UserInputError(f'image {path!r} is {img.size[0]}x{img.size[1]}, smaller than one '
                        f'{patch}x{patch} patch of the model')
     img = img.resize((image_size, image_size), Image.BILINEAR)
     array = np.asarray(img, np.float32).reshape(image_size, image_size, channels)
@@ -137,4 +138,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(errors.reporting_user_errors(main))

@@ -1,6 +1,7 @@
 """Class names: ImageNet-1k (shipped with the package), Fashion-MNIST, or a text file."""
 import importlib.resources
 
+from vit_jax import errors
 from vit_jax import paths
 
 FASHION_MNIST = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
@@ -22,5 +23,5 @@ def get_labels(name):
     return list(FASHION_MNIST)
   if paths.exists(name):
     return [line.strip() for line in paths.read_text(name).splitlines() if line.strip()]
-  raise ValueError(f"labels={name!r}: use 'imagenet1k', 'fashion_mnist' or a path to a text "
+  raise errors.UserInputError(f"labels={name!r}: use 'imagenet1k', 'fashion_mnist' or a path to a text "
                    'file with one class name per line')

@@ -60,20 +60,5 @@ def main(argv):
   print(json.dumps(result))
 
 
-def _run_reporting_user_errors(fn):
-  """fn(argv), with a user error (bad config, data or file) as one line and exit status 2.
-
-  Everything else (a bug) keeps its traceback.
-  """
-  def run(argv):
-    try:
-      return fn(argv)
-    except errors.UserInputError as e:
-      sys.stdout.flush()
-      print('error: ' + ' '.join(str(e).split()), file=sys.stderr, flush=True)
-      sys.exit(2)
-  return run
-
-
 if __name__ == '__main__':
-  app.run(_run_reporting_user_errors(main))
+  app.run(errors.reporting_user_errors(main))

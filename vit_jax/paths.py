@@ -16,6 +16,8 @@ os.environ.setdefault('EPATH_USE_TF', '0')
 
 from etils import epath  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
+from vit_jax import errors  # pylint: disable=g-import-not-at-top
+
 REMOTE_PREFIXES = ('gs://', 's3://', 'az://')
 
 
@@ -65,9 +67,9 @@ def read_bytes(path):
   try:
     return p.read_bytes()
   except FileNotFoundError as e:
-    raise FileNotFoundError(f'{os.fspath(path)!r} does not exist') from e
+    raise errors.MissingInputError(f'{os.fspath(path)!r} does not exist') from e
   except IsADirectoryError as e:
-    raise IsADirectoryError(f'{os.fspath(path)!r} is a directory, not a file') from e
+    raise errors.UserInputError(f'{os.fspath(path)!r} is a directory, not a file') from e
 
 
 def read_text(path):

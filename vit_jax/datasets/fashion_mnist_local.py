@@ -12,12 +12,13 @@ from absl import logging
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist
 
+from vit_jax import errors
+
 DEFAULT_SOURCE_DIR = '/usr/share/datasets/fashion-mnist'
 FILES = {
     'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz', 60_000),
     'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz', 10_000),
 }
-
 
 def source_files_present(source_dir):
   return all(os.path.exists(os.path.join(source_dir, name))
@@ -53,7 +54,7 @@ class LocalFashionMNIST(mnist.FashionMNIST, skip_registration=True):
 def prepare_fashion_mnist(source_dir, data_dir):
   """Writes TFDS `fashion_mnist` into `data_dir` from the idx files in `source_dir`."""
   if not source_files_present(source_dir):
-    raise ValueError(
+    raise errors.MissingInputError(
         f'config.fashion_mnist_dir={source_dir!r} does not hold the four Fashion-MNIST idx '
         "files; on Debian: `apt-get install dataset-fashion-mnist`, or point "
         'config.fashion_mnist_dir at a folder with them.')
