@@ -237,12 +237,15 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
                dict(mesh.shape))
   result, last_log, last_time = {}, start_step, time.time()
   limit_dispatch = dispatch.DispatchLimiter()
-  stopped_by = 0
+  stopped_by, stop_sent, stop_array = 0, None, None
   for step in range(start_step + 1, total + 1):
     profiler.before_step(step)
-    batch = dict(next(train_iter), stop=stop.batch_field(local_batch))
+    if stop.signum != stop_sent:  # the device copy is made again only when it changes
+      stop_sent = stop.signum
+      stop_array = parallel.global_batch({'stop': stop.batch_field(local_batch)}, mesh)['stop']
+    batch = dict(parallel.global_batch(next(train_iter), mesh), stop=stop_array)
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      state, step_metrics = train_step(state, parallel.global_batch(batch, mesh))
+      state, step_metrics = train_step(state, batch)
     # Every process reads the same older step's agreed stop request here.
     for done in limit_dispatch(step_metrics):
       stopped_by = max(stopped_by, int(_to_host(done['stop'])))
