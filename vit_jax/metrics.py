@@ -58,8 +58,8 @@ class MetricsLogger:
 
 
 def read_jsonl(workdir):
-  """All records of WORKDIR/metrics.jsonl (for tests and notebooks); a torn last line is
-  dropped (a run killed mid-write)."""
+  """All records of WORKDIR/metrics.jsonl (for tests and notebooks); a line that does not
+  parse (torn by a run killed mid-write) is skipped."""
   records = []
   for line in paths.read_text(paths.join(workdir, JSONL)).splitlines():
     try:

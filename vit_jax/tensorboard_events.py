@@ -8,6 +8,7 @@ Scalars need nothing of TensorFlow: an event file is TFRecord framing around `Ev
 `drop_steps_after` removes the records a killed run logged after the checkpoint it resumes
 from, so TensorBoard shows one value per step after a restart.
 """
+import os
 import socket
 import struct
 import time
@@ -58,7 +59,8 @@ class EventFileWriter(interface.MetricWriter):
 
   def __init__(self, logdir):
     now = time.time()
-    name = f'events.out.{EVENT_FILE_MARKER}.{now:.0f}.{socket.gethostname()}.vit_jax.v2'
+    name = (f'events.out.{EVENT_FILE_MARKER}.{now:.0f}.{socket.gethostname()}.{os.getpid()}'
+            '.vit_jax.v2')
     self._path = paths.join(logdir, name)
     first = event_pb2.Event(wall_time=now, file_version='brain.Event:2')
     self._pending = [encode_record(first.SerializeToString())]

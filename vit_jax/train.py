@@ -194,12 +194,19 @@ def train_and_evaluate(config, workdir):
     with jax.set_mesh(mesh):
       result = _train_loop(config, workdir, mesh, model, tx, schedule, num_classes,
                            image_shape, ckpt, stop, started)
+  except BaseException:
+    # A checkpoint being written is finished before the error propagates (no half-written
+    # *.orbax-checkpoint-tmp, no noise from its threads at exit); the error stays the last word.
+    try:
+      ckpt.wait_until_finished()
+      ckpt.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.error('Finishing the pending checkpoint failed too: %s: %s', type(e).__name__, e)
+    raise
   finally:
-    # Also on an exception: a checkpoint being written is finished before the error
-    # propagates (no half-written *.orbax-checkpoint-tmp, no noise from its threads at exit).
     stop.uninstall()
-    ckpt.wait_until_finished()
-    ckpt.close()
+  ckpt.wait_until_finished()
+  ckpt.close()
   return result
 
 
