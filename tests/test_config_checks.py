@@ -26,6 +26,8 @@ def test_presets_pass():
 
 @pytest.mark.parametrize('field,value,expected', [
     ('keep_checkpoints', 0, 'final one'),
+    ('profile.first_step', -1, '>= 0'),
+    ('profile.num_steps', 0, '>= 1'),
     ('keep_checkpoints', -2, '>= 1'),
     ('checkpoint_every', 0, '>= 1'),
     ('progress_every', 0, '>= 1'),
@@ -67,8 +69,11 @@ def test_presets_pass():
 def test_bad_value_names_field_and_value(field, value, expected):
   # A config written in Python (not --config overrides) can hold any type: type_safe=False.
   config = ml_collections.ConfigDict(_config().to_dict(), type_safe=False)
-  parent, last = (['', *field.split('.')])[-2:]
-  (config.pp if parent == 'pp' else config)[last] = value
+  *parents, last = field.split('.')
+  node = config
+  for name in parents:
+    node = node[name]
+  node[last] = value
   with pytest.raises(errors.UserInputError) as error:
     _validate(config)
   message = str(error.value)

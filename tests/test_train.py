@@ -64,6 +64,8 @@ def test_trains_on_local_fashion_mnist_and_writes_metrics(fashion_mnist_data_dir
   # Asked again, the finished run trains nothing and reports its accuracy.
   again = train.train_and_evaluate(config, str(tmp_path))
   assert again['step'] == 6 and again['eval_accuracy'] == result['eval_accuracy']
+  with pytest.raises(ValueError, match='is a file, not a folder'):
+    train.train_and_evaluate(config, str(tmp_path / 'config.json'))
   with pytest.raises(ValueError, match='beyond config.total_steps=4'):
     train.train_and_evaluate(tiny_config(fashion_mnist_data_dir, total_steps=4), str(tmp_path))
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']

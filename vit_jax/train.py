@@ -185,6 +185,9 @@ def train_and_evaluate(config, workdir):
   model = make_model(config, num_classes)
   tx, schedule = optim.make_optimizer(config)
   image_shape = (config.pp.crop, config.pp.crop, config.pp.channels)
+  if paths.exists(workdir) and not paths.isdir(workdir):
+    raise errors.UserInputError(f'--workdir={workdir!r} is a file, not a folder; pass a folder '
+                                '(it is created if missing).')
   paths.makedirs(workdir)
   _write_config(config, workdir)
   ckpt = state_checkpoint.TrainStateCheckpointer(
