@@ -49,10 +49,11 @@ def _read_flat(path):
           f'{path!r} is a PyTorch pickle; reading it needs torch, which is not installed. '
           'Convert it to .safetensors (safetensors.torch.save_file(state_dict, ...)) where '
           'torch is available, or `pip install torch`.') from e
-    sd = torch.load(paths.open_bytes(path), map_location='cpu', weights_only=True)
+    with paths.open_binary(path) as f:
+      sd = torch.load(f, map_location='cpu', weights_only=True)
     sd = sd.get('state_dict', sd.get('model', sd)) if isinstance(sd, dict) else sd
     return {k: v.float().numpy() for k, v in sd.items()}
-  with np.load(paths.open_bytes(path), allow_pickle=False) as data:
+  with paths.open_binary(path) as f, np.load(f, allow_pickle=False) as data:
     return {k: data[k] for k in data.files}
 
 

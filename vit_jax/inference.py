@@ -75,7 +75,7 @@ def load_images(image_paths, image_size, channels, patch):
   images = []
   for path in image_paths:
     try:
-      with Image.open(paths.open_bytes(path)) as img:
+      with paths.open_binary(path) as f, Image.open(f) as img:
         img = img.convert('RGB' if channels == 3 else 'L')
         img.load()
     except FileNotFoundError as e:

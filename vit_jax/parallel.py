@@ -113,8 +113,7 @@ def param_shardings(abstract_tree, mesh):
   fsdp = mesh.shape['fsdp']
 
   def one(path, leaf):
-    name = '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
-                    for k in path)
+    name = jax.tree_util.keystr(path, simple=True, separator='/')
     return NamedSharding(mesh, _spec_for(name, tuple(getattr(leaf, 'shape', ())), fsdp))
   return jax.tree_util.tree_map_with_path(one, abstract_tree)
 

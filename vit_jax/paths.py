@@ -9,7 +9,6 @@ module sets `EPATH_USE_TF=0` (unless the environment sets it) before `epath` pic
 TensorFlow's own GCS client (tf.data reading TFDS records or image files) has its endpoint
 compiled in and cannot be pointed at one.
 """
-import io
 import os
 
 os.environ.setdefault('EPATH_USE_TF', '0')
@@ -76,9 +75,13 @@ def read_text(path):
   return read_bytes(path).decode('utf-8')
 
 
-def open_bytes(path):
-  """A seekable binary file object with the file's contents (for np.load and friends)."""
-  return io.BytesIO(read_bytes(path))
+def open_binary(path):
+  """The file opened for reading bytes (seekable, also on gs://: ranged reads), so that
+  np.load and friends read what they need instead of a copy of the whole file in memory.
+  Use it as a context manager."""
+  if not exists(path):
+    raise errors.MissingInputError(f'{os.fspath(path)!r} does not exist')
+  return as_path(path).open('rb')
 
 
 def write_bytes(path, data):

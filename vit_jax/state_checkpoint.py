@@ -30,8 +30,7 @@ def _flat(tree):
   """{'a/b/c': (shape, dtype name)} of a tree of arrays, ShapeDtypeStructs or Orbax metadata."""
   flat = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    key = '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
-                   for k in path)
+    key = jax.tree_util.keystr(path, simple=True, separator='/')
     flat[key] = (tuple(leaf.shape), np.dtype(leaf.dtype).name)
   return flat
 
