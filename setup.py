@@ -37,7 +37,7 @@ setuptools.setup(
     version='0.1.0',
     description='Vision Transformer and Pixel Transformer in JAX/Flax',
     python_requires='>=3.11',
-    packages=setuptools.find_packages(include=['vit_jax', 'vit_jax.*', 'configs']),
+    packages=setuptools.find_packages(include=['vit_jax', 'vit_jax.*']),
     package_data={'vit_jax': ['data/*.tsv']},
     install_requires=INSTALL_REQUIRES,
     extras_require={'test': TEST_REQUIRES, 'notebooks': ['matplotlib>=3.8']},

@@ -90,7 +90,7 @@ def pit_step(impl):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp
   import optax
-  from configs import models as model_configs
+  from vit_jax.configs import models as model_configs
   from vit_jax.attention import memory
   from vit_jax.models import VisionTransformer
   config = model_configs.MODEL_CONFIGS['PiT-T'].to_dict()

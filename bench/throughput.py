@@ -37,7 +37,7 @@ def bench_vit_jax():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp
   import optax
-  from configs import models as model_configs
+  from vit_jax.configs import models as model_configs
   from vit_jax.models import VisionTransformer
 
   config = model_configs.MODEL_CONFIGS[FLAGS.model]

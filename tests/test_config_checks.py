@@ -2,7 +2,7 @@
 import ml_collections
 import pytest
 
-from configs import pit as pit_configs
+from vit_jax.configs import pit as pit_configs
 from vit_jax import config_checks
 from vit_jax import errors
 from vit_jax import parallel

@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import models as model_configs
-from configs import pit as pit_configs
+from vit_jax.configs import models as model_configs
+from vit_jax.configs import pit as pit_configs
 from vit_jax import checkpoint
 from vit_jax import inference
 from vit_jax import labels

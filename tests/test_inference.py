@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import models as model_configs
+from vit_jax.configs import models as model_configs
 from vit_jax import checkpoint
 from vit_jax import inference
 from vit_jax import labels

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import models as model_configs
+from vit_jax.configs import models as model_configs
 from vit_jax.models import VisionTransformer
 from vit_jax.models import resnet
 

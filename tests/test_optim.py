@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common
+from vit_jax.configs import common
 from vit_jax import optim
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import augreg as augreg_configs
-from configs import common
-from configs import pit as pit_configs
-from configs import vit as vit_configs
+from vit_jax.configs import augreg as augreg_configs
+from vit_jax.configs import common
+from vit_jax.configs import pit as pit_configs
+from vit_jax.configs import vit as vit_configs
 from vit_jax import metrics
 from vit_jax import optim
 from vit_jax import parallel

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from configs import models as model_configs
+from vit_jax.configs import models as model_configs
 from vit_jax import errors
 from vit_jax import checkpoint
 from vit_jax import labels as labels_lib

@@ -9,9 +9,9 @@ import os
 
 import ml_collections
 
-from configs import common
-from configs import models
-from configs import vit
+from vit_jax.configs import common
+from vit_jax.configs import models
+from vit_jax.configs import vit
 
 
 def get_config(name_and_dataset='B_16'):

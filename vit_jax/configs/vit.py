@@ -6,8 +6,8 @@ b8, s32, b32, l32, r50_b16, testing, ...) or one of the small from-scratch model
 """
 import ml_collections
 
-from configs import common
-from configs import models
+from vit_jax.configs import common
+from vit_jax.configs import models
 
 DATASET_PRESETS = {
     'cifar10': dict(total_steps=10_000, pp=dict(train='train[:98%]', test='test', crop=384)),

@@ -11,9 +11,9 @@ accuracy on a 2-core CPU in under 10 minutes.
 """
 import ml_collections
 
-from configs import common
-from configs import models
-from configs import vit
+from vit_jax.configs import common
+from vit_jax.configs import models
+from vit_jax.configs import vit
 
 TRAIN_EXAMPLES = {'cifar100': 50_000, 'imagenet2012': 1_281_167, 'fashion_mnist': 60_000}
 _PAPER = {
