@@ -3,7 +3,9 @@
 Module and parameter names follow Google's original `vision_transformer` Linen code, so its
 checkpoints load by renaming keys only. Defaults reproduce the original's numerics: tanh GELU,
 LayerNorm eps 1e-6, zero-initialised head, N(0, 0.02) position embedding added after the class
-token is concatenated, pre-norm blocks.
+token is concatenated, pre-norm blocks. `transformer.layer_norm_epsilon` and exact GELU
+(`transformer.gelu_approximate=False`) serve checkpoints trained elsewhere (Hugging Face uses
+1e-12 and erf GELU); `classifier='map'` is big_vision's attention-pooling head (`MAPHead_0`).
 """
 from typing import Any, Mapping, Optional, Sequence, Type
 
@@ -16,7 +18,7 @@ from vit_jax.models import posemb as posemb_lib
 from vit_jax.models import resnet as resnet_lib
 
 Dtype = Any
-CLASSIFIERS = ('token', 'gap', 'unpooled', 'token_unpooled')
+CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
 
 
 class IdentityLayer(nn.Module):
@@ -58,6 +60,7 @@ class Encoder1DBlock(nn.Module):
   gelu_approximate: bool = True
   attention: Optional[Mapping[str, Any]] = None
   sow_attention_weights: bool = False
+  layer_norm_epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, inputs, *, deterministic, mask=None):
@@ -65,7 +68,7 @@ class Encoder1DBlock(nn.Module):
       raise ValueError(f'Encoder1DBlock expects [batch, length, width], got {inputs.shape}')
     impl = (self.attention or {}).get('impl', 'dense')
     inputs = attention.constrain_tokens(inputs, impl)
-    x = nn.LayerNorm(dtype=self.dtype)(inputs)
+    x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(inputs)
     x = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype,
         kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
@@ -75,7 +78,7 @@ class Encoder1DBlock(nn.Module):
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
     x = x + inputs
 
-    y = nn.LayerNorm(dtype=self.dtype)(x)
+    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
                  gelu_approximate=self.gelu_approximate)(y, deterministic=deterministic)
     return attention.constrain_tokens(x + y, impl)
@@ -94,6 +97,7 @@ class Encoder(nn.Module):
   posemb: str = 'learn'
   dtype: Dtype = jnp.float32
   sow_attention_weights: bool = False
+  layer_norm_epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, x, *, train, grid_shape: Optional[Sequence[int]] = None,
@@ -110,8 +114,33 @@ class Encoder(nn.Module):
           dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
           gelu_approximate=self.gelu_approximate, attention=self.attention,
           sow_attention_weights=self.sow_attention_weights,
+          layer_norm_epsilon=self.layer_norm_epsilon,
           name=f'encoderblock_{layer}')(x, deterministic=not train)
-    return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
+    return nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                        name='encoder_norm')(x)
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling (big_vision's `map` head): a learned probe attends to the
+  tokens, then a residual MLP; returns one vector per image."""
+  mlp_dim: int
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  gelu_approximate: bool = True
+  layer_norm_epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x):
+    n, _, d = x.shape
+    probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, d))
+    probe = jnp.tile(probe.astype(x.dtype), [n, 1, 1])
+    x = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype,
+        kernel_init=nn.initializers.xavier_uniform())(probe, x)
+    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=0.,
+                     gelu_approximate=self.gelu_approximate)(y, deterministic=True)
+    return x[:, 0]
 
 
 class VisionTransformer(nn.Module):
@@ -189,6 +218,11 @@ class VisionTransformer(nn.Module):
       x = x[:, 0]
     elif self.classifier == 'gap':
       x = jnp.mean(x, axis=list(range(1, x.ndim - 1)))
+    elif self.classifier == 'map':
+      t = self.transformer
+      x = MAPHead(mlp_dim=t['mlp_dim'], num_heads=t['num_heads'], dtype=self.dtype,
+                  gelu_approximate=t.get('gelu_approximate', True),
+                  layer_norm_epsilon=t.get('layer_norm_epsilon', 1e-6))(x)
 
     if self.representation_size is not None:
       x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
