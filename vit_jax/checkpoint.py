@@ -6,7 +6,6 @@ number is re-derived. `load_pretrained` adds the original's fine-tuning semantic
 pre_logits drop, position-embedding resize). Files are never unpickled.
 """
 import io
-import os
 import re
 
 from absl import logging
@@ -15,6 +14,7 @@ import numpy as np
 import scipy.ndimage
 
 from vit_jax import errors
+from vit_jax import checkpoint_files
 from vit_jax import checkpoint_timm
 from vit_jax import paths
 
@@ -31,30 +31,6 @@ def _to_float32(name, value):
   if value.dtype.kind not in 'fiub' and value.dtype.name != 'bfloat16':
     raise errors.UserInputError(f'checkpoint entry {name!r} has unsupported dtype {value.dtype}')
   return value.astype(np.float32) if value.dtype != np.float32 else value
-
-
-def _read_flat(path):
-  """Reads a checkpoint file (local or gs://) into {name: numpy array}, unpickling nothing."""
-  path = os.fspath(path)
-  if not paths.exists(path):
-    raise errors.MissingInputError(f'checkpoint {path!r} does not exist')
-  if path.endswith('.safetensors'):
-    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
-    return dict(safetensors_numpy.load(paths.read_bytes(path)))
-  if path.endswith(('.pth', '.pt', '.bin')):
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise errors.UserInputError(
-          f'{path!r} is a PyTorch pickle; reading it needs torch, which is not installed. '
-          'Convert it to .safetensors (safetensors.torch.save_file(state_dict, ...)) where '
-          'torch is available, or `pip install torch`.') from e
-    with paths.open_binary(path) as f:
-      sd = torch.load(f, map_location='cpu', weights_only=True)
-    sd = sd.get('state_dict', sd.get('model', sd)) if isinstance(sd, dict) else sd
-    return {k: v.float().numpy() for k, v in sd.items()}
-  with paths.open_binary(path) as f, np.load(f, allow_pickle=False) as data:
-    return {k: data[k] for k in data.files}
 
 
 def _is_big_vision(flat):
@@ -94,17 +70,24 @@ def _normalise_names(flat):
   return out
 
 
+def _load_flat(path, num_heads=None):
+  """(format name, flat {'a/b': float32 array} in the original layout) of a checkpoint."""
+  flat = checkpoint_files.read(path)
+  if checkpoint_timm.is_timm(flat):
+    fmt, flat = 'timm', checkpoint_timm.timm_to_flat(flat, num_heads=num_heads)
+  elif _is_big_vision(flat):
+    fmt, flat = 'big_vision', _from_big_vision(flat)
+  else:
+    fmt = 'original (Google npz)'
+  return fmt, {k: _to_float32(k, v) for k, v in _normalise_names(flat).items()}
+
+
 def load(path, *, num_heads=None):
   """Reads any supported checkpoint file into the VisionTransformer parameter tree.
 
   `num_heads` is only needed for timm files of non-standard widths (timm does not store it).
   """
-  flat = _read_flat(path)
-  if checkpoint_timm.is_timm(flat):
-    flat = checkpoint_timm.timm_to_flat(flat, num_heads=num_heads)
-  elif _is_big_vision(flat):
-    flat = _from_big_vision(flat)
-  flat = {k: _to_float32(k, v) for k, v in _normalise_names(flat).items()}
+  _, flat = _load_flat(path, num_heads)
   return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
 
 
@@ -175,33 +158,57 @@ def check_shapes(restored, expected, *, context=''):
   return sorted(set(flat_e) - set(flat_r)), sorted(set(flat_r) - set(flat_e))
 
 
-def load_pretrained(*, pretrained_path, init_params, model_config, old_grid=None,
-                    new_grid=None):
-  """Loads a checkpoint for fine-tuning, with the original's semantics.
-
-  - drops `pre_logits` when `model_config.representation_size` is None;
-  - takes the head from `init_params` (so num_classes may differ);
-  - resizes the position embedding when the grid differs (class-token row kept; non-square
-    grids through `old_grid` / `new_grid` = (h, w));
-  - logs missing and extra keys; missing ones keep their `init_params` values.
-  Returns a tree with the structure of `init_params`.
-  """
-  heads = (model_config.get('transformer') or {}).get('num_heads')
-  restored = _flatten(load(pretrained_path, num_heads=heads))
-  init = _flatten(init_params)
-  if model_config.get('representation_size') is None:
-    if any(k.startswith('pre_logits/') for k in restored):
-      logging.info('load_pretrained: dropping pre_logits (representation_size is None)')
-    restored = {k: v for k, v in restored.items() if not k.startswith('pre_logits/')}
-  for key in [k for k in init if k.startswith('head/')]:
-    restored[key] = init[key]
+def _fit_posemb(restored, init, model_grid, old_grid, new_grid):
+  """Resizes the checkpoint's position embedding to the model's grid (prefix rows kept)."""
+  if new_grid is not None and model_grid is not None and tuple(new_grid) != tuple(model_grid):
+    raise errors.UserInputError(
+        f'new_grid={tuple(new_grid)} is not the model\'s grid {tuple(model_grid)} (rows, '
+        'columns of patches); a transposed grid would resample the embedding wrongly. Omit '
+        'new_grid or give the model\'s.')
+  new_grid = new_grid if new_grid is not None else model_grid
   if POSEMB_PATH in restored and POSEMB_PATH in init:
     old, new = restored[POSEMB_PATH], init[POSEMB_PATH]
     if old.shape != new.shape:
       prefix = 1 if 'cls' in init else 0
       restored[POSEMB_PATH] = resize_posemb(old, new.shape[1], num_prefix_tokens=prefix,
                                             old_grid=old_grid, new_grid=new_grid)
-  missing, extra = check_shapes(restored, init, context=f'{pretrained_path}: ')
+
+
+def load_pretrained(*, pretrained_path, init_params, model_config, old_grid=None,
+                    new_grid=None, model_grid=None, strict=True):
+  """Loads a checkpoint for fine-tuning, with the original's semantics.
+
+  - drops `pre_logits` when `model_config.representation_size` is None;
+  - takes the head from `init_params` (so num_classes may differ);
+  - resizes the position embedding when the grid differs (class-token row kept; non-square
+    grids through `old_grid` / `new_grid` = (h, w); `model_grid`, the model's (h, w), is the
+    default new grid and rejects a transposed `new_grid`);
+  - strict: every other parameter of the model must come from the file and every entry of
+    the file must be used, else an error names the format and samples of both; `strict=False`
+    keeps missing ones at their `init_params` values and ignores extra ones (logged).
+  Returns a tree with the structure of `init_params`.
+  """
+  heads = (model_config.get('transformer') or {}).get('num_heads')
+  fmt, restored = _load_flat(pretrained_path, num_heads=heads)
+  init = _flatten(init_params)
+  if model_config.get('representation_size') is None:
+    if any(k.startswith('pre_logits/') for k in restored):
+      logging.info('load_pretrained: dropping pre_logits (representation_size is None)')
+    restored = {k: v for k, v in restored.items() if not k.startswith('pre_logits/')}
+  restored = {k: v for k, v in restored.items() if not k.startswith('head/')}
+  reset = {k for k in init if k.startswith('head/')}
+  missing = sorted(set(init) - set(restored) - reset)
+  extra = sorted(set(restored) - set(init))
+  if strict and (missing or extra):
+    raise errors.UserInputError(
+        f'{pretrained_path} ({fmt} checkpoint) does not fit config.model: '
+        f'{len(missing)} model parameters are not in the file (e.g. {missing[:4]}), '
+        f'{len(extra)} file entries are not in the model (e.g. {extra[:4]}). Pick the model '
+        '(name, classifier, representation_size, resnet) that the checkpoint was trained '
+        'with, or set config.pretrained_strict=False to load the matching part on purpose.')
+  restored.update({k: init[k] for k in reset})
+  _fit_posemb(restored, init, model_grid, old_grid, new_grid)
+  check_shapes(restored, init, context=f'{pretrained_path}: ')
   if missing:
     logging.warning('load_pretrained: keys missing from %s (kept at init): %s',
                     pretrained_path, missing)

@@ -101,7 +101,15 @@ def timm_to_flat(sd, num_heads=None):
           w.T if w.ndim == 2 else w)
     elif block:
       prefix = f'Transformer/encoderblock_{block.group(1)}/'
-      out.update(_block_to_flat(prefix, block.group(2), w, heads, hd))
+      try:
+        out.update(_block_to_flat(prefix, block.group(2), w, heads, hd))
+      except errors.UserInputError:
+        raise
+      except (ValueError, IndexError) as e:  # a reshape of a tensor of the wrong size
+        raise errors.UserInputError(
+            f'timm entry {key!r} has shape {tuple(w.shape)}, which does not fit a ViT of '
+            f'width {width} with {heads} heads ({e}); the file is damaged or not a plain '
+            'ViT.') from e
     elif _backbone_key(key):
       path, kind = _backbone_key(key)
       out[path] = _conv_to_flax(w) if kind == 'conv' else w

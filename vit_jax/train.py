@@ -30,6 +30,7 @@ from vit_jax import preemption
 from vit_jax import profiling
 from vit_jax import state_checkpoint
 from vit_jax.models import VisionTransformer
+from vit_jax.models import resnet
 
 
 def make_model(config, num_classes):
@@ -128,6 +129,13 @@ def abstract_train_state(config, model, tx, mesh, image_shape):
                       abstract, shardings), shardings
 
 
+def _patch_grid(config, image_shape):
+  """(rows, columns) of patches the model sees: the position-embedding grid."""
+  stem = resnet.stem_downsampling(config.model.get('resnet'))
+  ph, pw = config.model.patches.size
+  return image_shape[0] // stem // ph, image_shape[1] // stem // pw
+
+
 def create_train_state(config, model, tx, shardings, image_shape):
   """Initial state created already sharded (jit of init with out_shardings)."""
   def init(rng):
@@ -137,7 +145,8 @@ def create_train_state(config, model, tx, shardings, image_shape):
     params = checkpoint.load_pretrained(
         pretrained_path=config.pretrained_path,
         init_params=multihost_utils.process_allgather(params, tiled=True),
-        model_config=config.model)
+        model_config=config.model, model_grid=_patch_grid(config, image_shape),
+        strict=config.pretrained_strict)
   return jax.jit(lambda p: _state_from(tx, p), out_shardings=shardings)(params)
 
 

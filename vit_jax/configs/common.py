@@ -36,6 +36,8 @@ def get_config():
   # Model (a configs/models.py entry) and pretrained weights.
   config.model = ml_collections.ConfigDict()
   config.pretrained_path = ml_collections.config_dict.placeholder(str)
+  # Every parameter but the head must come from pretrained_path (False: partial loads).
+  config.pretrained_strict = True
   config.dtype = 'float32'  # compute dtype; parameters and optimizer state stay float32
   # Devices. cpu_devices: CPU devices JAX creates on a host without accelerators (0: JAX's
   # default or XLA_FLAGS, -1: one per core); set by main.py before JAX starts.
