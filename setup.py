@@ -32,13 +32,22 @@ TEST_REQUIRES = [
     'pytest>=8',
 ]
 
+# Accelerator plugins matching the jax pin: `pip install '.[tpu]'` or `'.[cuda12]'`.
+ACCELERATOR_EXTRAS = {
+    'tpu': ['jax[tpu]>=0.10.2,<0.11'],
+    'cuda12': ['jax[cuda12]>=0.10.2,<0.11'],
+}
+
 setuptools.setup(
     name='vit_jax',
     version='0.1.0',
     description='Vision Transformer and Pixel Transformer in JAX/Flax',
+    license='Apache-2.0',
+    license_files=['LICENSE'],
     python_requires='>=3.11',
     packages=setuptools.find_packages(include=['vit_jax', 'vit_jax.*']),
     package_data={'vit_jax': ['data/*.tsv']},
     install_requires=INSTALL_REQUIRES,
-    extras_require={'test': TEST_REQUIRES, 'notebooks': ['matplotlib>=3.8']},
+    extras_require={'test': TEST_REQUIRES, 'notebooks': ['matplotlib>=3.8'],
+                    **ACCELERATOR_EXTRAS},
 )

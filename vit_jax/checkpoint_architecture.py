@@ -1,0 +1,59 @@
+"""The model a checkpoint implies, read from its parameter shapes alone.
+
+Width, depth, heads (the q kernel is (width, heads, head_dim)), MLP size, patch size, channels,
+classifier (`MAPHead_0` -> map, `cls` -> token, else gap), representation size and the hybrid
+ResNet stem are all in the shapes of the original layout that every format is converted to.
+Not in the shapes: the GELU form and the LayerNorm epsilon (the original's tanh GELU and 1e-6
+unless the caller knows better), and which fixed position embedding a checkpoint without a
+learned one used (sincos2d, as our PiT presets).
+"""
+import re
+
+from vit_jax import errors
+
+
+def _shape(params, *keys):
+  node = params
+  for key in keys:
+    if not isinstance(node, dict) or key not in node:
+      return None
+    node = node[key]
+  return tuple(node.shape)
+
+
+def _stem(params):
+  """The `resnet` entry of a hybrid (R+ViT) checkpoint, or None."""
+  root = _shape(params, 'conv_root', 'kernel')
+  if root is None:
+    return None
+  blocks = sorted(int(m.group(1)) for k in params if (m := re.fullmatch(r'block(\d+)', k)))
+  units = [sum(1 for k in params[f'block{b}'] if k.startswith('unit')) for b in blocks]
+  return {'num_layers': tuple(units), 'width_factor': root[-1] / 64}
+
+
+def model_config_from_params(params):
+  """(model config dict for `VisionTransformer(num_classes=..., **config)`, num_classes)."""
+  embedding = _shape(params, 'embedding', 'kernel')
+  blocks = params.get('Transformer', {})
+  depth = sum(1 for k in blocks if re.fullmatch(r'encoderblock_\d+', k))
+  if embedding is None or not depth:
+    raise errors.UserInputError(
+        'the checkpoint has no patch embedding or no encoder blocks: it is not a ViT this '
+        'library can build a model for; give --model.')
+  block = blocks['encoderblock_0']
+  width, heads, _ = block['MultiHeadDotProductAttention_0']['query']['kernel'].shape
+  mlp = block['MlpBlock_0']['Dense_0']['kernel'].shape[1]
+  classifier = ('map' if 'MAPHead_0' in params else 'token' if 'cls' in params else 'gap')
+  pre_logits = _shape(params, 'pre_logits', 'kernel')
+  head = _shape(params, 'head', 'bias')
+  config = {
+      'patches': {'size': tuple(embedding[:2])},
+      'hidden_size': int(width),
+      'transformer': {'num_layers': depth, 'num_heads': int(heads), 'mlp_dim': int(mlp),
+                      'dropout_rate': 0., 'attention_dropout_rate': 0.},
+      'classifier': classifier,
+      'representation_size': int(pre_logits[1]) if pre_logits else None,
+      'resnet': _stem(params),
+      'posemb': 'learn' if 'posembed_input' in blocks else 'sincos2d',
+  }
+  return config, int(head[0]) if head else 0
