@@ -99,3 +99,21 @@ def test_bad_inputs_are_clear(assets, tmp_path):
     inference.load_images([str(tmp_path / 'tiny.png')], 32, 3, 16)
   with pytest.raises(ValueError, match='parameter .* the model expects shape'):
     inference.build(str(tmp / 'testing.npz'), 'ViT-Ti_16', image_size=32)
+
+
+@pytest.mark.parametrize('name', sorted(model_configs.MODEL_CONFIGS))
+def test_every_registered_model_is_recognised_from_its_parameter_shapes(name):
+  """The inferred config builds the same parameter tree (shapes only, nothing allocated)."""
+  from vit_jax import checkpoint_architecture  # pylint: disable=import-outside-toplevel
+  config = model_configs.MODEL_CONFIGS[name].to_dict()
+  from vit_jax.models import resnet  # pylint: disable=import-outside-toplevel
+  side = config['patches']['size'][0] * resnet.stem_downsampling(config.get('resnet')) * 2
+  x = jnp.zeros((1, side, side, 3))
+  shapes = lambda cfg: jax.eval_shape(lambda: VisionTransformer(num_classes=7, **cfg).init(
+      jax.random.PRNGKey(0), x, train=False))['params']
+  want = shapes(config)
+  inferred, num_classes = checkpoint_architecture.model_config_from_params(want)
+  assert num_classes == 7
+  assert jax.tree.map(lambda s: s.shape, shapes(inferred)) == jax.tree.map(lambda s: s.shape, want)
+  if config['classifier'] in ('token', 'gap'):  # the unpooled ones have the same parameters
+    assert inferred['classifier'] == config['classifier']

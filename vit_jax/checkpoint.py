@@ -82,13 +82,19 @@ def _load_flat(path, num_heads=None):
   return fmt, {k: _to_float32(k, v) for k, v in _normalise_names(flat).items()}
 
 
+def load_with_format(path, *, num_heads=None):
+  """(format name, VisionTransformer parameter tree) of any supported checkpoint."""
+  fmt, flat = _load_flat(path, num_heads)
+  return fmt, flax.traverse_util.unflatten_dict(
+      {tuple(k.split('/')): v for k, v in flat.items()})
+
+
 def load(path, *, num_heads=None):
   """Reads any supported checkpoint file into the VisionTransformer parameter tree.
 
   `num_heads` is only needed for timm files of non-standard widths (timm does not store it).
   """
-  _, flat = _load_flat(path, num_heads)
-  return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
+  return load_with_format(path, num_heads=num_heads)[1]
 
 
 def _flatten(tree):

@@ -1,6 +1,7 @@
 """Classify images with a checkpoint, or time the forward pass.
 
-  python -m vit_jax.inference --checkpoint=ViT-B_16.npz --model=ViT-B_16 cat.jpg dog.png
+  python -m vit_jax.inference --checkpoint=ViT-B_16.npz cat.jpg dog.png
+  python -m vit_jax.inference --checkpoint=hf://google/vit-base-patch16-224 cat.jpg
   python -m vit_jax.inference --checkpoint=ViT-B_16.npz --model=ViT-B_16 --benchmark
 
 Resolution follows the checkpoint (its position-embedding grid times the patch size) unless
@@ -18,16 +19,21 @@ from PIL import Image
 from vit_jax.configs import models as model_configs
 from vit_jax import errors
 from vit_jax import checkpoint
+from vit_jax import checkpoint_architecture
 from vit_jax import labels as labels_lib
 from vit_jax import paths
 from vit_jax.models import VisionTransformer
 from vit_jax.models import resnet
 
-flags.DEFINE_string('checkpoint', None, 'npz / safetensors checkpoint (local or gs://).')
-flags.DEFINE_string('model', 'ViT-B_16', 'Name in configs/models.py MODEL_CONFIGS.')
+flags.DEFINE_string('checkpoint', None, 'npz / safetensors / msgpack file or Hugging Face '
+                    'folder: local, gs://, https:// or hf://ORG/NAME.')
+flags.DEFINE_string('model', None, 'A configs/models.py name; default: the model the '
+                    'checkpoint implies (its config.json, or its parameter shapes).')
 flags.DEFINE_integer('image_size', 0, 'Input resolution; 0 = from the checkpoint.')
-flags.DEFINE_string('labels', 'imagenet1k', "'imagenet1k', 'fashion_mnist' or a file.")
-flags.DEFINE_bool('exact_gelu', False, 'erf GELU (timm checkpoints) instead of tanh.')
+flags.DEFINE_string('labels', None, "'imagenet1k', 'fashion_mnist' or a file; default: the "
+                    "checkpoint's own names, else ImageNet's for 1000 classes.")
+flags.DEFINE_bool('exact_gelu', None, 'erf GELU instead of tanh; default: erf for timm and '
+                  'Hugging Face files (as trained), tanh for Google ones.')
 flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.')
 flags.DEFINE_bool('benchmark', False, 'Time the jitted forward pass instead.')
 flags.DEFINE_integer('steps', 10, 'Timed steps for --benchmark (after one warm-up step).')
@@ -35,13 +41,28 @@ flags.DEFINE_integer('batch', 8, 'Batch size for --benchmark.')
 FLAGS = flags.FLAGS
 
 
-def build(checkpoint_path, model_name, image_size=0, exact_gelu=False):
-  """(model, params, image_size, channels) for a checkpoint; clear errors if it does not fit."""
-  if model_name not in model_configs.MODEL_CONFIGS:
-    raise errors.UserInputError(f'--model={model_name!r} is not in configs/models.py')
-  config = model_configs.MODEL_CONFIGS[model_name].to_dict()
+def _model_config(params, fmt, model_name, exact_gelu):
+  """The model config: the registry's for `model_name`, else the one the checkpoint implies."""
+  if model_name:
+    if model_name not in model_configs.MODEL_CONFIGS:
+      raise errors.UserInputError(f'--model={model_name!r} is not in vit_jax/configs/models.py; '
+                                  'omit --model to build the model the checkpoint implies')
+    config = model_configs.MODEL_CONFIGS[model_name].to_dict()
+  else:
+    config, _ = checkpoint_architecture.model_config_from_params(params)
+  if exact_gelu is None:
+    exact_gelu = fmt == 'timm'  # timm trains with nn.GELU (erf); Google's code with tanh
   config['transformer'] = dict(config['transformer'], gelu_approximate=not exact_gelu)
-  params = checkpoint.load(checkpoint_path, num_heads=config['transformer']['num_heads'])
+  return config
+
+
+def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None):
+  """(model, params, image_size, channels) for a checkpoint; clear errors if it does not fit."""
+  heads = None
+  if model_name in model_configs.MODEL_CONFIGS:
+    heads = model_configs.MODEL_CONFIGS[model_name].transformer.num_heads
+  fmt, params = checkpoint.load_with_format(checkpoint_path, num_heads=heads)
+  config = _model_config(params, fmt, model_name, exact_gelu)
   if 'head' not in params:
     raise errors.UserInputError(f'{checkpoint_path}: no classification head to predict with')
   num_classes = params['head']['bias'].shape[0]
@@ -52,11 +73,12 @@ def build(checkpoint_path, model_name, image_size=0, exact_gelu=False):
     image_size = _size_from_posemb(model, params)
   abstract = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, channels)), train=False))
+  name = model_name or 'the model it implies'
   missing, extra = checkpoint.check_shapes(params, abstract['params'],
-                                           context=f'{checkpoint_path} vs {model_name}: ')
+                                           context=f'{checkpoint_path} vs {name}: ')
   if missing or extra:
-    raise errors.UserInputError(f'{checkpoint_path} does not fit {model_name}: missing {missing[:5]}, '
-                     f'unexpected {extra[:5]}')
+    raise errors.UserInputError(f'{checkpoint_path} does not fit {name}: missing '
+                                f'{missing[:5]}, unexpected {extra[:5]}')
   return model, params, image_size, channels
 
 
@@ -124,13 +146,13 @@ def main(argv):
                                         FLAGS.exact_gelu)
   if FLAGS.benchmark:
     rate, compile_s = benchmark(model, params, FLAGS.batch, size, channels, FLAGS.steps)
-    print(f'{FLAGS.model} {size}x{size} batch {FLAGS.batch}: {rate:.2f} images/s over '
+    print(f'{FLAGS.model or paths.basename(FLAGS.checkpoint)} {size}x{size} batch {FLAGS.batch}: {rate:.2f} images/s over '
           f'{FLAGS.steps} timed steps (compile {compile_s:.1f} s)')
     return
   if not image_paths:
     raise app.UsageError('give image paths, or --benchmark')
   images = load_images(image_paths, size, channels, model.patches['size'][0])
-  names = labels_lib.get_labels(FLAGS.labels)
+  names = labels_lib.get_labels(FLAGS.labels or 'imagenet1k')
   for path, top in zip(image_paths, classify(model, params, images, names, FLAGS.top_k)):
     print(path)
     for name, prob in top:
