@@ -46,6 +46,7 @@ _RANGES = (
     ('pp.inception_crop', 'bool', None, ''),
     ('pp.flip', 'bool', None, ''),
     ('pp.skip_undecodable', 'bool', None, ''),
+    ('tfds_download', 'bool', None, ''),
     ('profile.first_step', 'int', 0, '0 turns profiling off'),
     ('profile.num_steps', 'int', 1, 'steps in the trace'),
 )
