@@ -123,7 +123,7 @@ def _fetch(url, part):
   """Streams `url` into the file `part`; UserInputError for every way it can fail."""
   request = urllib.request.Request(url, headers={'User-Agent': 'vit_jax'})
   try:
-    response = urllib.request.urlopen(request, timeout=TIMEOUT_S)  # pylint: disable=consider-using-with
+    response = urllib.request.urlopen(request, timeout=TIMEOUT_S)  # closed below (with)
   except urllib.error.HTTPError as e:
     raise _http_error(url, e.code, e.reason) from e
   except urllib.error.URLError as e:
