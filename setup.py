@@ -7,6 +7,7 @@ INSTALL_REQUIRES = [
     'etils[epath]>=1.7',  # the path layer (vit_jax/paths.py)
     'flax>=0.12,<0.13',
     'gcsfs>=2024.2',  # gs:// paths, also for Orbax (vit_jax/paths.py)
+    'huggingface_hub>=0.24,<2',  # hf:// paths (vit_jax/downloads.py)
     'importlib_resources>=6',  # tfds imports it but does not declare it
     'jax>=0.10.2,<0.11',
     'jaxlib>=0.10.2,<0.11',

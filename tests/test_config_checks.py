@@ -64,6 +64,7 @@ def test_presets_pass():
     ('grad_norm_clip', 'off', 'must be a number'),
     ('pp.mixup', 'yes', 'must be a number'),
     ('pp.skip_undecodable', 1, 'True or False'),
+    ('tfds_download', 'no', 'True or False'),
     ('dtype', 16, 'not one of'),
 ])
 def test_bad_value_names_field_and_value(field, value, expected):

@@ -19,7 +19,7 @@ FMNIST = '/usr/share/datasets/fashion-mnist'
 
 def _config(**overrides):
   config = ml_collections.ConfigDict(dict(
-      dataset='fashion_mnist', tfds_data_dir=None, tfds_manual_dir=None,
+      dataset='fashion_mnist', tfds_data_dir=None, tfds_manual_dir=None, tfds_download=True,
       fashion_mnist_dir=FMNIST, batch=32, batch_eval=64, shuffle_buffer=16, seed=0, prefetch=1,
       pp=dict(train='train', test='test', crop=14, resize=0, inception_crop=False, pad_crop=0,
               flip=True, mixup=0.0, randaugment=dict(num_layers=0, magnitude=0), channels=3,
@@ -192,12 +192,13 @@ def test_skip_undecodable_gives_weight_0_and_stays_resumable(tmp_path, caplog):
 
 
 def test_clear_errors_in_seconds(tmp_path):
+  """Offline downloads (config.tfds_download=True): tests/test_tfds_download.py."""
   with pytest.raises(ValueError, match="config.dataset='no_such_set'"):
     input_pipeline.get_dataset_info(_config(dataset='no_such_set'), 'train')
   start = time.time()
   with pytest.raises(ValueError, match='not prepared.*download_and_prepare'):
-    input_pipeline.get_dataset_info(_config(dataset='cifar10', tfds_data_dir=str(tmp_path)),
-                                    'train')
+    input_pipeline.get_dataset_info(_config(dataset='cifar10', tfds_data_dir=str(tmp_path),
+                                            tfds_download=False), 'train')
   assert time.time() - start < 20
   with pytest.raises(ValueError, match='config.batch=32 is not divisible'):
     input_pipeline.get_data(_config(dataset=str(tmp_path)), 'train', process_count=3,

@@ -47,6 +47,7 @@ _RANGES = (
     ('pp.flip', 'bool', None, ''),
     ('pp.skip_undecodable', 'bool', None, ''),
     ('pretrained_strict', 'bool', None, ''),
+    ('tfds_download', 'bool', None, ''),
     ('profile.first_step', 'int', 0, '0 turns profiling off'),
     ('profile.num_steps', 'int', 1, 'steps in the trace'),
 )

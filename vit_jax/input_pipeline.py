@@ -1,9 +1,9 @@
 """Datasets -> per-process numpy batches: TFDS presets, image folders, offline Fashion-MNIST.
 
 Config fields read: dataset (TFDS name or a folder with train/ and test/ subfolders of
-class folders), tfds_data_dir, tfds_manual_dir, fashion_mnist_dir, pp.{train, test, crop,
-resize, inception_crop, pad_crop, flip, mixup, randaugment, channels, skip_undecodable},
-batch, batch_eval, shuffle_buffer, seed, prefetch.
+class folders), tfds_data_dir, tfds_manual_dir, tfds_download, fashion_mnist_dir, pp.{train,
+test, crop, resize, inception_crop, pad_crop, flip, mixup, randaugment, channels,
+skip_undecodable}, batch, batch_eval, shuffle_buffer, seed, prefetch.
 
 Order and resume. Small datasets with fixed image shapes (MNIST, Fashion-MNIST, CIFAR) and
 image folders are indexed: global position p of the run is example
@@ -37,6 +37,7 @@ from vit_jax import paths
 from vit_jax import preprocessing as pp_lib
 from vit_jax.datasets import fashion_mnist_local
 from vit_jax.datasets import image_folder
+from vit_jax.datasets import tfds_download
 
 PRESETS = ('cifar10', 'cifar100', 'imagenet2012', 'oxford_iiit_pet', 'oxford_flowers102',
            'fashion_mnist', 'mnist')
@@ -52,29 +53,29 @@ def _data_dir(config):
 
 
 def _tfds_builder(config):
-  """The prepared TFDS builder, or a clear error within seconds (nothing is downloaded)."""
+  """The prepared TFDS builder: downloaded and prepared if needed and config.tfds_download
+  (vit_jax/datasets/tfds_download.py), else, or offline, a clear error within seconds."""
   name = config.dataset
   if name not in tfds.list_builders(with_community_datasets=False):
     raise errors.UserInputError(
         f'config.dataset={name!r} is neither a TFDS dataset nor a folder; use one of '
         f'{PRESETS} or a folder with train/ and test/ class subfolders.')
-  builder = tfds.builder(name, data_dir=_data_dir(config))
+  data_dir = _data_dir(config)
+  builder = tfds.builder(name, data_dir=data_dir)
   if builder.is_prepared():
     return builder
   if name == 'fashion_mnist' and fashion_mnist_local.source_files_present(
       config.fashion_mnist_dir):
-    return fashion_mnist_local.prepare_fashion_mnist(config.fashion_mnist_dir,
-                                                     _data_dir(config))
+    return fashion_mnist_local.prepare_fashion_mnist(config.fashion_mnist_dir, data_dir)
   if config.tfds_manual_dir:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=config.tfds_manual_dir, try_download_gcs=False))
     return builder
-  raise errors.UserInputError(
-      f'config.dataset={name!r} is not prepared in config.tfds_data_dir={_data_dir(config)!r} '
-      'and this run does not download. Prepare it on a machine with network access: '
-      f'`python -c "import tensorflow_datasets as tfds; tfds.builder({name!r}, '
-      f'data_dir={_data_dir(config)!r}).download_and_prepare()"` (copy the folder here), or '
-      'set config.tfds_manual_dir for datasets with manual downloads (imagenet2012).')
+  if not config.tfds_download:
+    raise tfds_download.not_prepared_error(config, data_dir)
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    raise tfds_download.manual_dir_error(builder, config, data_dir)
+  return tfds_download.download_and_prepare(builder, config, data_dir)
 
 
 def _is_folder(config):

@@ -1,4 +1,5 @@
-"""The one path layer: every path a user gives (local disk or `gs://`) is read and written here.
+"""The one path layer: every path a user gives (local disk, `gs://`, `https://`, `hf://`) is
+read and written here.
 
 Nothing else in vit_jax calls `open`, `os.listdir`, `os.makedirs`, `os.rename` or
 `np.load(path)` on a user path. Paths stay strings; `etils.epath` does the work.
@@ -8,6 +9,14 @@ module sets `EPATH_USE_TF=0` (unless the environment sets it) before `epath` pic
 `gcsfs` honours `STORAGE_EMULATOR_HOST`, so the whole path is testable against an emulator;
 TensorFlow's own GCS client (tf.data reading TFDS records or image files) has its endpoint
 compiled in and cannot be pointed at one.
+
+`https://`, `http://` and `hf://` paths are read-only inputs (pretrained checkpoints): the
+readers here (`exists`, `isdir`, `listdir`, `read_bytes`, `open_binary`) work on the local
+copy `local_copy(path)` makes once (vit_jax/downloads.py), so `exists` may download;
+it is False only when the server or the Hub says there is no such file, and raises a clear
+error when it cannot tell (offline, denied). Writers raise a clear error for them.
+`join`, `parent` and `basename` treat them as strings (`hf://org/name` joined with
+`config.json` is that file of the repo).
 """
 import os
 
@@ -15,9 +24,16 @@ os.environ.setdefault('EPATH_USE_TF', '0')
 
 from etils import epath  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
+from vit_jax import downloads  # pylint: disable=g-import-not-at-top
 from vit_jax import errors  # pylint: disable=g-import-not-at-top
 
 REMOTE_PREFIXES = ('gs://', 's3://', 'az://')
+
+
+def local_copy(path):
+  """A local path with the contents of an `https://`, `http://` or `hf://` path (downloaded
+  once, see vit_jax/downloads.py); local and `gs://` paths come back unchanged."""
+  return downloads.local_copy(path)
 
 
 def is_remote(path):
@@ -26,34 +42,55 @@ def is_remote(path):
 
 
 def as_path(path):
-  """An `epath.Path`; `~` expanded for local paths."""
+  """An `epath.Path`; `~` expanded for local paths. Not for https:// or hf:// (read-only)."""
   path = os.fspath(path)
+  if downloads.is_download(path):
+    raise errors.UserInputError(
+        f'{path!r} is a read-only download; write to a local or gs:// path instead.')
   return epath.Path(path if is_remote(path) else os.path.expanduser(path))
 
 
+def _readable(path):
+  """An `epath.Path` to read: https:// and hf:// paths are first copied here (local_copy)."""
+  return as_path(local_copy(path))
+
+
 def join(path, *parts):
+  if downloads.is_download(path):
+    return '/'.join([os.fspath(path).rstrip('/')] + [p.strip('/') for p in parts])
   return os.fspath(as_path(path).joinpath(*parts))
 
 
 def parent(path):
+  if downloads.is_download(path):
+    return os.fspath(path).rstrip('/').rsplit('/', 1)[0]
   return os.fspath(as_path(path).parent)
 
 
 def basename(path):
+  if downloads.is_download(path):
+    return os.fspath(path).rstrip('/').rsplit('/', 1)[-1]
   return as_path(path).name
 
 
 def exists(path):
+  """Whether the file or folder exists (https:// and hf://: downloads it, see above)."""
+  if downloads.is_download(path):
+    try:
+      local_copy(path)
+    except errors.MissingInputError:
+      return False
+    return True
   return as_path(path).exists()
 
 
 def isdir(path):
-  return as_path(path).is_dir()
+  return _readable(path).is_dir()
 
 
 def listdir(path):
   """Sorted names (not paths) of the entries of a directory."""
-  return sorted(p.name for p in as_path(path).iterdir())
+  return sorted(p.name for p in _readable(path).iterdir())
 
 
 def makedirs(path):
@@ -62,7 +99,7 @@ def makedirs(path):
 
 def read_bytes(path):
   """The file's bytes; FileNotFoundError naming the path when it is missing."""
-  p = as_path(path)
+  p = _readable(path)
   try:
     return p.read_bytes()
   except FileNotFoundError as e:
@@ -79,9 +116,10 @@ def open_binary(path):
   """The file opened for reading bytes (seekable, also on gs://: ranged reads), so that
   np.load and friends read what they need instead of a copy of the whole file in memory.
   Use it as a context manager."""
-  if not exists(path):
+  p = _readable(path)
+  if not p.exists():
     raise errors.MissingInputError(f'{os.fspath(path)!r} does not exist')
-  return as_path(path).open('rb')
+  return p.open('rb')
 
 
 def write_bytes(path, data):

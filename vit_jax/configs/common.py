@@ -14,6 +14,10 @@ def get_config():
   config.dataset = ''
   config.tfds_data_dir = ml_collections.config_dict.placeholder(str)
   config.tfds_manual_dir = ml_collections.config_dict.placeholder(str)
+  # A TFDS dataset not prepared in tfds_data_dir is downloaded and prepared, as in the
+  # original (offline: a clear error within seconds); False: only prepared data, never a
+  # download (vit_jax/datasets/tfds_download.py).
+  config.tfds_download = True
   config.fashion_mnist_dir = '/usr/share/datasets/fashion-mnist'
   config.pp = ml_collections.ConfigDict()
   config.pp.train = 'train'
