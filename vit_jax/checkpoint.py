@@ -15,6 +15,7 @@ import scipy.ndimage
 
 from vit_jax import errors
 from vit_jax import checkpoint_files
+from vit_jax import checkpoint_hf
 from vit_jax import checkpoint_timm
 from vit_jax import paths
 
@@ -72,8 +73,15 @@ def _normalise_names(flat):
 
 def _load_flat(path, num_heads=None):
   """(format name, flat {'a/b': float32 array} in the original layout) of a checkpoint."""
-  flat = checkpoint_files.read(path)
-  if checkpoint_timm.is_timm(flat):
+  hf_config = None
+  if checkpoint_hf.handles(path):  # a Hugging Face model folder or a Flax .msgpack
+    flat, hf_config = checkpoint_hf.read(path)
+  else:
+    flat = checkpoint_files.read(path)
+  if checkpoint_hf.is_hf(flat):
+    fmt, flat = 'Hugging Face', checkpoint_hf.hf_to_flat(
+        flat, hf_config or checkpoint_hf.config_beside(path), num_heads=num_heads)
+  elif checkpoint_timm.is_timm(flat):
     fmt, flat = 'timm', checkpoint_timm.timm_to_flat(flat, num_heads=num_heads)
   elif _is_big_vision(flat):
     fmt, flat = 'big_vision', _from_big_vision(flat)

@@ -1,0 +1,117 @@
+"""Hugging Face ViT `config.json` <-> vit_jax model configs (both directions).
+
+`from_hf` reads what `transformers.ViTConfig` reads; `to_hf` writes a config that
+`ViTForImageClassification.from_pretrained` builds exactly our model from, or says why
+that model has no Hugging Face counterpart.
+"""
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from vit_jax import errors
+
+POSEMB = 'Transformer/posembed_input/pos_embedding'
+EXACT_GELU = ('gelu', 'gelu_python')  # erf
+TANH_GELU = ('gelu_pytorch_tanh', 'gelu_new', 'gelu_fast')  # the same tanh formula
+
+
+class HfConfig(NamedTuple):
+  """A config.json in vit_jax terms.
+
+  `VisionTransformer(num_classes=num_classes, **model_config)` is the model; `class_names`
+  (id2label in index order) is None without a classifier; `image_size` is (h, w).
+  """
+  model_config: dict
+  num_classes: int
+  class_names: Optional[list]
+  image_size: tuple
+  num_channels: int
+
+
+def check_vit(config, where='config.json'):
+  model_type = config.get('model_type', 'vit')
+  if model_type != 'vit':
+    raise errors.UserInputError(
+        f'{where}: model_type {model_type!r} is not a plain ViT (model_type "vit"); it is a '
+        'different architecture that VisionTransformer cannot load.')
+
+
+def _pair(value, name):
+  value = tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+  if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
+    raise errors.UserInputError(f'config.json: {name}={value!r} is not a positive size')
+  return value
+
+
+def _shape(params, path):
+  """Shape of `path` ('head/bias') in a nested or flat tree, or None."""
+  if path in params:
+    return np.shape(params[path])
+  module, leaf = path.split('/')
+  return np.shape(params[module][leaf]) if leaf in params.get(module, {}) else None
+
+
+def _class_names(config):
+  id2label = config.get('id2label')
+  if not id2label:
+    return [f'LABEL_{i}' for i in range(config.get('num_labels', 2))]  # transformers' default
+  names = {int(k): v for k, v in id2label.items()}
+  if sorted(names) != list(range(len(names))):
+    raise errors.UserInputError(f'config.json: id2label keys {sorted(names)[:8]} are not '
+                                f'0..{len(names) - 1}')
+  return [names[i] for i in range(len(names))]
+
+
+def from_hf(config, params=None):
+  """config.json (dict) -> HfConfig. `params` (as loaded) settles head and pooler exactly.
+
+  Without `params`, `architectures` decides: ViTModel has a pooler and no classifier, any
+  other (ViTForImageClassification) a classifier and no pooler. A pooler without classifier
+  becomes `representation_size` (pre_logits: Dense + tanh) with num_classes 0, so the model
+  returns the pooler output; next to a classifier it is unused (and not loaded).
+  """
+  check_vit(config)
+  act = config.get('hidden_act', 'gelu')
+  if act not in EXACT_GELU + TANH_GELU:
+    raise errors.UserInputError(
+        f'config.json: hidden_act={act!r} is not supported; VisionTransformer has exact GELU '
+        f'({", ".join(EXACT_GELU)}) and tanh GELU ({", ".join(TANH_GELU)}).')
+  if params is not None:
+    head, pooler = _shape(params, 'head/bias'), _shape(params, 'pre_logits/bias')
+    has_head, has_pooler = head is not None, pooler is not None
+  else:
+    archs = config.get('architectures') or []
+    has_head, has_pooler = 'ViTModel' not in archs, 'ViTModel' in archs
+  width = config.get('hidden_size', 768)
+  representation_size = None
+  if has_pooler and not has_head:
+    if config.get('pooler_act', 'tanh') != 'tanh':
+      raise errors.UserInputError(f'config.json: pooler_act={config["pooler_act"]!r}; only a '
+                                  'tanh pooler is VisionTransformer\'s pre_logits.')
+    representation_size = (int(pooler[0]) if params is not None
+                           else config.get('pooler_output_size') or width)
+  num_classes, class_names = 0, None
+  if has_head:
+    class_names = _class_names(config)
+    num_classes = len(class_names)
+    if params is not None and head[0] != num_classes:
+      raise errors.UserInputError(f'config.json: id2label has {num_classes} labels but the '
+                                  f'classifier has {head[0]} outputs')
+  model_config = {
+      'patches': {'size': _pair(config.get('patch_size', 16), 'patch_size')},
+      'hidden_size': width,
+      'transformer': {
+          'num_layers': config.get('num_hidden_layers', 12),
+          'mlp_dim': config.get('intermediate_size', 3072),
+          'num_heads': config.get('num_attention_heads', 12),
+          'dropout_rate': config.get('hidden_dropout_prob', 0.0),
+          'attention_dropout_rate': config.get('attention_probs_dropout_prob', 0.0),
+          'gelu_approximate': act in TANH_GELU,
+          'layer_norm_epsilon': config.get('layer_norm_eps', 1e-12),
+      },
+      'classifier': 'token',
+      'representation_size': representation_size,
+  }
+  return HfConfig(model_config, num_classes, class_names,
+                  _pair(config.get('image_size', 224), 'image_size'),
+                  config.get('num_channels', 3))
