@@ -249,6 +249,58 @@ def test_vit_model_pooler_is_pre_logits(tmp_path):
   np.testing.assert_allclose(_apply(params, hf), _reference(sd, _config()), atol=1e-5, rtol=1e-5)
 
 
+def test_export_writes_the_published_layout(tmp_path):
+  sd, config = _random_state_dict(), _config()
+  params = checkpoint.load(_save(tmp_path / 'hf', sd, config))
+  hf = checkpoint_hf.model_config_from_hf(config, params)
+  out = tmp_path / 'export'
+  names = [f'label {i}' for i in range(CLASSES)]
+  checkpoint.export_hf(params, hf.model_config, out, class_names=names)
+  exported = st.load((out / 'model.safetensors').read_bytes())
+  assert set(exported) == _published_keys()
+  for key, value in exported.items():
+    assert value.shape == _published_shape(key), key
+    np.testing.assert_array_equal(value, sd[key], err_msg=key)  # bitwise round trip
+  from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+  with safe_open(str(out / 'model.safetensors'), framework='np') as f:
+    assert f.metadata() == {'format': 'pt'}
+  written = json.loads((out / 'config.json').read_text())
+  assert written['architectures'] == ['ViTForImageClassification']
+  for field in ('model_type', 'hidden_size', 'num_hidden_layers', 'num_attention_heads',
+                'intermediate_size', 'hidden_act', 'layer_norm_eps', 'image_size',
+                'patch_size', 'num_channels', 'qkv_bias'):
+    assert written[field] == config[field], field
+  assert written['id2label'] == {str(i): n for i, n in enumerate(names)}
+  assert written['label2id'] == {n: i for i, n in enumerate(names)}
+  np.testing.assert_allclose(_reference(exported, written), _apply(params, hf),
+                             atol=1e-5, rtol=1e-5)
+  _assert_same_params(params, checkpoint.load(out))
+
+
+def test_export_tanh_gelu_and_default_epsilon(tmp_path):
+  model_config = {'patches': {'size': (PATCH, PATCH)}, 'hidden_size': WIDTH,
+                  'transformer': {'num_layers': DEPTH, 'mlp_dim': MLP, 'num_heads': HEADS},
+                  'classifier': 'token', 'representation_size': None}
+  model = VisionTransformer(num_classes=CLASSES, **model_config)
+  images = _images()
+  shapes = _flat(model.init(jax.random.PRNGKey(0), images, train=False)['params'])
+  rng = np.random.default_rng(3)
+  params = flax.traverse_util.unflatten_dict(
+      {tuple(k.split('/')): (0.3 * rng.standard_normal(v.shape)).astype(np.float32)
+       for k, v in shapes.items()})
+  config = checkpoint_hf.export(params, model_config, tmp_path / 'export')
+  assert (config['hidden_act'], config['layer_norm_eps']) == ('gelu_pytorch_tanh', 1e-6)
+  assert config['id2label'] == {str(i): f'LABEL_{i}' for i in range(CLASSES)}
+  logits = np.asarray(model.apply({'params': params}, images, train=False))
+  exported = st.load((tmp_path / 'export' / 'model.safetensors').read_bytes())
+  np.testing.assert_allclose(_reference(exported, config), logits, atol=1e-5, rtol=1e-5)
+  hf = checkpoint_hf.model_config_from_hf(config)
+  assert hf.model_config['transformer']['gelu_approximate'] is True
+  assert hf.model_config['transformer']['layer_norm_epsilon'] == 1e-6
+  np.testing.assert_allclose(_apply(checkpoint.load(tmp_path / 'export'), hf), logits,
+                             atol=1e-6)
+
+
 @pytest.mark.parametrize('model_type', ['deit', 'swin'])
 def test_other_architectures_are_clear_errors(tmp_path, model_type):
   config = _config(model_type=model_type)
@@ -274,3 +326,24 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
   (tmp_path / 'empty' / 'config.json').write_text(json.dumps(_config()))
   with pytest.raises(errors.MissingInputError, match='no weights'):
     checkpoint.load(tmp_path / 'empty')
+
+
+@pytest.mark.parametrize('change,match', [
+    ({'representation_size': WIDTH}, 'pre_logits'),
+    ({'classifier': 'gap'}, "classifier='gap'"),
+    ({'posemb': 'sincos2d'}, 'posemb'),
+    ({'resnet': {'num_layers': (1,), 'width_factor': 1}}, 'ResNet'),
+    (None, 'no classification head'),
+])
+def test_export_refuses_what_vit_for_image_classification_lacks(tmp_path, change, match):
+  params = checkpoint.load(_save(tmp_path / 'hf', _random_state_dict(), _config()))
+  model_config = dict(checkpoint_hf.model_config_from_hf(_config(), params).model_config)
+  if change is None:
+    del params['head']
+  else:
+    model_config.update(change)
+  if 'representation_size' in (change or {}):
+    params['pre_logits'] = {'kernel': np.zeros((WIDTH, WIDTH)), 'bias': np.zeros(WIDTH)}
+  with pytest.raises(errors.UserInputError, match=match):
+    checkpoint.export_hf(params, model_config, tmp_path / 'out')
+  assert not (tmp_path / 'out').exists()

@@ -125,6 +125,12 @@ def export_timm(params, path):
       {k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}))
 
 
+def export_hf(params, model_config, folder, *, class_names=None, image_size=None):
+  """Writes a Hugging Face ViTForImageClassification folder (config.json + model.safetensors)."""
+  return checkpoint_hf.export(params, model_config, folder, class_names=class_names,
+                              image_size=image_size)
+
+
 def _grid_shape(num_tokens, given, what):
   if given is not None:
     if given[0] * given[1] != num_tokens:

@@ -207,6 +207,21 @@ def _to_hf(key, prefix='vit.'):
   raise errors.UserInputError(f'parameter {key!r} has no place in a Hugging Face ViT')
 
 
+def flat_to_hf(flat):
+  """Our flat {'a/b/c': array} -> ViTForImageClassification's PyTorch state dict."""
+  sd = {}
+  for key, w in flat.items():
+    (name, kind), w, leaf = _to_hf(key), np.asarray(w), key.rsplit('/', 1)[-1]
+    if leaf == 'bias':
+      w = w.reshape(-1)
+    elif kind == 'conv':
+      w = np.transpose(w, (3, 2, 0, 1))  # HWIO -> OIHW
+    elif kind in ('dense', 'qkv', 'out'):
+      w = (w.reshape(w.shape[0], -1) if kind == 'qkv' else w.reshape(-1, w.shape[-1])).T
+    sd[name] = np.ascontiguousarray(w, np.float32)
+  return sd
+
+
 def read_config(folder):
   """The folder's config.json as a dict (local or gs://)."""
   path = paths.join(folder, 'config.json')
@@ -279,3 +294,19 @@ def read_folder(folder):
       return (_read_index(path) if name.endswith('.index.json') else _read_file(path)), config
   raise errors.MissingInputError(
       f'{folder!r} has config.json but no weights: looked for {", ".join(WEIGHT_FILES)}')
+
+
+def export(params, model_config, folder, class_names=None, image_size=None):
+  """Writes config.json + model.safetensors for ViTForImageClassification.from_pretrained.
+
+  Raises UserInputError for models it cannot represent. Returns the config dict written.
+  """
+  flat = {'/'.join(k): np.asarray(v) for k, v in
+          flax.traverse_util.flatten_dict(flax.core.unfreeze(params)).items()}
+  config = checkpoint_hf_config.to_hf(flat, model_config, class_names, image_size)
+  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+  # transformers reads the 'format' metadata to tell PyTorch files from TF and Flax ones.
+  paths.write_bytes(paths.join(folder, 'model.safetensors'),
+                    safetensors_numpy.save(flat_to_hf(flat), metadata={'format': 'pt'}))
+  paths.write_text(paths.join(folder, 'config.json'), json.dumps(config, indent=2) + '\n')
+  return config

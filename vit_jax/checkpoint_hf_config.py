@@ -115,3 +115,81 @@ def from_hf(config, params=None):
   return HfConfig(model_config, num_classes, class_names,
                   _pair(config.get('image_size', 224), 'image_size'),
                   config.get('num_channels', 3))
+
+
+def _unsupported(model_config, flat):
+  """Why ViTForImageClassification cannot represent this model, or None."""
+  representation_size = model_config.get('representation_size')
+  if representation_size is not None or 'pre_logits/kernel' in flat:
+    return (f'it has a pre_logits layer (representation_size={representation_size}), which '
+            'ViTForImageClassification lacks; fine-tune with representation_size=None')
+  if model_config.get('classifier', 'token') != 'token':
+    return (f'classifier={model_config.get("classifier")!r}; ViTForImageClassification '
+            "classifies the class token (classifier='token')")
+  if model_config.get('resnet') is not None or 'conv_root/kernel' in flat:
+    return 'it is a ResNet hybrid; ViTForImageClassification has no ResNet stem'
+  if model_config.get('posemb', 'learn') != 'learn' or POSEMB not in flat:
+    return (f'posemb={model_config.get("posemb", "learn")!r}; ViTForImageClassification '
+            "has learned position embeddings (posemb='learn')")
+  if 'head/kernel' not in flat:
+    return 'it has no classification head (num_classes=0)'
+  kernel = flat['embedding/kernel'].shape
+  if kernel[0] != kernel[1]:
+    return f'its patches are not square ({kernel[0]}x{kernel[1]})'
+  return None
+
+
+def to_hf(flat, model_config, class_names=None, image_size=None):
+  """Our flat params + model config -> a ViTForImageClassification config.json dict.
+
+  Sizes come from the parameters; `image_size` defaults to the square position grid times
+  the patch size.
+  """
+  why = _unsupported(model_config, flat)
+  if why:
+    raise errors.UserInputError(f'cannot export to a Hugging Face ViT: {why}.')
+  t = dict(model_config.get('transformer') or {})
+  patch, _, channels, width = flat['embedding/kernel'].shape
+  tokens = flat[POSEMB].shape[1] - 1
+  if image_size is None:
+    side = int(round(np.sqrt(tokens)))
+    if side * side != tokens:
+      raise errors.UserInputError(f'{tokens} position tokens are not a square grid; pass '
+                                  'image_size=(h, w)')
+    image_size = side * patch
+  h, w = _pair(image_size, 'image_size')
+  if h % patch or w % patch or (h // patch) * (w // patch) != tokens:
+    raise errors.UserInputError(f'image_size={image_size} with patch {patch} does not give the '
+                                f'{tokens} position tokens of the model')
+  num_classes = flat['head/bias'].shape[0]
+  names = ([f'LABEL_{i}' for i in range(num_classes)] if class_names is None
+           else [str(n) for n in class_names])
+  if len(names) != num_classes:
+    raise errors.UserInputError(f'{len(names)} class_names for a head with {num_classes} '
+                                'classes')
+  block = 'Transformer/encoderblock_0/'
+  return {
+      'architectures': ['ViTForImageClassification'],
+      'model_type': 'vit',
+      'hidden_size': int(width),
+      'num_hidden_layers': len({k.split('/')[1] for k in flat
+                                if k.startswith('Transformer/encoderblock_')}),
+      'num_attention_heads': int(
+          flat[block + 'MultiHeadDotProductAttention_0/query/kernel'].shape[1]),
+      'intermediate_size': int(flat[block + 'MlpBlock_0/Dense_0/kernel'].shape[1]),
+      'hidden_act': 'gelu_pytorch_tanh' if t.get('gelu_approximate', True) else 'gelu',
+      'hidden_dropout_prob': float(t.get('dropout_rate', 0.0)),
+      'attention_probs_dropout_prob': float(t.get('attention_dropout_rate', 0.0)),
+      'initializer_range': 0.02,
+      'layer_norm_eps': float(t.get('layer_norm_epsilon', 1e-6)),
+      'image_size': h if h == w else [h, w],
+      'patch_size': int(patch),
+      'num_channels': int(channels),
+      'qkv_bias': True,
+      'encoder_stride': int(patch),
+      'pooler_output_size': int(width),
+      'pooler_act': 'tanh',
+      'id2label': {str(i): name for i, name in enumerate(names)},
+      'label2id': {name: i for i, name in enumerate(names)},
+      'torch_dtype': 'float32',
+  }
