@@ -4,7 +4,9 @@
 transformers semantics, independently of vit_jax; the key layout and shapes are written out
 here from that source, not taken from vit_jax.checkpoint_hf.
 """
+import hashlib
 import json
+import os
 
 import flax
 import jax
@@ -216,6 +218,31 @@ def test_flax_msgpack_and_other_files_give_bitwise_same_params(tmp_path):
   np.savez(tmp_path / 'lone.npz', **sd)
   for lone in ('lone.safetensors', 'lone.npz'):
     _assert_same_params(params, checkpoint.load(tmp_path / lone, num_heads=HEADS))
+
+
+def test_hub_paths_load_offline(tmp_path, monkeypatch):
+  """hf://ORG/NAME (the path layer's snapshot folder) and one file of it, from the Hub cache."""
+  from huggingface_hub import constants  # pylint: disable=import-outside-toplevel
+  sd, config = _random_state_dict(), _config()
+  repo = tmp_path / 'hub' / 'models--org--vit'
+  commit = 'c' * 40
+  (repo / 'refs').mkdir(parents=True)
+  (repo / 'refs' / 'main').write_text(commit)
+  (repo / 'blobs').mkdir()
+  (repo / 'snapshots' / commit).mkdir(parents=True)
+  for name, data in {'config.json': json.dumps(config).encode(),
+                     'model.safetensors': st.save(sd, metadata={'format': 'pt'})}.items():
+    blob = repo / 'blobs' / hashlib.sha256(data).hexdigest()
+    blob.write_bytes(data)
+    os.symlink(os.path.relpath(blob, repo / 'snapshots' / commit),
+               repo / 'snapshots' / commit / name)
+  monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
+  monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+  params = checkpoint.load(_save(tmp_path / 'local', sd, config))
+  _assert_same_params(params, checkpoint.load('hf://org/vit'))
+  _assert_same_params(params, checkpoint.load('hf://org/vit/model.safetensors'))
+  assert checkpoint_hf.config_for('hf://org/vit') == config
+  assert checkpoint_hf.config_for('hf://org/vit/model.safetensors') == config
 
 
 def test_qkv_bias_false_gives_zero_biases(tmp_path):

@@ -241,6 +241,15 @@ def config_beside(path):
   return read_config(folder) if paths.exists(paths.join(folder, 'config.json')) else None
 
 
+def config_for(path):
+  """The config.json of a model folder, or the one beside a weights file; None without one.
+
+  With `model_config_from_hf(config, params)` it gives what shapes cannot: GELU kind,
+  LayerNorm epsilon, class names and image size (e.g. for inference).
+  """
+  return read_config(path) if paths.isdir(path) else config_beside(path)
+
+
 def read_msgpack(path):
   """A Flax `flax_model.msgpack` as {'a/b/c': array} (msgpack, never pickle)."""
   try:
