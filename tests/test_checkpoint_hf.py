@@ -7,10 +7,13 @@ here from that source, not taken from vit_jax.checkpoint_hf.
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import flax
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 import scipy.special
 from safetensors import numpy as st
@@ -18,6 +21,7 @@ from safetensors import numpy as st
 from vit_jax import checkpoint
 from vit_jax import checkpoint_hf
 from vit_jax import errors
+from vit_jax import inference
 from vit_jax.models import VisionTransformer
 
 WIDTH, DEPTH, HEADS, MLP, PATCH, IMAGE, CLASSES = 32, 2, 2, 64, 4, 8, 5
@@ -220,10 +224,8 @@ def test_flax_msgpack_and_other_files_give_bitwise_same_params(tmp_path):
     _assert_same_params(params, checkpoint.load(tmp_path / lone, num_heads=HEADS))
 
 
-def test_hub_paths_load_offline(tmp_path, monkeypatch):
-  """hf://ORG/NAME (the path layer's snapshot folder) and one file of it, from the Hub cache."""
-  from huggingface_hub import constants  # pylint: disable=import-outside-toplevel
-  sd, config = _random_state_dict(), _config()
+def _hub_cache(tmp_path, sd, config):
+  """huggingface_hub's cache layout (refs, blobs, snapshot symlinks) holding org/vit."""
   repo = tmp_path / 'hub' / 'models--org--vit'
   commit = 'c' * 40
   (repo / 'refs').mkdir(parents=True)
@@ -236,7 +238,14 @@ def test_hub_paths_load_offline(tmp_path, monkeypatch):
     blob.write_bytes(data)
     os.symlink(os.path.relpath(blob, repo / 'snapshots' / commit),
                repo / 'snapshots' / commit / name)
-  monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
+  return tmp_path / 'hub'
+
+
+def test_hub_paths_load_offline(tmp_path, monkeypatch):
+  """hf://ORG/NAME (the path layer's snapshot folder) and one file of it, from the Hub cache."""
+  from huggingface_hub import constants  # pylint: disable=import-outside-toplevel
+  sd, config = _random_state_dict(), _config()
+  monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(_hub_cache(tmp_path, sd, config)))
   monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
   params = checkpoint.load(_save(tmp_path / 'local', sd, config))
   _assert_same_params(params, checkpoint.load('hf://org/vit'))
@@ -374,3 +383,31 @@ def test_export_refuses_what_vit_for_image_classification_lacks(tmp_path, change
   with pytest.raises(errors.UserInputError, match=match):
     checkpoint.export_hf(params, model_config, tmp_path / 'out')
   assert not (tmp_path / 'out').exists()
+
+
+def test_inference_builds_the_model_from_config_json_and_prints_its_labels(tmp_path):
+  """`vit_jax.inference --checkpoint=hf://org/vit IMAGE`, no --model: erf GELU, eps 1e-12,
+  the checkpoint's image size and id2label names, the reference's top class."""
+  names = [f'{w} label' for w in ('first', 'second', 'third', 'fourth', 'fifth')]
+  config = _config(id2label={str(i): n for i, n in enumerate(names)},
+                   label2id={n: i for i, n in enumerate(names)})
+  sd = _random_state_dict()
+  model, params, size, channels, class_names = inference.build(_save(tmp_path / 'f', sd, config))
+  assert (size, channels, class_names) == (IMAGE, 3, names)
+  assert model.transformer['layer_norm_epsilon'] == 1e-12
+  assert model.transformer['gelu_approximate'] is False
+  logits = np.asarray(model.apply({'params': params}, _images(), train=False))
+  np.testing.assert_allclose(logits, _reference(sd, config), atol=1e-5, rtol=1e-5)
+  image = tmp_path / 'image.png'
+  Image.fromarray(((_images()[0] + 1) * 127.5).round().astype(np.uint8)).save(image)
+  env = dict(os.environ, JAX_PLATFORMS='cpu', HF_HUB_OFFLINE='1',
+             HF_HUB_CACHE=str(_hub_cache(tmp_path, sd, config)))
+  cli = subprocess.run([sys.executable, '-m', 'vit_jax.inference', '--checkpoint=hf://org/vit',
+                        '--top_k=3', str(image)], env=env, capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert cli.returncode == 0, cli.stderr[-3000:]
+  pixels = np.asarray(Image.open(image), np.float32)[None] / 127.5 - 1
+  expected = _hf_forward(sd, config, pixels.transpose(0, 3, 1, 2))['logits'][0]
+  lines = cli.stdout.splitlines()
+  assert lines[0] == str(image) and len(lines) == 4
+  assert lines[1].split(maxsplit=1)[1] == names[int(np.argmax(expected))]

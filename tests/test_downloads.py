@@ -4,12 +4,14 @@ import hashlib
 import http.server
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
 import threading
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -253,3 +255,37 @@ def test_env_variables_in_a_fresh_process(tmp_path):
   assert folder == str(cache / 'models--org--vit' / 'snapshots' / COMMIT)
   assert open(config, 'rb').read() == CONFIG
   assert 'hf://org/nope' in error and str(cache) in error and 'HF_HUB_OFFLINE=1' in error
+
+
+def test_checkpoint_loads_from_a_url_once(tmp_path, monkeypatch):
+  """checkpoint.load('http://...npz'): the bytes come from a real server once, then the cache."""
+  from vit_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  fixtures = pathlib.Path(__file__).parent / 'fixtures'
+  monkeypatch.setenv('VIT_JAX_CACHE', str(tmp_path / 'cache'))
+  requests = []
+
+  class Files(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, directory=str(fixtures.resolve()), **kwargs)
+
+    def do_GET(self):  # pylint: disable=invalid-name
+      requests.append(self.path)
+      super().do_GET()
+
+    def log_message(self, *args):
+      del args
+
+  httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Files)
+  thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+  thread.start()
+  try:
+    url = f'http://127.0.0.1:{httpd.server_address[1]}/gap.npz'
+    local = checkpoint.load(fixtures / 'gap.npz')
+    for _ in range(2):
+      remote = checkpoint.load(url)
+      assert jax.tree.all(jax.tree.map(np.array_equal, remote, local))
+    assert requests == ['/gap.npz']
+  finally:
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()

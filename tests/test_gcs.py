@@ -108,7 +108,7 @@ def test_inference_reads_checkpoint_labels_and_image_from_the_bucket(gcs, tmp_pa
   _upload(gcs, 'labels.txt', b'cat\ndog\nbird\n')
   assert 'models/testing.npz' in _objects(gcs, 'models/')
 
-  built, loaded, size, channels = inference.build(f'gs://{BUCKET}/models/testing.npz',
+  built, loaded, size, channels, _ = inference.build(f'gs://{BUCKET}/models/testing.npz',
                                                   'testing')
   images = inference.load_images([f'gs://{BUCKET}/images/a.png'], size, channels, 16)
   names = labels.get_labels(f'gs://{BUCKET}/labels.txt')

@@ -41,7 +41,7 @@ def assets(tmp_path_factory):
 
 def test_classify_matches_the_model(assets):
   tmp, params, paths = assets
-  model, loaded, size, channels = inference.build(str(tmp / 'testing.npz'), 'testing')
+  model, loaded, size, channels, _ = inference.build(str(tmp / 'testing.npz'), 'testing')
   assert (size, channels) == (32, 3)  # 2x2 grid of 16x16 patches, from the checkpoint
   images = inference.load_images(paths, size, channels, 16)
   assert images.shape == (3, 32, 32, 3) and images.min() >= -1 and images.max() <= 1

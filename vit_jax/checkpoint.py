@@ -73,6 +73,7 @@ def _normalise_names(flat):
 
 def _load_flat(path, num_heads=None):
   """(format name, flat {'a/b': float32 array} in the original layout) of a checkpoint."""
+  path = paths.local_copy(path)  # https:// and hf:// once into their caches; others as given
   hf_config = None
   if checkpoint_hf.handles(path):  # a Hugging Face model folder or a Flax .msgpack
     flat, hf_config = checkpoint_hf.read(path)

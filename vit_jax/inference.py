@@ -20,6 +20,7 @@ from vit_jax.configs import models as model_configs
 from vit_jax import errors
 from vit_jax import checkpoint
 from vit_jax import checkpoint_architecture
+from vit_jax import checkpoint_hf
 from vit_jax import labels as labels_lib
 from vit_jax import paths
 from vit_jax.models import VisionTransformer
@@ -41,28 +42,51 @@ flags.DEFINE_integer('batch', 8, 'Batch size for --benchmark.')
 FLAGS = flags.FLAGS
 
 
-def _model_config(params, fmt, model_name, exact_gelu):
-  """The model config: the registry's for `model_name`, else the one the checkpoint implies."""
+def _model_config(params, fmt, hf, model_name, exact_gelu):
+  """The model config: the registry's for `model_name`, else the one the checkpoint implies.
+
+  A Hugging Face config.json (`hf`) also sets GELU and LayerNorm epsilon; timm trains with
+  erf GELU, Google's code with tanh.
+  """
   if model_name:
     if model_name not in model_configs.MODEL_CONFIGS:
       raise errors.UserInputError(f'--model={model_name!r} is not in vit_jax/configs/models.py; '
                                   'omit --model to build the model the checkpoint implies')
     config = model_configs.MODEL_CONFIGS[model_name].to_dict()
+  elif hf is not None:
+    config = hf.model_config
   else:
     config, _ = checkpoint_architecture.model_config_from_params(params)
-  if exact_gelu is None:
-    exact_gelu = fmt == 'timm'  # timm trains with nn.GELU (erf); Google's code with tanh
-  config['transformer'] = dict(config['transformer'], gelu_approximate=not exact_gelu)
-  return config
+  transformer = dict(config['transformer'])
+  if hf is not None:
+    transformer['layer_norm_epsilon'] = hf.model_config['transformer']['layer_norm_epsilon']
+    approximate = hf.model_config['transformer']['gelu_approximate']
+  else:
+    approximate = fmt != 'timm'
+  transformer['gelu_approximate'] = approximate if exact_gelu is None else not exact_gelu
+  return dict(config, transformer=transformer)
 
 
-def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None):
-  """(model, params, image_size, channels) for a checkpoint; clear errors if it does not fit."""
+def checkpoint_description(checkpoint_path, model_name=None):
+  """(format, params, Hugging Face HfConfig or None) of a checkpoint."""
   heads = None
   if model_name in model_configs.MODEL_CONFIGS:
     heads = model_configs.MODEL_CONFIGS[model_name].transformer.num_heads
   fmt, params = checkpoint.load_with_format(checkpoint_path, num_heads=heads)
-  config = _model_config(params, fmt, model_name, exact_gelu)
+  hf = None
+  if fmt == 'Hugging Face':
+    hf_json = checkpoint_hf.config_for(paths.local_copy(checkpoint_path))
+    hf = checkpoint_hf.model_config_from_hf(hf_json, params) if hf_json else None
+  return fmt, params, hf
+
+
+def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None):
+  """(model, params, image_size, channels, class names or None) for a checkpoint.
+
+  Class names come from a Hugging Face checkpoint's id2label. Clear errors if it does not fit.
+  """
+  fmt, params, hf = checkpoint_description(checkpoint_path, model_name)
+  config = _model_config(params, fmt, hf, model_name, exact_gelu)
   if 'head' not in params:
     raise errors.UserInputError(f'{checkpoint_path}: no classification head to predict with')
   num_classes = params['head']['bias'].shape[0]
@@ -70,7 +94,7 @@ def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None):
   first = params.get('conv_root', params.get('embedding', {})).get('kernel')
   channels = first.shape[2] if first is not None else 3
   if not image_size:
-    image_size = _size_from_posemb(model, params)
+    image_size = hf.image_size[0] if hf else _size_from_posemb(model, params)
   abstract = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, channels)), train=False))
   name = model_name or 'the model it implies'
@@ -79,7 +103,7 @@ def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None):
   if missing or extra:
     raise errors.UserInputError(f'{checkpoint_path} does not fit {name}: missing '
                                 f'{missing[:5]}, unexpected {extra[:5]}')
-  return model, params, image_size, channels
+  return model, params, image_size, channels, (hf.class_names if hf else None)
 
 
 def _size_from_posemb(model, params):
@@ -142,17 +166,21 @@ def main(argv):
   image_paths = argv[1:]
   if not FLAGS.checkpoint:
     raise app.UsageError('--checkpoint is required')
-  model, params, size, channels = build(FLAGS.checkpoint, FLAGS.model, FLAGS.image_size,
-                                        FLAGS.exact_gelu)
+  model, params, size, channels, own_names = build(
+      FLAGS.checkpoint, FLAGS.model, FLAGS.image_size, FLAGS.exact_gelu)
   if FLAGS.benchmark:
     rate, compile_s = benchmark(model, params, FLAGS.batch, size, channels, FLAGS.steps)
-    print(f'{FLAGS.model or paths.basename(FLAGS.checkpoint)} {size}x{size} batch {FLAGS.batch}: {rate:.2f} images/s over '
+    name = FLAGS.model or paths.basename(FLAGS.checkpoint)
+    print(f'{name} {size}x{size} batch {FLAGS.batch}: {rate:.2f} images/s over '
           f'{FLAGS.steps} timed steps (compile {compile_s:.1f} s)')
     return
   if not image_paths:
     raise app.UsageError('give image paths, or --benchmark')
   images = load_images(image_paths, size, channels, model.patches['size'][0])
-  names = labels_lib.get_labels(FLAGS.labels or 'imagenet1k')
+  if FLAGS.labels:
+    names = labels_lib.get_labels(FLAGS.labels)
+  else:
+    names = own_names or labels_lib.get_labels('imagenet1k')
   for path, top in zip(image_paths, classify(model, params, images, names, FLAGS.top_k)):
     print(path)
     for name, prob in top:
