@@ -109,10 +109,15 @@ def _reference_logits(p, images):
   return x[:, 0] @ p['head/kernel'] + p['head/bias']
 
 
-@pytest.mark.parametrize('scanned', [False, True])
-def test_big_vision_map_head_checkpoint_gives_reference_logits(tmp_path, scanned):
+@pytest.mark.parametrize('scanned,two_towers', [(False, False), (True, True)])
+def test_big_vision_map_head_checkpoint_gives_reference_logits(tmp_path, scanned, two_towers):
   raw = _big_vision_params(scanned)
-  np.savez(tmp_path / 'siglip_like.npz', **raw)
+  stored = raw
+  if two_towers:  # SigLIP: image tower under img/, a text tower and the loss's t and b beside
+    stored = {k.replace('params/', 'params/img/'): v for k, v in raw.items()}
+    stored.update({'params/txt/Embed_0/embedding': np.zeros((7, WIDTH), np.float32),
+                   'params/t': np.ones(1, np.float32), 'params/b': np.zeros(1, np.float32)})
+  np.savez(tmp_path / 'siglip_like.npz', **stored)
   params = checkpoint.load(tmp_path / 'siglip_like.npz')
   assert set(params['MAPHead_0']) == {'probe', 'MultiHeadDotProductAttention_0', 'LayerNorm_0',
                                       'MlpBlock_0'}

@@ -39,7 +39,13 @@ def _is_big_vision(flat):
 
 
 def _from_big_vision(flat):
-  """big_vision layout -> original layout: strip prefixes, unscan blocks, add cls posemb row."""
+  """big_vision layout -> original layout: strip prefixes, unscan blocks, add cls posemb row.
+
+  A two-tower file (SigLIP, LiT: `img/`, `txt/`, temperature `t`, bias `b`) gives its image
+  tower.
+  """
+  if any(re.match(r'^(params/)?img/', k) for k in flat):
+    flat = {k: v for k, v in flat.items() if re.match(r'^(params/)?img/', k)}
   out = {}
   for key, value in flat.items():
     key = re.sub(r'^(params/)?(img/)?', '', key)
