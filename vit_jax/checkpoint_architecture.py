@@ -12,7 +12,8 @@ import re
 from vit_jax import errors
 
 
-def _shape(params, *keys):
+def param_shape(params, *keys):
+  """Shape of params[keys[0]][keys[1]]... in a nested tree, or None when absent."""
   node = params
   for key in keys:
     if not isinstance(node, dict) or key not in node:
@@ -23,7 +24,7 @@ def _shape(params, *keys):
 
 def _stem(params):
   """The `resnet` entry of a hybrid (R+ViT) checkpoint, or None."""
-  root = _shape(params, 'conv_root', 'kernel')
+  root = param_shape(params, 'conv_root', 'kernel')
   if root is None:
     return None
   blocks = sorted(int(m.group(1)) for k in params if (m := re.fullmatch(r'block(\d+)', k)))
@@ -33,7 +34,7 @@ def _stem(params):
 
 def model_config_from_params(params):
   """(model config dict for `VisionTransformer(num_classes=..., **config)`, num_classes)."""
-  embedding = _shape(params, 'embedding', 'kernel')
+  embedding = param_shape(params, 'embedding', 'kernel')
   blocks = params.get('Transformer', {})
   depth = sum(1 for k in blocks if re.fullmatch(r'encoderblock_\d+', k))
   if embedding is None or not depth:
@@ -44,8 +45,8 @@ def model_config_from_params(params):
   width, heads, _ = block['MultiHeadDotProductAttention_0']['query']['kernel'].shape
   mlp = block['MlpBlock_0']['Dense_0']['kernel'].shape[1]
   classifier = ('map' if 'MAPHead_0' in params else 'token' if 'cls' in params else 'gap')
-  pre_logits = _shape(params, 'pre_logits', 'kernel')
-  head = _shape(params, 'head', 'bias')
+  pre_logits = param_shape(params, 'pre_logits', 'kernel')
+  head = param_shape(params, 'head', 'bias')
   config = {
       'patches': {'size': tuple(embedding[:2])},
       'hidden_size': int(width),

@@ -6,8 +6,10 @@ that model has no Hugging Face counterpart.
 """
 from typing import NamedTuple, Optional
 
+import flax
 import numpy as np
 
+from vit_jax import checkpoint_architecture
 from vit_jax import errors
 
 POSEMB = 'Transformer/posembed_input/pos_embedding'
@@ -43,14 +45,6 @@ def _pair(value, name):
   return value
 
 
-def _shape(params, path):
-  """Shape of `path` ('head/bias') in a nested or flat tree, or None."""
-  if path in params:
-    return np.shape(params[path])
-  module, leaf = path.split('/')
-  return np.shape(params[module][leaf]) if leaf in params.get(module, {}) else None
-
-
 def _class_names(config):
   id2label = config.get('id2label')
   if not id2label:
@@ -77,7 +71,8 @@ def from_hf(config, params=None):
         f'config.json: hidden_act={act!r} is not supported; VisionTransformer has exact GELU '
         f'({", ".join(EXACT_GELU)}) and tanh GELU ({", ".join(TANH_GELU)}).')
   if params is not None:
-    head, pooler = _shape(params, 'head/bias'), _shape(params, 'pre_logits/bias')
+    head = checkpoint_architecture.param_shape(params, 'head', 'bias')
+    pooler = checkpoint_architecture.param_shape(params, 'pre_logits', 'bias')
     has_head, has_pooler = head is not None, pooler is not None
   else:
     archs = config.get('architectures') or []
@@ -167,16 +162,15 @@ def to_hf(flat, model_config, class_names=None, image_size=None):
   if len(names) != num_classes:
     raise errors.UserInputError(f'{len(names)} class_names for a head with {num_classes} '
                                 'classes')
-  block = 'Transformer/encoderblock_0/'
+  arch, _ = checkpoint_architecture.model_config_from_params(
+      flax.traverse_util.unflatten_dict(flat, sep='/'))
   return {
       'architectures': ['ViTForImageClassification'],
       'model_type': 'vit',
       'hidden_size': int(width),
-      'num_hidden_layers': len({k.split('/')[1] for k in flat
-                                if k.startswith('Transformer/encoderblock_')}),
-      'num_attention_heads': int(
-          flat[block + 'MultiHeadDotProductAttention_0/query/kernel'].shape[1]),
-      'intermediate_size': int(flat[block + 'MlpBlock_0/Dense_0/kernel'].shape[1]),
+      'num_hidden_layers': arch['transformer']['num_layers'],
+      'num_attention_heads': arch['transformer']['num_heads'],
+      'intermediate_size': arch['transformer']['mlp_dim'],
       'hidden_act': 'gelu_pytorch_tanh' if t.get('gelu_approximate', True) else 'gelu',
       'hidden_dropout_prob': float(t.get('dropout_rate', 0.0)),
       'attention_probs_dropout_prob': float(t.get('attention_dropout_rate', 0.0)),

@@ -72,10 +72,11 @@ def checkpoint_description(checkpoint_path, model_name=None):
   heads = None
   if model_name in model_configs.MODEL_CONFIGS:
     heads = model_configs.MODEL_CONFIGS[model_name].transformer.num_heads
-  fmt, params = checkpoint.load_with_format(checkpoint_path, num_heads=heads)
+  local = paths.local_copy(checkpoint_path)  # https:// and hf:// fetched once for both reads
+  fmt, params = checkpoint.load_with_format(local, num_heads=heads)
   hf = None
   if fmt == 'Hugging Face':
-    hf_json = checkpoint_hf.config_for(paths.local_copy(checkpoint_path))
+    hf_json = checkpoint_hf.config_for(local)
     hf = checkpoint_hf.model_config_from_hf(hf_json, params) if hf_json else None
   return fmt, params, hf
 
