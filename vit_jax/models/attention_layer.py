@@ -14,7 +14,8 @@ def make_attention_fn(attention_config: Optional[Mapping[str, Any]] = None):
   """Returns an `attention_fn` for nn.MultiHeadDotProductAttention.
 
   `attention_config` holds keyword arguments of `vit_jax.attention.dot_product_attention`
-  (`impl`, `block_size`, ...); None or {} means dense, the original's numerics.
+  (`impl`, `block_size`, `kernel`); None or {} means impl='auto', which is dense (the
+  original's numerics) for the short sequences of every ViT config.
   """
   options = dict(attention_config or {})
   attention.validate_options(**options)

@@ -66,7 +66,7 @@ class Encoder1DBlock(nn.Module):
   def __call__(self, inputs, *, deterministic, mask=None):
     if inputs.ndim != 3:
       raise ValueError(f'Encoder1DBlock expects [batch, length, width], got {inputs.shape}')
-    impl = (self.attention or {}).get('impl', 'dense')
+    impl = (self.attention or {}).get('impl', 'auto')
     inputs = attention.constrain_tokens(inputs, impl)
     x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(inputs)
     x = nn.MultiHeadDotProductAttention(
