@@ -6,6 +6,12 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TFDS_DISABLE_GCS', '1')
+# libtpu (installed for the TPU compile tests): no TPU VM metadata to look for, and no
+# /tmp/libtpu_lockfile contention with other JAX processes (compile-only devices).
+for key, value in {'TPU_SKIP_MDS_QUERY': '1', 'TPU_WORKER_HOSTNAMES': 'localhost',
+                   'TPU_ACCELERATOR_TYPE': 'v5litepod-4',
+                   'ALLOW_MULTIPLE_LIBTPU_LOAD': '1'}.items():
+  os.environ.setdefault(key, value)
 
 import jax  # pylint: disable=g-import-not-at-top
 

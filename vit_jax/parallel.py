@@ -59,12 +59,13 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def create_mesh(mesh_config):
-  """Mesh over all devices from config.mesh = {data, fsdp, seq}; one size may be -1."""
+def create_mesh(mesh_config, devices=None):
+  """Mesh over all devices (or `devices`, e.g. a TPU topology's compile-only ones) from
+  config.mesh = {data, fsdp, seq}; one size may be -1."""
   sizes = [int(mesh_config.get(axis, 1)) for axis in AXES]
   unknown = [i for i, s in enumerate(sizes) if s == -1]
   known = int(np.prod([s for s in sizes if s != -1]))
-  n = jax.device_count()
+  n = jax.device_count() if devices is None else len(devices)
   if len(unknown) > 1 or any(s == 0 or s < -1 for s in sizes):
     raise errors.UserInputError(
         f'config.mesh={dict(zip(AXES, sizes))}: at most one axis may be -1 and '
@@ -77,7 +78,7 @@ def create_mesh(mesh_config):
         f'devices but there are {n}; make the product of the axis sizes equal '
         f'{n} (or set one axis to -1).')
   return jax.make_mesh(tuple(sizes), AXES,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(AXES), devices=devices)
 
 
 def data_parallel_size(mesh):

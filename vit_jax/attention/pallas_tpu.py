@@ -53,7 +53,9 @@ def _segments(q, kmask):
 
 def block_forward(q, k, v, kmask, block):
   """(output in q's dtype, normalised over these keys; logsumexp in float32 [b, h, Lq])."""
-  with _kernel_context():
+  # The scope names the kernel's HLO instruction `flash_attention` (vit_jax/hlo_flops.py
+  # counts its FLOPs by that name); the backward kernels carry their own names.
+  with _kernel_context(), jax.named_scope('flash_attention'):
     out, l, m = tpu_flash._flash_attention_impl(  # pylint: disable=protected-access
         q, k, v, None, _segments(q, kmask), True, False, q.shape[-1] ** -0.5,
         1, block, block, block, False)

@@ -1,0 +1,64 @@
+"""vit_jax.aot: a config's real train step compiled for a TPU topology on this CPU machine
+(libtpu's compile-only devices), with the Pallas kernel, its FLOPs and HBM report."""
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from vit_jax import aot
+from vit_jax import hlo_flops
+from vit_jax import model_flops
+from vit_jax.configs import pit
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOPOLOGY = 'v5e:2x2'
+
+
+def _small_pit(impl='pallas'):
+  """The main job's PiT at 16x16 pixels: 256 tokens (gap head), a whole number of the
+  kernel's 128-token blocks, so the counted kernel FLOPs are the model's."""
+  config = pit.get_config('fashion_mnist')
+  with config.unlocked():
+    config.pp.crop = 16
+    config.batch = config.batch_eval = 32
+    config.model.transformer.attention = {'impl': impl, 'block_size': 128}
+  return config
+
+
+def test_train_step_compiles_for_tpu_with_the_pallas_kernel():
+  config = _small_pit()
+  devices = aot.topology_devices(TOPOLOGY)
+  assert len(devices) == 4 and devices[0].platform == 'tpu'
+  assert jax.default_backend() == 'cpu'
+  compiled_train, compiled_eval, mesh = aot.compile_steps(config, devices, num_classes=10)
+  assert dict(mesh.shape) == {'data': 4, 'fsdp': 1, 'seq': 1}
+  text = compiled_train.as_text()
+  assert 'tpu_custom_call' in text
+  assert 'flash_mha_bwd_dkv' in text and 'flash_mha_bwd_dq' in text
+  forward = model_flops.vit_forward_flops(config.model, 16, 1, 10)
+  per_chip_images = config.batch // 4
+  counted = hlo_flops.count(compiled_train).flops
+  assert counted == pytest.approx(3 * forward * per_chip_images, rel=0.05)
+  assert hlo_flops.count(compiled_eval).flops == pytest.approx(
+      forward * config.batch_eval // 4, rel=0.05)
+  result = aot.summarize(TOPOLOGY, 1, devices, mesh, config.batch, compiled_train,
+                         compiled_eval)
+  train = result['train_step']
+  assert train['flops'] == counted and 0 < train['hbm_bytes'] < 16 * 2**30
+  assert train['hbm_traffic_bytes'] > train['argument_bytes']  # params read at least once
+  seconds = max(counted / 197e12, train['hbm_traffic_bytes'] / 819e9)  # v5e's peaks
+  assert train['roofline_seconds'] == pytest.approx(seconds)
+  text = aot.format_report(result)
+  assert 'train_step: HBM' in text and 'MFU <=' in text and 'TPU v5e' in text
+
+
+def test_command_exits_with_xla_out_of_memory_message_when_a_step_does_not_fit():
+  too_big = subprocess.run(
+      [sys.executable, '-m', 'vit_jax.aot', '--config=configs/pit.py:fashion_mnist',
+       f'--topology={TOPOLOGY}', f'--config.batch={2**20}', f'--config.batch_eval={2**20}'],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+  assert too_big.returncode == 1, too_big.stderr[-3000:]
+  assert f'Does not fit on {TOPOLOGY}' in too_big.stderr
+  assert 'memory' in too_big.stderr.lower() and 'hbm' in too_big.stderr.lower()
