@@ -1,6 +1,7 @@
 """hlo_flops: FLOPs counted from optimized HLO against analytic counts and XLA's own cost
 analysis (on loop-free programs, where it is right), on CPU and compiled for a TPU v5e."""
 import os
+import re
 
 import jax
 from jax.experimental import topologies
@@ -79,6 +80,15 @@ def test_scan_counts_trip_count_times_its_body_where_cost_analysis_counts_it_onc
     return jax.lax.cond(x.sum() > 0, lambda y: y @ ws[0] @ ws[1], lambda y: y, x)
   compiled = _compile(nested, (8, 32), (12, 32, 32))
   assert hlo_flops.count(compiled).flops == 36 * body + 2 * body
+
+
+def test_a_scan_without_xla_trip_count_is_counted_from_its_loop_condition():
+  """TPU loop transformations (e.g. the ring schedule's backward) drop known_trip_count."""
+  text = _compile(_scan_matmuls, (8, 32), (12, 32, 32)).as_text()
+  stripped = re.sub(r'"known_trip_count":\{"n":"\d+"\},?', '', text)
+  assert 'known_trip_count' not in stripped
+  counted = hlo_flops.count_text(stripped)
+  assert counted.flops == 12 * 2 * 8 * 32 * 32 and not counted.loops_without_trip_count
 
 
 def test_a_data_dependent_loop_counts_its_body_once_and_says_so():

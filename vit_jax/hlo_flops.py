@@ -34,7 +34,8 @@ _NO_FLOP_TARGETS = ('ConcatBitcast', 'Sharding', 'SPMDFullToShardShape', 'SPMDSh
                     'AllocateBuffer', 'LayoutConstraint', 'annotate_device_placement',
                     'MoveToHost', 'MoveToDevice', 'PinToDevice', 'X64Combine', 'X64SplitLow',
                     'X64SplitHigh', 'cu_threefry2x32', 'xla_python_cpu_callback',
-                    'xla_python_gpu_callback', 'xla_ffi_python_cpu_callback')
+                    'xla_python_gpu_callback', 'xla_ffi_python_cpu_callback',
+                    'AsyncCollectiveStart', 'AsyncCollectiveDone')
 _COMPUTATION = re.compile(r'^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$')
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$')
 _ARRAY = re.compile(r'^[a-z]\w*\[([^\]]*)\](?:\{[^}]*\})?')
@@ -223,6 +224,60 @@ def _kernel_flops(inst, shapes):
   return None
 
 
+def _constant(name, instructions):
+  """The integer an instruction named `name` holds, through copies; None if not constant."""
+  by_name = {i.name: i for i in instructions}
+  inst = by_name.get(name)
+  while inst is not None and inst.opcode == 'copy':
+    inst = by_name.get(inst.operands[0].split()[-1].lstrip('%'))
+  if inst is None or inst.opcode != 'constant':
+    return None
+  try:
+    return int(inst.operands[0])
+  except ValueError:
+    return None
+
+
+def trip_count(inst, computations, caller):
+  """Iterations of a while instruction: XLA's known_trip_count, else read from a loop
+  `i < N` whose counter starts at a constant (the form lax.scan lowers to, which TPU loop
+  transformations leave without the annotation); None when neither applies."""
+  known = re.search(r'known_trip_count\W+n\W+(\d+)', inst.attrs)
+  if known:
+    return int(known.group(1))
+  condition = computations.get((_callees(inst.attrs, 'condition') or [''])[0])
+  if not condition or not inst.operands:
+    return None
+  root, names = condition[-1], [o.split()[-1].lstrip('%') for o in condition[-1].operands]
+  if root.opcode == 'fusion':  # XLA:CPU wraps the compare in a fusion: map its parameters
+    fused = computations.get((_callees(root.attrs, 'calls') or [''])[0]) or [None]
+    params = {i.name: int(i.operands[0]) for i in fused if i and i.opcode == 'parameter'}
+    root = fused[-1]
+    if root is None or root.opcode != 'compare':
+      return None
+    inner = [o.split()[-1].lstrip('%') for o in root.operands]
+    if not all(n in params for n in inner):
+      return None
+    names = [names[params[n]] for n in inner]
+  if root.opcode != 'compare':
+    return None
+  direction = _attr(root.attrs, 'direction')
+  if direction == 'GT':
+    names, direction = names[::-1], 'LT'
+  if direction != 'LT':
+    return None
+  by_name = {i.name: i for i in condition}
+  counter, bound = by_name.get(names[0]), _constant(names[1], condition)
+  if counter is None or counter.opcode != 'get-tuple-element' or bound is None:
+    return None
+  index = int(_attr(counter.attrs, 'index'))
+  init = {i.name: i for i in caller}.get(inst.operands[0].split()[-1].lstrip('%'))
+  if init is None or init.opcode != 'tuple' or index >= len(init.operands):
+    return None
+  start = _constant(init.operands[index].split()[-1].lstrip('%'), caller)
+  return None if start is None else max(bound - start, 0)
+
+
 def _callees(attrs, key):
   value = _attr(attrs, key, r'(\{[^}]*\}|%?[\w.\-]+)')
   if value is None:
@@ -243,7 +298,11 @@ class _Counter:
     if name not in self._memo:
       instructions = self._computations[name]
       shapes = {i.name: i.shape for i in instructions}
-      self._memo[name] = sum(self._instruction(i, shapes) for i in instructions)
+      total = 0
+      for inst in instructions:
+        self._current = instructions
+        total += self._instruction(inst, shapes)
+      self._memo[name] = total
     return self._memo[name]
 
   def _instruction(self, inst, shapes):
@@ -268,13 +327,13 @@ class _Counter:
     return 0
 
   def _while(self, inst):
+    trips = trip_count(inst, self._computations, self._current)  # before recursing
     per_trip = sum(self.computation(c) for c in
                    _callees(inst.attrs, 'body') + _callees(inst.attrs, 'condition'))
-    trips = re.search(r'known_trip_count\W+n\W+(\d+)', inst.attrs)
     if trips is None:
       self.loops_without_trip_count.append(inst.name)
       return per_trip
-    return int(trips.group(1)) * per_trip
+    return trips * per_trip
 
   def _custom_call(self, inst, shapes):
     target = _attr(inst.attrs, 'custom_call_target', r'"([^"]*)"') or '?'

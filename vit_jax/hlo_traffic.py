@@ -49,7 +49,11 @@ class _Traffic:
     if name not in self._memo:
       instructions = self._computations[name]
       shapes = {i.name: i.shape for i in instructions}
-      self._memo[name] = sum(self._instruction(i, shapes) for i in instructions)
+      total = 0.
+      for inst in instructions:
+        self._current = instructions
+        total += self._instruction(inst, shapes)
+      self._memo[name] = total
     return self._memo[name]
 
   def _operand_bytes(self, operand, shapes):
@@ -84,9 +88,9 @@ class _Traffic:
     if op in _FREE:
       return 0.
     if op == 'while':
+      trips = hlo_flops.trip_count(inst, self._computations, self._current)  # before recursing
       per_trip = sum(self.computation(c) for c in callees('body') + callees('condition'))
-      trips = re.search(r'known_trip_count\W+n\W+(\d+)', inst.attrs)
-      return per_trip * (int(trips.group(1)) if trips else 1)
+      return per_trip * (trips or 1)
     if op == 'call':
       return sum(self.computation(c) for c in callees('to_apply'))
     if op == 'conditional':
