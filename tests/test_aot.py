@@ -16,26 +16,29 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPOLOGY = 'v5e:2x2'
 
 
-def _small_pit(impl='pallas'):
+def _small_pit():
   """The main job's PiT at 16x16 pixels: 256 tokens (gap head), a whole number of the
-  kernel's 128-token blocks, so the counted kernel FLOPs are the model's."""
+  kernel's 128-token blocks, so the counted kernel FLOPs are the model's; ring attention
+  over a 'seq' axis of 2, each device's work on the Pallas kernel (impl 'auto' on TPU)."""
   config = pit.get_config('fashion_mnist')
   with config.unlocked():
     config.pp.crop = 16
     config.batch = config.batch_eval = 32
-    config.model.transformer.attention = {'impl': impl, 'block_size': 128}
+    config.mesh.update(data=2, seq=2)
+    config.model.transformer.attention = {'impl': 'auto', 'block_size': 128}
   return config
 
 
-def test_train_step_compiles_for_tpu_with_the_pallas_kernel():
+def test_train_step_compiles_for_tpu_with_ring_attention_on_the_pallas_kernel():
   config = _small_pit()
   devices = aot.topology_devices(TOPOLOGY)
   assert len(devices) == 4 and devices[0].platform == 'tpu'
   assert jax.default_backend() == 'cpu'
   compiled_train, compiled_eval, mesh = aot.compile_steps(config, devices, num_classes=10)
-  assert dict(mesh.shape) == {'data': 4, 'fsdp': 1, 'seq': 1}
+  assert dict(mesh.shape) == {'data': 2, 'fsdp': 1, 'seq': 2}
   text = compiled_train.as_text()
-  assert 'tpu_custom_call' in text
+  assert 'collective-permute' in text and 'tpu_custom_call' in text
+  assert 'flash_attention' in text
   assert 'flash_mha_bwd_dkv' in text and 'flash_mha_bwd_dq' in text
   forward = model_flops.vit_forward_flops(config.model, 16, 1, 10)
   per_chip_images = config.batch // 4
