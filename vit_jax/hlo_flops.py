@@ -1,0 +1,313 @@
+"""FLOPs of a compiled XLA program, counted from its optimized HLO text, per device.
+
+`compiled.cost_analysis()['flops']` counts the body of a while loop once, so a lax.scan over
+layers, attention blocks or micro-batches reports a fraction of the work, and it counts
+nothing for the backward Pallas attention kernels. `count(compiled)` walks
+`compiled.as_text()` instead:
+
+- dot: 2 x output elements x contracted size; convolution: 2 x output features x batch x
+  input features per group x the (output, kernel) position pairs that land on real input
+  (padding excluded), as XLA's cost analysis counts them;
+- fusions and calls are summed through; a while loop counts its body (and condition) times
+  its `known_trip_count`; without one (a data-dependent loop) the body is counted once and
+  the loop is named in `Flops.loops_without_trip_count`; a conditional counts its costliest
+  branch;
+- Pallas TPU flash-attention kernels (custom-calls named by jax's flash_attention) count
+  the attention's model FLOPs, no recompute: forward 2*b*h*Lq*Lk*(dk + dv), backward
+  dkv 2*b*h*Lq*Lk*(dk + 2*dv) and dq 2*b*h*Lq*Lk*dk (4, 6 and 2 x b*h*Lq*Lk*d when dk = dv),
+  counted as non-causal attention. Other custom-calls (splash attention, cuBLAS/cuDNN
+  calls, other kernels) count 0 and are named in `Flops.uncounted`.
+
+Element-wise work (softmax, normalisation, the optimizer) is not counted: FLOPs here are
+matrix-unit FLOPs, the numerator of MFU. The HLO of an SPMD program is one device's
+program, so the count is per device.
+"""
+import dataclasses
+import math
+import re
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+# Custom-call targets that move or relabel data and do no arithmetic.
+_NO_FLOP_TARGETS = ('ConcatBitcast', 'Sharding', 'SPMDFullToShardShape', 'SPMDShardToFullShape',
+                    'AllocateBuffer', 'LayoutConstraint', 'annotate_device_placement',
+                    'MoveToHost', 'MoveToDevice', 'PinToDevice', 'X64Combine', 'X64SplitLow',
+                    'X64SplitHigh', 'cu_threefry2x32', 'xla_python_cpu_callback',
+                    'xla_python_gpu_callback', 'xla_ffi_python_cpu_callback')
+_COMPUTATION = re.compile(r'^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$')
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$')
+_ARRAY = re.compile(r'^[a-z]\w*\[([^\]]*)\](?:\{[^}]*\})?')
+_OPCODE = re.compile(r'\s*([\w\-]+)\(')
+
+
+@dataclasses.dataclass(frozen=True)
+class Flops:
+  """FLOPs of one device's program, and what the count could not see."""
+  flops: int
+  uncounted: Tuple[str, ...] = ()  # custom-calls counted as 0 (kernel name or target)
+  loops_without_trip_count: Tuple[str, ...] = ()  # while loops whose body counted once
+
+
+@dataclasses.dataclass
+class _Instruction:
+  name: str
+  shape: str
+  opcode: str
+  operands: List[str]
+  attrs: str
+
+
+def _closing(text, start):
+  """Index just past the bracket group that opens at text[start]."""
+  depth = 0
+  for i in range(start, len(text)):
+    if text[i] in '([{':
+      depth += 1
+    elif text[i] in ')]}':
+      depth -= 1
+      if depth == 0:
+        return i + 1
+  raise ValueError(f'unbalanced HLO text: {text[start:start + 200]!r}')
+
+
+def _split_top(text):
+  """Splits at commas outside brackets."""
+  parts, depth, begin = [], 0, 0
+  for i, ch in enumerate(text):
+    if ch in '([{':
+      depth += 1
+    elif ch in ')]}':
+      depth -= 1
+    elif ch == ',' and depth == 0:
+      parts.append(text[begin:i])
+      begin = i + 1
+  parts.append(text[begin:])
+  return [p.strip() for p in parts if p.strip()]
+
+
+def _parse_instruction(line):
+  match = _INSTRUCTION.match(line)
+  if not match:
+    return None
+  name, rest = match.groups()
+  if rest.startswith('('):
+    end = _closing(rest, 0)
+  else:
+    array = _ARRAY.match(rest)
+    if not array:
+      return None
+    end = array.end()
+  shape, rest = rest[:end], rest[end:]
+  opcode = _OPCODE.match(rest)
+  if not opcode:
+    return None
+  open_at = opcode.end() - 1
+  close_at = _closing(rest, open_at)
+  operands = _split_top(re.sub(r'/\*.*?\*/', '', rest[open_at + 1:close_at - 1]))
+  return _Instruction(name, shape, opcode.group(1), operands, rest[close_at:])
+
+
+def parse_module(text):
+  """{computation name: [instructions]} and the entry computation's name."""
+  computations, entry, current = {}, None, None
+  for line in text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header and current is None:
+      current = computations.setdefault(header.group(2), [])
+      if header.group(1):
+        entry = header.group(2)
+    elif line.strip() == '}':
+      current = None
+    elif current is not None:
+      instruction = _parse_instruction(line)
+      if instruction is not None:
+        current.append(instruction)
+  if entry is None:
+    raise ValueError('no ENTRY computation in the HLO text')
+  return computations, entry
+
+
+def dims(shape):
+  """The dimensions of an array shape string such as 'bf16[2,4]{1,0:T(8,128)}'."""
+  match = _ARRAY.match(shape.strip())
+  if not match:
+    raise ValueError(f'not an array shape: {shape!r}')
+  return tuple(int(d.replace('<=', '')) for d in match.group(1).split(',') if d.strip())
+
+
+def _attr(attrs, key, pattern=r'([^,\s]+)'):
+  match = re.search(r'(?:^|[\s,])' + key + '=' + pattern, attrs)
+  return match.group(1) if match else None
+
+
+def _int_list(text):
+  return [int(x) for x in text.split(',') if x.strip()] if text else []
+
+
+def _operand_shape(operand, shapes):
+  """An operand's array shape: printed inline ('f32[2,3]{1,0} %x') or from its definition."""
+  if _ARRAY.match(operand):
+    return dims(operand)
+  return dims(shapes[operand.split()[-1].lstrip('%')])
+
+
+def _dot_flops(inst, shapes):
+  lhs = _operand_shape(inst.operands[0], shapes)
+  contracted = math.prod(lhs[d] for d in _int_list(_attr(inst.attrs, 'lhs_contracting_dims',
+                                                          r'\{([\d,]*)\}')))
+  return 2 * math.prod(dims(inst.shape)) * contracted
+
+
+def _valid_positions(size_in, size_out, kernel, stride, pad_low, lhs_dilate, rhs_dilate):
+  """(output, kernel) index pairs of one spatial dimension that read a real input element."""
+  if (size_in == size_out == kernel == lhs_dilate and rhs_dilate == 1 and pad_low == 0
+      and stride == max(1, size_in - 1)):
+    return size_in  # a batch dimension carried as a dilated spatial one: one pair per output
+  out = np.arange(size_out, dtype=np.int64)[:, None]
+  k = np.arange(kernel, dtype=np.int64)[None, :]
+  at = out * stride - pad_low + k * rhs_dilate  # index into the dilated, padded input
+  ok = (at >= 0) & (at <= (size_in - 1) * lhs_dilate) & (at % lhs_dilate == 0)
+  return int(ok.sum())
+
+
+def _window(attrs):
+  """Per spatial dimension: (stride, pad_low, lhs_dilate, rhs_dilate)."""
+  window = _attr(attrs, 'window', r'\{([^}]*)\}') or ''
+  fields = dict(f.split('=') for f in window.split() if '=' in f)
+  n = len(fields['size'].split('x')) if 'size' in fields else 0
+  get = lambda key: [int(x) for x in fields[key].split('x')] if key in fields else [1] * n
+  pads = [int(p.split('_')[0]) for p in fields['pad'].split('x')] if 'pad' in fields else [0] * n
+  return list(zip(get('stride'), pads, get('lhs_dilate'), get('rhs_dilate')))
+
+
+def _conv_flops(inst, shapes):
+  lhs = _operand_shape(inst.operands[0], shapes)
+  rhs = _operand_shape(inst.operands[1], shapes)
+  out = dims(inst.shape)
+  labels = _attr(inst.attrs, 'dim_labels')
+  lhs_labels, rest = labels.split('_', 1)
+  rhs_labels, out_labels = rest.split('->')
+  groups = int(_attr(inst.attrs, 'feature_group_count') or 1)
+  batch_groups = int(_attr(inst.attrs, 'batch_group_count') or 1)
+  pairs = 1
+  for d, (stride, pad, lhs_dilate, rhs_dilate) in enumerate(_window(inst.attrs)):
+    spatial = str(d)
+    pairs *= _valid_positions(lhs[lhs_labels.index(spatial)], out[out_labels.index(spatial)],
+                              rhs[rhs_labels.index(spatial)], stride, pad, lhs_dilate,
+                              rhs_dilate)
+  fmas = (lhs[lhs_labels.index('f')] // groups * out[out_labels.index('f')]
+          * (lhs[lhs_labels.index('b')] // batch_groups) * pairs)
+  return 2 * fmas
+
+
+# Pallas flash attention (jax.experimental.pallas.ops.tpu.flash_attention): kernel name ->
+# model FLOPs as multiples of b*h*Lq*Lk, from head dims (dk of q/k, dv of v).
+_ATTENTION_KERNELS = (
+    ('flash_mha_bwd_dkv', lambda dk, dv: 2 * (dk + 2 * dv)),
+    ('flash_mha_bwd_dq', lambda dk, dv: 2 * dk),
+    ('flash_attention', lambda dk, dv: 2 * (dk + dv)),
+)
+
+
+def _kernel_flops(inst, shapes):
+  """Model FLOPs of a known Pallas attention kernel, or None."""
+  base = re.sub(r'\.\d+$', '', inst.name)
+  for prefix, per_pair in _ATTENTION_KERNELS:
+    if base.startswith(prefix) and len(inst.operands) >= 3:
+      q, k, v = (_operand_shape(o, shapes) for o in inst.operands[:3])
+      if len(q) != 4 or len(k) != 4 or q[:2] != k[:2]:
+        return None
+      b, h, q_len, dk = q
+      return b * h * q_len * k[2] * per_pair(dk, v[3])
+  return None
+
+
+def _callees(attrs, key):
+  value = _attr(attrs, key, r'(\{[^}]*\}|%?[\w.\-]+)')
+  if value is None:
+    return []
+  return [c.strip().lstrip('%') for c in value.strip('{}').split(',') if c.strip()]
+
+
+class _Counter:
+  """Memoized FLOPs per computation, with what it could not count."""
+
+  def __init__(self, computations):
+    self._computations = computations
+    self._memo: Dict[str, int] = {}
+    self.uncounted: List[str] = []
+    self.loops_without_trip_count: List[str] = []
+
+  def computation(self, name):
+    if name not in self._memo:
+      instructions = self._computations[name]
+      shapes = {i.name: i.shape for i in instructions}
+      self._memo[name] = sum(self._instruction(i, shapes) for i in instructions)
+    return self._memo[name]
+
+  def _instruction(self, inst, shapes):
+    op = inst.opcode
+    if op == 'dot':
+      return _dot_flops(inst, shapes)
+    if op == 'convolution':
+      return _conv_flops(inst, shapes)
+    if op in ('fusion', 'async-start'):
+      return sum(self.computation(c) for c in _callees(inst.attrs, 'calls'))
+    if op == 'call':
+      return sum(self.computation(c) for c in _callees(inst.attrs, 'to_apply'))
+    if op == 'while':
+      return self._while(inst)
+    if op == 'conditional':
+      branches = (_callees(inst.attrs, 'branch_computations')
+                  or _callees(inst.attrs, 'true_computation')
+                  + _callees(inst.attrs, 'false_computation'))
+      return max((self.computation(c) for c in branches), default=0)
+    if op == 'custom-call':
+      return self._custom_call(inst, shapes)
+    return 0
+
+  def _while(self, inst):
+    per_trip = sum(self.computation(c) for c in
+                   _callees(inst.attrs, 'body') + _callees(inst.attrs, 'condition'))
+    trips = re.search(r'known_trip_count\W+n\W+(\d+)', inst.attrs)
+    if trips is None:
+      self.loops_without_trip_count.append(inst.name)
+      return per_trip
+    return int(trips.group(1)) * per_trip
+
+  def _custom_call(self, inst, shapes):
+    target = _attr(inst.attrs, 'custom_call_target', r'"([^"]*)"') or '?'
+    if target == 'tpu_custom_call':
+      flops = _kernel_flops(inst, shapes)
+      if flops is not None:
+        return flops
+      self.uncounted.append(re.sub(r'\.\d+$', '', inst.name))
+    elif target not in _NO_FLOP_TARGETS:
+      self.uncounted.append(target)
+    return 0
+
+
+def count_text(hlo_text):
+  """Flops of the optimized HLO module text of one program (see the module docstring)."""
+  computations, entry = parse_module(hlo_text)
+  counter = _Counter(computations)
+  flops = counter.computation(entry)
+  return Flops(flops, tuple(sorted(set(counter.uncounted))),
+               tuple(counter.loops_without_trip_count))
+
+
+def count(compiled):
+  """Flops of a jax.stages.Compiled (per device)."""
+  return count_text(compiled.as_text())
+
+
+def describe(result: Flops) -> Optional[str]:
+  """A warning line for what the count missed, or None when it saw everything."""
+  notes = []
+  if result.uncounted:
+    notes.append('custom-calls counted as 0 FLOPs: ' + ', '.join(result.uncounted))
+  if result.loops_without_trip_count:
+    notes.append('while loops without a known trip count, body counted once: '
+                 + ', '.join(result.loops_without_trip_count))
+  return '; '.join(notes) or None
