@@ -102,6 +102,28 @@ def test_vit_b16_train_step_counts_three_forward_passes():
   assert hlo_flops.count(compiled).flops == pytest.approx(3 * 2 * forward, rel=0.01)
 
 
+def test_accumulated_steps_count_every_micro_batch():
+  """accum_steps=4 runs its micro-batches in a lax.scan: the same FLOPs as one pass over the
+  batch, where XLA's cost analysis sees a single micro-batch."""
+  counts = []
+  for accum_steps in (1, 4):
+    config = tiny_config('unused', batch=64, accum_steps=accum_steps)  # 2 a device a pass
+    mesh = parallel.create_mesh(config.mesh)
+    model = train.make_model(config, 10)
+    tx, schedule = optim.make_optimizer(config)
+    with jax.set_mesh(mesh):
+      state, shardings = train.abstract_train_state(config, model, tx, mesh, (8, 8, 1))
+      sharding = parallel.batch_sharding(mesh)
+      batch = {'image': jax.ShapeDtypeStruct((64, 8, 8, 1), jnp.float32, sharding=sharding),
+               'label': jax.ShapeDtypeStruct((64, 10), jnp.float32, sharding=sharding)}
+      compiled = train.compile_train_step(
+          train.jit_train_step(config, model, tx, schedule, 10, shardings, mesh), state, batch)
+    counts.append((hlo_flops.count(compiled).flops, compiled.cost_analysis()['flops']))
+  (plain, _), (accumulated, seen_by_xla) = counts
+  assert accumulated == pytest.approx(plain, rel=0.01)
+  assert seen_by_xla < 0.5 * plain
+
+
 def test_trains_on_mocked_tfds_cifar10(tmp_path):
   config = tiny_config(str(tmp_path / 'tfds'), dataset='cifar10', **{
       'pp.channels': 3, 'batch_eval': 8, 'total_steps': 2, 'checkpoint_every': 2,
