@@ -144,15 +144,22 @@ def test_pallas_flash_attention_counts_its_model_flops_forward_and_backward(v5e_
   assert backward.cost_analysis()['flops'] < 1.1 * forward
 
 
-def test_unknown_custom_calls_are_named_not_guessed():
-  text = """HloModule m
-ENTRY %main (p: f32[4,4]) -> f32[4,4] {
-  %p = f32[4,4]{1,0} parameter(0)
-  %k = f32[4,4]{1,0} custom-call(%p), custom_call_target="tpu_custom_call"
-  %g = f32[4,4]{1,0} custom-call(f32[4,4]{1,0} %k), custom_call_target="__cublas$gemm"
-  ROOT %d = f32[4,4]{1,0} dot(f32[4,4]{1,0} %g, f32[4,4]{1,0} %p), lhs_contracting_dims={1}, rhs_contracting_dims={0}
-}
+def test_gpu_gemms_count_and_unknown_custom_calls_are_named_not_guessed():
+  """XLA:GPU's cuBLAS GEMMs (the format of its gemm_rewriter output) count like the dot they
+  replace; a kernel it cannot see into counts 0 and is named."""
+  gemm_config = ('{"gemm_backend_config":{"alpha_real":1,"beta":0,"dot_dimension_numbers":{'
+                 '"lhs_contracting_dimensions":["0"],"rhs_contracting_dimensions":["0"],'
+                 '"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]},"epilogue":"DEFAULT"}}')
+  text = f"""HloModule m
+ENTRY %main (p: f32[6,4], q: f32[6,5]) -> f32[4,5] {{
+  %p = f32[6,4]{{1,0}} parameter(0)
+  %q = f32[6,5]{{1,0}} parameter(1)
+  %k = f32[6,4]{{1,0}} custom-call(%p), custom_call_target="tpu_custom_call"
+  %c = f32[6,4]{{1,0}} custom-call(f32[6,4]{{1,0}} %k), custom_call_target="__cudnn$convForward"
+  %g = (f32[4,5]{{1,0}}, s8[1024]{{0}}) custom-call(f32[6,4]{{1,0}} %c, f32[6,5]{{1,0}} %q), custom_call_target="__cublas$gemm", backend_config={gemm_config}
+  ROOT %r = f32[4,5]{{1,0}} get-tuple-element(%g), index=0
+}}
 """
   counted = hlo_flops.count_text(text)
-  assert counted.flops == 2 * 4 * 4 * 4
-  assert counted.uncounted == ('__cublas$gemm', 'k')
+  assert counted.flops == 2 * 4 * 5 * 6
+  assert counted.uncounted == ('__cudnn$convForward', 'k')

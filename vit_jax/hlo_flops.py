@@ -9,14 +9,16 @@ nothing for the backward Pallas attention kernels. `count(compiled)` walks
   input features per group x the (output, kernel) position pairs that land on real input
   (padding excluded), as XLA's cost analysis counts them;
 - fusions and calls are summed through; a while loop counts its body (and condition) times
-  its `known_trip_count`; without one (a data-dependent loop) the body is counted once and
-  the loop is named in `Flops.loops_without_trip_count`; a conditional counts its costliest
-  branch;
+  its `known_trip_count`, or without one the N of an `i < N` condition whose counter starts
+  at a constant (TPU loop transformations drop the annotation); otherwise (a data-dependent
+  loop) the body is counted once and the loop is named in `Flops.loops_without_trip_count`;
+  a conditional counts its costliest branch;
+- cuBLAS GEMM custom-calls (XLA:GPU's dots) count like dots;
 - Pallas TPU flash-attention kernels (custom-calls named by jax's flash_attention) count
   the attention's model FLOPs, no recompute: forward 2*b*h*Lq*Lk*(dk + dv), backward
   dkv 2*b*h*Lq*Lk*(dk + 2*dv) and dq 2*b*h*Lq*Lk*dk (4, 6 and 2 x b*h*Lq*Lk*d when dk = dv),
-  counted as non-causal attention. Other custom-calls (splash attention, cuBLAS/cuDNN
-  calls, other kernels) count 0 and are named in `Flops.uncounted`.
+  counted as non-causal attention. Other custom-calls (splash attention, cuDNN
+  convolutions and attention, other kernels) count 0 and are named in `Flops.uncounted`.
 
 Element-wise work (softmax, normalisation, the optimizer) is not counted: FLOPs here are
 matrix-unit FLOPs, the numerator of MFU. The HLO of an SPMD program is one device's
@@ -224,6 +226,18 @@ def _kernel_flops(inst, shapes):
   return None
 
 
+def _gemm_flops(inst, shapes):
+  """A cuBLAS GEMM custom-call (XLA:GPU's dots), or None without its dot numbers: they are
+  in its gemm_backend_config; its result is the first element of (result, workspace)."""
+  contracting = re.search(r'lhs_contracting_dimensions\W+\[([^\]]*)\]', inst.attrs)
+  if contracting is None:
+    return None
+  result = inst.shape[1:] if inst.shape.startswith('(') else inst.shape
+  lhs = _operand_shape(inst.operands[0], shapes)
+  contracted = math.prod(lhs[int(d)] for d in re.findall(r'\d+', contracting.group(1)))
+  return 2 * math.prod(dims(result)) * contracted
+
+
 def _constant(name, instructions):
   """The integer an instruction named `name` holds, through copies; None if not constant."""
   by_name = {i.name: i for i in instructions}
@@ -337,14 +351,16 @@ class _Counter:
 
   def _custom_call(self, inst, shapes):
     target = _attr(inst.attrs, 'custom_call_target', r'"([^"]*)"') or '?'
-    if target == 'tpu_custom_call':
+    if target.startswith('__cublas$'):
+      flops = _gemm_flops(inst, shapes)
+    elif target == 'tpu_custom_call':
       flops = _kernel_flops(inst, shapes)
-      if flops is not None:
-        return flops
-      self.uncounted.append(re.sub(r'\.\d+$', '', inst.name))
-    elif target not in _NO_FLOP_TARGETS:
+      target = re.sub(r'\.\d+$', '', inst.name)  # a Pallas kernel is known by its name
+    else:
+      flops = 0 if target in _NO_FLOP_TARGETS else None
+    if flops is None:
       self.uncounted.append(target)
-    return 0
+    return flops or 0
 
 
 def count_text(hlo_text):

@@ -29,6 +29,7 @@ from vit_jax import paths
 from vit_jax import preemption
 from vit_jax import profiling
 from vit_jax import state_checkpoint
+from vit_jax import utilization
 from vit_jax.models import VisionTransformer
 from vit_jax.models import resnet
 
@@ -104,6 +105,26 @@ def make_train_step(model, tx, schedule, config, num_classes):
                        'learning_rate': schedule(state['step']),
                        'stop': jnp.max(batch['stop']) if 'stop' in batch else 0}
   return train_step
+
+
+def jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh):
+  """The train step under jax.jit: state and batch laid out on the mesh, the state donated."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(make_train_step(model, tx, schedule, config, num_classes),
+                 in_shardings=(shardings, parallel.batch_sharding(mesh)),
+                 out_shardings=(shardings, replicated), donate_argnums=0)
+
+
+def compile_train_step(jitted, state, batch):
+  """`jitted.lower(...).compile()` for the shapes, dtypes and shardings of (state, batch).
+
+  The run calls the compiled object, so the program it counts FLOPs of (vit_jax/utilization.py)
+  is the one it runs, compiled once.
+  """
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding,
+                                     weak_type=x.weak_type), (state, batch))
+  return jitted.lower(*abstract).compile()
 
 
 def make_eval_step(model):
@@ -238,9 +259,8 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
   # --------------------------------------------------------------------------- steps
   batch_sharding = parallel.batch_sharding(mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  train_step = jax.jit(make_train_step(model, tx, schedule, config, num_classes),
-                       in_shardings=(shardings, batch_sharding),
-                       out_shardings=(shardings, replicated), donate_argnums=0)
+  jitted_train_step = jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh)
+  train_step = step_flops = None  # compiled once, at the first step (see compile_train_step)
   eval_step = jax.jit(make_eval_step(model),
                       in_shardings=(shardings['params'], batch_sharding),
                       out_shardings=replicated)
@@ -263,6 +283,10 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
       stop_sent = stop.signum
       stop_array = parallel.global_batch({'stop': stop.batch_field(local_batch)}, mesh)['stop']
     batch = dict(parallel.global_batch(next(train_iter), mesh), stop=stop_array)
+    if train_step is None:
+      train_step = compile_train_step(jitted_train_step, state, batch)
+      step_flops = utilization.StepFlops(train_step, mesh.devices.flat)
+      last_time = time.time()  # compiling is not a step
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       state, step_metrics = train_step(state, batch)
     # Every process reads the same older step's agreed stop request here.
@@ -285,7 +309,8 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
       record = dict(train_loss=host['loss'], learning_rate=host['learning_rate'],
                     grad_norm=host['grad_norm'], examples_per_sec=rate,
                     img_per_sec_per_device=rate / devices,
-                    core_hours=core_hours + devices * (now - started) / 3600)
+                    core_hours=core_hours + devices * (now - started) / 3600,
+                    **step_flops.scalars(step - last_log, now - last_time))
       if config.pp.skip_undecodable:  # this process's count; each file is logged with its path
         record['skipped_undecodable'] = float(getattr(train_iter, 'skipped', 0))
       result['train_loss'] = host['loss']
