@@ -107,20 +107,16 @@ def compile_steps(config, devices, num_classes):
   with jax.set_mesh(mesh):
     state, shardings = train.abstract_train_state(config, model, tx, mesh, image_shape)
     batch_sharding = parallel.batch_sharding(mesh)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     images = lambda n: _abstract((n,) + image_shape, jnp.float32, batch_sharding)
     labels = lambda n: _abstract((n, num_classes), jnp.float32, batch_sharding)
     train_batch = {'image': images(config.batch), 'label': labels(config.batch),
                    'stop': _abstract((config.batch,), jnp.int32, batch_sharding)}
     eval_batch = {'image': images(config.batch_eval), 'label': labels(config.batch_eval),
                   'mask': _abstract((config.batch_eval,), jnp.float32, batch_sharding)}
-    train_step = jax.jit(train.make_train_step(model, tx, schedule, config, num_classes),
-                         in_shardings=(shardings, batch_sharding),
-                         out_shardings=(shardings, replicated), donate_argnums=0)
-    eval_step = jax.jit(train.make_eval_step(model),
-                        in_shardings=(shardings['params'], batch_sharding),
-                        out_shardings=replicated)
+    train_step = train.jit_train_step(config, model, tx, schedule, num_classes, shardings,
+                                      mesh)
     compiled_train = train_step.lower(state, train_batch).compile()
+    eval_step = train.jit_eval_step(model, shardings, mesh)
     compiled_eval = eval_step.lower(state['params'], eval_batch).compile()
   return compiled_train, compiled_eval, mesh
 

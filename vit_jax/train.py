@@ -127,6 +127,14 @@ def compile_train_step(jitted, state, batch):
   return jitted.lower(*abstract).compile()
 
 
+def jit_eval_step(model, shardings, mesh):
+  """The eval step under jax.jit: params as trained, batch laid out on the mesh."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(make_eval_step(model),
+                 in_shardings=(shardings['params'], parallel.batch_sharding(mesh)),
+                 out_shardings=replicated)
+
+
 def make_eval_step(model):
   def eval_step(params, batch):
     logits = model.apply({'params': params}, batch['image'], train=False)
@@ -257,13 +265,9 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
       target['params'], include_stats=False, msg=f'{config.model.model_name} parameters')
 
   # --------------------------------------------------------------------------- steps
-  batch_sharding = parallel.batch_sharding(mesh)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   jitted_train_step = jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh)
   train_step = step_flops = None  # compiled once, at the first step (see compile_train_step)
-  eval_step = jax.jit(make_eval_step(model),
-                      in_shardings=(shardings['params'], batch_sharding),
-                      out_shardings=replicated)
+  eval_step = jit_eval_step(model, shardings, mesh)
 
   # ---------------------------------------------------------------------------- loop
   total, devices = config.total_steps, jax.device_count()
