@@ -33,9 +33,11 @@ def _round_up(x, multiple):
 
 
 def kernel_block(length, block_size):
-  """(block, padded length): a kernel block that is a multiple of 128 lanes, at most
-  `block_size` rounded up to one, and the length padded to a multiple of it."""
-  block = min(_round_up(block_size, LANES), _round_up(length, LANES))
+  """(block, padded length): the kernel block, a multiple of 128 lanes and at most
+  `block_size` (rounded up to 128), that pads `length` least (the larger block on ties);
+  e.g. 785 tokens -> 7 blocks of 128 (896), not 2 of 512 (1024)."""
+  candidates = range(LANES, _round_up(min(block_size, length), LANES) + 1, LANES)
+  block = min(candidates, key=lambda b: (_round_up(length, b), -b))
   return block, _round_up(length, block)
 
 
