@@ -25,3 +25,18 @@ def test_scan_reads_every_layer_once_per_trip():
   traffic = hlo_traffic.count(compiled)
   # At least every weight once; but only the slice a step reads is charged, not all 12.
   assert every_weight_once < traffic < 12 * every_weight_once
+
+
+def test_scan_writing_stacked_outputs_is_charged_the_slices_it_writes():
+  """lax.scan's ys (activations saved per layer) are updated in place, a layer at a time."""
+  def layers(x, w):
+    def step(c, wi):
+      y = jnp.tanh(c @ wi)
+      return y, y
+    return jax.lax.scan(step, x, w)[1]
+  x, w = jnp.ones((128, 256)), jnp.ones((12, 256, 256))
+  compiled = _compiled(layers, x, w)
+  stacked = 12 * 128 * 256 * 4  # the [12, 128, 256] output
+  traffic = hlo_traffic.count(compiled)
+  # Reading and writing the whole stack at each of the 12 steps alone would be 24 x stacked.
+  assert stacked < traffic < 24 * stacked

@@ -62,25 +62,57 @@ class _Traffic:
     return shape_bytes(shapes.get(_name(operand), ''))
 
   def _fusion_bytes(self, inst, shapes):
-    """Operands only sliced inside the fusion cost the slices; an in-place update of an
-    operand (root dynamic-update-slice) costs the update, read and written."""
+    """Operands only sliced inside the fusion cost the slices; a buffer updated in place
+    (an output that is a dynamic-update-slice of an operand: a scan writing one layer's
+    activations into the stacked ones) costs the update, not the buffer."""
     body = self._computations[hlo_flops._callees(inst.attrs, 'calls')[0]]  # pylint: disable=protected-access
+    by_name = {i.name: i for i in body}
     params = {int(i.operands[0]): i.name for i in body if i.opcode == 'parameter'}
-    body_shapes = {i.name: i.shape for i in body}
+
+    def origin(name):  # through layout-only ops
+      while name in by_name and by_name[name].opcode in ('bitcast', 'copy', 'reshape'):
+        name = _name(by_name[name].operands[0])
+      return name
     root = body[-1]
-    updated = (_name(root.operands[0]) if root.opcode == 'dynamic-update-slice' else None)
-    total = (2 * self._operand_bytes(root.operands[1], body_shapes) if updated
-             else shape_bytes(inst.shape))
+    outputs = [_name(o) for o in root.operands] if root.opcode == 'tuple' else [root.name]
+    in_place, total = set(), 0.
+    for output in outputs:
+      update = by_name.get(origin(output))
+      if update is not None and update.opcode == 'dynamic-update-slice':
+        in_place.add(origin(_name(update.operands[0])))
+        total += self._operand_bytes(update.operands[1], {i.name: i.shape for i in body})
+      else:
+        total += shape_bytes(by_name[output].shape if output in by_name else '')
     for index, operand in enumerate(inst.operands):
       param = params.get(index)
-      if param is not None and param == updated:
+      if param is not None and param in in_place:
         continue
-      users = [i for i in body if param in [_name(o) for o in i.operands]]
-      if users and all(u.opcode in _SLICES for u in users):
-        total += sum(shape_bytes(u.shape) for u in users)
-      else:
-        total += self._operand_bytes(operand, shapes)
+      sliced = self._sliced_bytes(body, param)
+      total += self._operand_bytes(operand, shapes) if sliced is None else sliced
     return total
+
+  def _sliced_bytes(self, body, param):
+    """Bytes a fusion reads of its parameter `param` when every use slices it (directly or
+    in a nested fusion), else None (the whole operand is read)."""
+    total = 0.
+    users = [(i, [_name(o) for o in i.operands]) for i in body]
+    users = [(i, names) for i, names in users if param in names]
+    for user, names in users:
+      if user.opcode in _SLICES and names[0] == param and param not in names[1:]:
+        total += shape_bytes(user.shape)
+        continue
+      if user.opcode in _SLICES:  # a slice's start index: read whole (it is a scalar)
+        return None
+      if user.opcode != 'fusion':
+        return None
+      nested = self._computations[hlo_flops._callees(user.attrs, 'calls')[0]]  # pylint: disable=protected-access
+      inner = {int(i.operands[0]): i.name for i in nested if i.opcode == 'parameter'}
+      for index in (k for k, name in enumerate(names) if name == param):
+        part = self._sliced_bytes(nested, inner.get(index))
+        if part is None:
+          return None
+        total += part
+    return total if users else None
 
   def _instruction(self, inst, shapes):
     op = inst.opcode
