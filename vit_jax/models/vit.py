@@ -10,6 +10,7 @@ token is concatenated, pre-norm blocks. `transformer.layer_norm_epsilon` and exa
 from typing import Any, Mapping, Optional, Sequence, Type
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vit_jax import attention
@@ -19,6 +20,22 @@ from vit_jax.models import resnet as resnet_lib
 
 Dtype = Any
 CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
+REMAT = ('none', 'full', 'dots')
+# Name of the one block of a scanned encoder; its parameters have a leading [num_layers] axis.
+SCANNED_BLOCK = 'encoderblock'
+
+
+def remat_policy(remat):
+  """jax.checkpoint policy of `transformer.remat` ('full' or 'dots').
+
+  'full' keeps nothing and recomputes the whole block in the backward pass. 'dots' keeps the
+  matmuls without batch dimensions (the q/k/v/out and MLP projections, linear in the tokens)
+  and recomputes the batched ones (q.k^T and weights.v), whose [batch, heads, tokens, tokens]
+  operands are the memory that grows quadratically with the tokens (PiT); `checkpoint_dots`
+  would keep those too.
+  """
+  return {'full': jax.checkpoint_policies.nothing_saveable,
+          'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[remat]
 
 
 class IdentityLayer(nn.Module):
@@ -85,7 +102,14 @@ class Encoder1DBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Position embedding, `num_layers` blocks and the final `encoder_norm`."""
+  """Position embedding, `num_layers` blocks and the final `encoder_norm`.
+
+  `scan_layers=True` runs one block under nn.scan (compile time independent of depth): its
+  parameters are `encoderblock/...` with a leading [num_layers] axis (vit_jax/models/
+  layer_stack.py converts to and from `encoderblock_N`), dropout keys are split per layer and
+  sown attention weights are stacked the same way. `remat` ('full', 'dots') recomputes the
+  block's activations in the backward pass (see `remat_policy`).
+  """
   num_layers: int
   mlp_dim: int
   num_heads: int
@@ -98,6 +122,8 @@ class Encoder(nn.Module):
   dtype: Dtype = jnp.float32
   sow_attention_weights: bool = False
   layer_norm_epsilon: float = 1e-6
+  scan_layers: bool = False
+  remat: str = 'none'
 
   @nn.compact
   def __call__(self, x, *, train, grid_shape: Optional[Sequence[int]] = None,
@@ -107,17 +133,38 @@ class Encoder(nn.Module):
     elif self.add_position_embedding and self.posemb == 'sincos2d':
       x = posemb_lib.add_fixed_sincos2d(x, grid_shape, num_prefix_tokens)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
-
-    for layer in range(self.num_layers):
-      x = Encoder1DBlock(
-          mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype,
-          dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-          gelu_approximate=self.gelu_approximate, attention=self.attention,
-          sow_attention_weights=self.sow_attention_weights,
-          layer_norm_epsilon=self.layer_norm_epsilon,
-          name=f'encoderblock_{layer}')(x, deterministic=not train)
+    x = self._blocks(x, deterministic=not train)
     return nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
                         name='encoder_norm')(x)
+
+
+  def _blocks(self, x, *, deterministic):
+    if self.remat not in REMAT:
+      raise ValueError(f'transformer.remat={self.remat!r} is not one of {REMAT}')
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f'transformer.scan_layers={self.scan_layers!r} must be True or False')
+    block = lambda name: Encoder1DBlock(
+        mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype,
+        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+        gelu_approximate=self.gelu_approximate, attention=self.attention,
+        sow_attention_weights=self.sow_attention_weights,
+        layer_norm_epsilon=self.layer_norm_epsilon, name=name)
+
+    def run(module, x):  # `deterministic` is closed over: a Python bool, never traced
+      return module(x, deterministic=deterministic)
+    if self.remat != 'none':
+      # Inside nn.scan the loop already keeps XLA from merging the recomputation away.
+      run = nn.remat(run, policy=remat_policy(self.remat), prevent_cse=not self.scan_layers)
+    if not self.scan_layers:
+      for layer in range(self.num_layers):
+        x = run(block(f'encoderblock_{layer}'), x)
+      return x
+    scanned = nn.scan(lambda module, x, _: (run(module, x), None),
+                      variable_axes={'params': 0, 'intermediates': 0},
+                      split_rngs={'params': True, 'dropout': True},
+                      length=self.num_layers)
+    x, _ = scanned(block(SCANNED_BLOCK), x, None)
+    return x
 
 
 class MAPHead(nn.Module):
