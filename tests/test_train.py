@@ -190,6 +190,28 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(fashion_mnist_data_dir, t
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']  # nothing moved or deleted
 
 
+def test_resume_with_the_other_block_layout_is_one_clear_error(fashion_mnist_data_dir,
+                                                               tmp_path):
+  """The train state keeps the model's layout: flipping scan_layers says how to resume."""
+  train.train_and_evaluate(tiny_config(fashion_mnist_data_dir, total_steps=1, warmup_steps=0),
+                           str(tmp_path))
+  scanned = tiny_config(fashion_mnist_data_dir, total_steps=2)
+  scanned.unlock()
+  scanned.model.transformer.scan_layers = True
+  with pytest.raises(state_checkpoint.CheckpointMismatchError) as error:
+    train.train_and_evaluate(scanned.lock(), str(tmp_path))
+  message = str(error.value)
+  assert str(tmp_path / 'checkpoints') in message
+  assert 'written with config.model.transformer.scan_layers=False' in message
+  assert '--config.model.transformer.scan_layers=False' in message, message
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1']  # nothing moved or deleted
+  stacked = {'params/Transformer/encoderblock/LayerNorm_0/scale': ((2, 4), 'float32')}
+  unstacked = {'opt_state/0/trace/Transformer/encoderblock_0/LayerNorm_0/scale': ((4,),
+                                                                                'float32')}
+  assert 'scan_layers=True' in state_checkpoint.describe_layout_mismatch(stacked, unstacked)
+  assert state_checkpoint.describe_layout_mismatch(stacked, stacked) is None
+
+
 def test_truncated_newest_checkpoint_falls_back_and_ends_bitwise_equal(
     fashion_mnist_data_dir, tmp_path, caplog):
   train.train_and_evaluate(tiny_config(fashion_mnist_data_dir), str(tmp_path))
