@@ -22,6 +22,11 @@ def is_stacked(params):
   return SCANNED_BLOCK in (params.get('Transformer') or {})
 
 
+def is_stacked_path(path):
+  """Whether a '/'-joined parameter path lies in a stacked block (a leading layer axis)."""
+  return f'/Transformer/{SCANNED_BLOCK}/' in f'/{path}'
+
+
 def num_layers(params):
   """Encoder depth of a tree in either layout (0 without encoder blocks)."""
   encoder = params.get('Transformer') or {}
