@@ -22,6 +22,7 @@ def _validate(config):
 def test_presets_pass():
   _validate(_config())
   _validate(_config(dtype='bfloat16', grad_norm_clip=None, eval_every=0, prefetch=0))
+  _validate(_config(param_dtype='bfloat16'))
 
 
 @pytest.mark.parametrize('field,value,expected', [
@@ -66,6 +67,8 @@ def test_presets_pass():
     ('pp.skip_undecodable', 1, 'True or False'),
     ('tfds_download', 'no', 'True or False'),
     ('dtype', 16, 'not one of'),
+    ('param_dtype', 'bf16', "did you mean 'bfloat16'"),
+    ('param_dtype', 'int8', 'not one of'),
 ])
 def test_bad_value_names_field_and_value(field, value, expected):
   # A config written in Python (not --config overrides) can hold any type: type_safe=False.

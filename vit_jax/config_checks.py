@@ -119,6 +119,7 @@ def _check_optimization(config):
   _check_choice('optim', config.optim, optim.OPTIMIZERS)
   _check_choice('decay_type', config.decay_type, optim.DECAY_TYPES)
   _check_choice('dtype', config.dtype, DTYPES, _DTYPE_ALIASES)
+  _check_choice('param_dtype', config.param_dtype, DTYPES, _DTYPE_ALIASES)
   _check_choice('pp.channels', config.pp.channels, (1, 3))
   optim.make_optimizer(config)  # its own range checks (warmup, momentum, betas, decay)
 

@@ -1,8 +1,8 @@
 """Learning-rate schedules and optimizers: SGD+momentum (the original) and AdamW (PiT).
 
 Config fields read: base_lr, warmup_steps, total_steps, decay_type, linear_end, optim,
-momentum, adam_b1, adam_b2, weight_decay, grad_norm_clip. Parameters and optimizer state are
-float32 whatever the compute dtype (`config.dtype`) of the model.
+momentum, adam_b1, adam_b2, weight_decay, grad_norm_clip. The optimizer state has the dtype
+of the parameters (`config.param_dtype`), whatever the compute dtype (`config.dtype`).
 """
 import jax
 import jax.numpy as jnp

@@ -50,6 +50,7 @@ class MlpBlock(nn.Module):
   """Dense -> GELU -> dropout -> Dense -> dropout."""
   mlp_dim: int
   dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
   out_dim: Optional[int] = None
   dropout_rate: float = 0.1
   gelu_approximate: bool = True
@@ -58,7 +59,8 @@ class MlpBlock(nn.Module):
   def __call__(self, inputs, *, deterministic):
     out_dim = inputs.shape[-1] if self.out_dim is None else self.out_dim
     dense = lambda features: nn.Dense(
-        features, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
+        features, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6))
     x = dense(self.mlp_dim)(inputs)
     x = nn.gelu(x, approximate=self.gelu_approximate)
@@ -72,6 +74,7 @@ class Encoder1DBlock(nn.Module):
   mlp_dim: int
   num_heads: int
   dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   gelu_approximate: bool = True
@@ -85,9 +88,10 @@ class Encoder1DBlock(nn.Module):
       raise ValueError(f'Encoder1DBlock expects [batch, length, width], got {inputs.shape}')
     impl = (self.attention or {}).get('impl', 'dense')
     inputs = attention.constrain_tokens(inputs, impl)
-    x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(inputs)
+    x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                     param_dtype=self.param_dtype)(inputs)
     x = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype,
+        num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
         deterministic=deterministic, dropout_rate=self.attention_dropout_rate,
         attention_fn=attention_layer.make_attention_fn(self.attention))(
@@ -95,8 +99,10 @@ class Encoder1DBlock(nn.Module):
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
     x = x + inputs
 
-    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
-    y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
+    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                     param_dtype=self.param_dtype)(x)
+    y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                 dropout_rate=self.dropout_rate,
                  gelu_approximate=self.gelu_approximate)(y, deterministic=deterministic)
     return attention.constrain_tokens(x + y, impl)
 
@@ -120,6 +126,7 @@ class Encoder(nn.Module):
   attention: Optional[Mapping[str, Any]] = None
   posemb: str = 'learn'
   dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
   sow_attention_weights: bool = False
   layer_norm_epsilon: float = 1e-6
   scan_layers: bool = False
@@ -129,13 +136,13 @@ class Encoder(nn.Module):
   def __call__(self, x, *, train, grid_shape: Optional[Sequence[int]] = None,
                num_prefix_tokens: int = 0):
     if self.add_position_embedding and self.posemb == 'learn':
-      x = posemb_lib.AddPositionEmbs(name='posembed_input')(x)
+      x = posemb_lib.AddPositionEmbs(param_dtype=self.param_dtype, name='posembed_input')(x)
     elif self.add_position_embedding and self.posemb == 'sincos2d':
       x = posemb_lib.add_fixed_sincos2d(x, grid_shape, num_prefix_tokens)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
     x = self._blocks(x, deterministic=not train)
     return nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                        name='encoder_norm')(x)
+                        param_dtype=self.param_dtype, name='encoder_norm')(x)
 
 
   def _blocks(self, x, *, deterministic):
@@ -145,7 +152,8 @@ class Encoder(nn.Module):
       raise ValueError(f'transformer.scan_layers={self.scan_layers!r} must be True or False')
     block = lambda name: Encoder1DBlock(
         mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype,
-        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+        param_dtype=self.param_dtype, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
         gelu_approximate=self.gelu_approximate, attention=self.attention,
         sow_attention_weights=self.sow_attention_weights,
         layer_norm_epsilon=self.layer_norm_epsilon, name=name)
@@ -173,19 +181,22 @@ class MAPHead(nn.Module):
   mlp_dim: int
   num_heads: int
   dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
   gelu_approximate: bool = True
   layer_norm_epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, x):
     n, _, d = x.shape
-    probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, d))
+    probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, d), self.param_dtype)
     probe = jnp.tile(probe.astype(x.dtype), [n, 1, 1])
     x = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype,
+        num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.xavier_uniform())(probe, x)
-    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
-    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=0.,
+    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                     param_dtype=self.param_dtype)(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                     dropout_rate=0.,
                      gelu_approximate=self.gelu_approximate)(y, deterministic=True)
     return x[:, 0]
 
@@ -195,6 +206,7 @@ class VisionTransformer(nn.Module):
 
   `model.apply({'params': params}, images_nhwc, train=False)` returns logits (or features
   when `num_classes` is falsy). Call with `rngs={'dropout': key}` when `train=True`.
+  `dtype` is the compute dtype; `param_dtype` the dtype every parameter is created in.
   """
   num_classes: int
   patches: Any
@@ -208,6 +220,7 @@ class VisionTransformer(nn.Module):
   model_name: Optional[str] = None
   posemb: str = 'learn'
   dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
   sow_attention_weights: bool = False
 
   def _validate(self, inputs):
@@ -240,23 +253,24 @@ class VisionTransformer(nn.Module):
     stem_factor = resnet_lib.stem_downsampling(self.resnet)
     if self.resnet is not None:
       x = resnet_lib.apply_resnet_stem(x, tuple(self.resnet['num_layers']),
-                                       self.resnet['width_factor'], self.dtype)
+                                       self.resnet['width_factor'], self.dtype,
+                                       self.param_dtype)
 
     self._check_grid(x, stem_factor)
     x = nn.Conv(features=self.hidden_size, kernel_size=tuple(self.patches['size']),
                 strides=tuple(self.patches['size']), padding='VALID', dtype=self.dtype,
-                name='embedding')(x)
+                param_dtype=self.param_dtype, name='embedding')(x)
 
     if self.transformer is not None:
       n, h, w, c = x.shape
       x = jnp.reshape(x, [n, h * w, c])
       num_prefix_tokens = 0
       if self.classifier in ('token', 'token_unpooled'):
-        cls = self.param('cls', nn.initializers.zeros, (1, 1, c))
+        cls = self.param('cls', nn.initializers.zeros, (1, 1, c), self.param_dtype)
         x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [n, 1, 1]), x], axis=1)
         num_prefix_tokens = 1
       x = self.encoder(name='Transformer', posemb=self.posemb, dtype=self.dtype,
-                       sow_attention_weights=self.sow_attention_weights,
+                       param_dtype=self.param_dtype, sow_attention_weights=self.sow_attention_weights,
                        **dict(self.transformer))(
                            x, train=train, grid_shape=(h, w),
                            num_prefix_tokens=num_prefix_tokens)
@@ -268,16 +282,19 @@ class VisionTransformer(nn.Module):
     elif self.classifier == 'map':
       t = self.transformer
       x = MAPHead(mlp_dim=t['mlp_dim'], num_heads=t['num_heads'], dtype=self.dtype,
+                  param_dtype=self.param_dtype,
                   gelu_approximate=t.get('gelu_approximate', True),
                   layer_norm_epsilon=t.get('layer_norm_epsilon', 1e-6))(x)
 
     if self.representation_size is not None:
-      x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
+      x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
+                           param_dtype=self.param_dtype, name='pre_logits')(x))
     else:
       x = IdentityLayer(name='pre_logits')(x)
 
     if self.num_classes:
-      x = nn.Dense(self.num_classes, dtype=self.dtype, name='head',
+      x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                   name='head',
                    kernel_init=nn.initializers.zeros,
                    bias_init=nn.initializers.constant(self.head_bias_init))(x)
     return x
