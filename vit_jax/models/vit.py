@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from vit_jax import attention
 from vit_jax.models import attention_layer
+from vit_jax.models import patch_embedding
 from vit_jax.models import posemb as posemb_lib
 from vit_jax.models import resnet as resnet_lib
 
@@ -257,9 +258,9 @@ class VisionTransformer(nn.Module):
                                        self.param_dtype)
 
     self._check_grid(x, stem_factor)
-    x = nn.Conv(features=self.hidden_size, kernel_size=tuple(self.patches['size']),
-                strides=tuple(self.patches['size']), padding='VALID', dtype=self.dtype,
-                param_dtype=self.param_dtype, name='embedding')(x)
+    x = patch_embedding.PatchEmbedding(  # the original's nn.Conv, as one matmul
+        features=self.hidden_size, patch_size=tuple(self.patches['size']), dtype=self.dtype,
+        param_dtype=self.param_dtype, name='embedding')(x)
 
     if self.transformer is not None:
       n, h, w, c = x.shape
