@@ -75,6 +75,17 @@ def test_parameter_count_matches_original(name, size):
   assert _count(_abstract_params(model, 224)) == size
 
 
+@pytest.mark.parametrize('name,size', sorted(ORIGINAL_SIZES.items()))
+def test_scanned_parameter_count_matches_original(name, size):
+  """Every registered config takes scan_layers (and remat); the same parameters, stacked."""
+  config = model_configs.MODEL_CONFIGS[name].to_dict()
+  config['transformer'].update(scan_layers=True, remat='dots')
+  params = _abstract_params(VisionTransformer(num_classes=1000, **config), 224)
+  assert _count(params) == size
+  depth = config['transformer']['num_layers']
+  assert params['Transformer']['encoderblock']['LayerNorm_0']['scale'].shape[0] == depth
+
+
 @pytest.mark.parametrize('name', PIT_NAMES)
 def test_pit_parameter_count_closed_form(name):
   config = model_configs.MODEL_CONFIGS[name]
