@@ -1,4 +1,6 @@
 """config_checks.validate: each bad value is a UserInputError naming the field and the value."""
+import os
+
 import ml_collections
 import pytest
 
@@ -22,6 +24,7 @@ def _validate(config):
 def test_presets_pass():
   _validate(_config())
   _validate(_config(dtype='bfloat16', grad_norm_clip=None, eval_every=0, prefetch=0))
+  _validate(_config(param_dtype='bfloat16'))
 
 
 @pytest.mark.parametrize('field,value,expected', [
@@ -66,6 +69,12 @@ def test_presets_pass():
     ('pp.skip_undecodable', 1, 'True or False'),
     ('tfds_download', 'no', 'True or False'),
     ('dtype', 16, 'not one of'),
+    ('param_dtype', 'bf16', "did you mean 'bfloat16'"),
+    ('param_dtype', 'int8', 'not one of'),
+    ('model.transformer.scan_layers', 1, 'True or False'),
+    ('model.transformer.scan_layers', 'yes', 'True or False'),
+    ('model.transformer.remat', 'dot', "did you mean 'dots'"),
+    ('model.transformer.remat', None, 'not one of'),
 ])
 def test_bad_value_names_field_and_value(field, value, expected):
   # A config written in Python (not --config overrides) can hold any type: type_safe=False.
@@ -94,3 +103,55 @@ def test_mesh_and_batch_errors_are_user_input_errors():
     parallel.create_mesh({'data': 3})
   with pytest.raises(errors.UserInputError, match='config.batch=12 is not divisible'):
     _validate(_config(batch=12))
+
+
+@pytest.mark.parametrize('field,value,expected', [
+    ('model.transformer.scan_layer', True, "did you mean 'scan_layers'"),
+    ('model.transformer.rematt', 'full', "did you mean 'remat'"),
+    ('model.hidden_sise', 64, "did you mean 'hidden_size'"),
+    ('model.dtype', 'bfloat16', 'is set by config.dtype'),
+    ('model.transformer.param_dtype', 'bfloat16', 'is set by config.param_dtype'),
+])
+def test_unknown_model_fields_are_errors_not_defaults(field, value, expected):
+  config = ml_collections.ConfigDict(_config().to_dict(), type_safe=False)
+  *parents, last = field.split('.')
+  node = config
+  for name in parents:
+    node = node[name]
+  node[last] = value
+  with pytest.raises(errors.UserInputError, match=f'config.{field} ') as error:
+    _validate(config)
+  assert expected in str(error.value), str(error.value)
+
+
+PRESETS = [('vit.py', 'b16,cifar10'), ('vit.py', 'r50_b16,imagenet2012'),
+           ('vit.py', 'vit4,fashion_mnist'), ('pit.py', 'fashion_mnist'),
+           ('pit.py', 'cifar100_pit_t_vit2'), ('augreg.py', 'R26_S_32,oxford_iiit_pet')]
+
+
+def _parse(config_file, arg, *overrides):
+  """The config as vit_jax.main gets it: config_flags on the file, locked, with overrides."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  from vit_jax import configs  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.dirname(configs.__file__), config_file)
+  argv = ['main', f'--config={path}:{arg}', *overrides]
+  values = flags.FlagValues()  # override flags are declared from argv, as from sys.argv
+  config_flags.DEFINE_config_file('config', None, '', flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+@pytest.mark.parametrize('config_file,arg', PRESETS)
+def test_new_model_fields_are_set_from_the_command_line(config_file, arg):
+  config = _parse(config_file, arg)
+  assert config.model.transformer.scan_layers is False
+  assert config.model.transformer.remat == 'none' and config.param_dtype == 'float32'
+  config = _parse(config_file, arg, '--config.model.transformer.scan_layers=True',
+                  '--config.model.transformer.remat=dots', '--config.param_dtype=bfloat16')
+  assert config.model.transformer.scan_layers is True
+  assert config.model.transformer.remat == 'dots' and config.param_dtype == 'bfloat16'
+  config_checks._check_model(config)  # pylint: disable=protected-access
+  with pytest.raises(AttributeError, match='Did you mean "scan_layers"'):  # locked: no new keys
+    _parse(config_file, arg, '--config.model.transformer.scan_layer=True')

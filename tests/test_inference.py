@@ -54,6 +54,25 @@ def test_classify_matches_the_model(assets):
     np.testing.assert_allclose(row[0][1], probs.max() / probs.sum(), rtol=1e-5)
 
 
+@pytest.mark.parametrize('model_name', ['testing', None])
+def test_scanned_model_classifies_the_same(assets, model_name):
+  """build(scan_layers=True): stacked blocks, checked in the file layout; same probabilities."""
+  tmp, _, paths = assets
+  model, params, size, channels, _ = inference.build(str(tmp / 'testing.npz'), model_name)
+  scanned, stacked, _, _, _ = inference.build(str(tmp / 'testing.npz'), model_name,
+                                              scan_layers=True)
+  assert scanned.transformer['scan_layers'] and 'encoderblock' in stacked['Transformer']
+  images = inference.load_images(paths, size, channels, 16)
+  names = labels.get_labels('fashion_mnist')
+  for row, scanned_row in zip(inference.classify(model, params, images, names),
+                              inference.classify(scanned, stacked, images, names)):
+    assert [n for n, _ in row] == [n for n, _ in scanned_row]
+    np.testing.assert_allclose([p for _, p in row], [p for _, p in scanned_row], atol=1e-6)
+  with pytest.raises(ValueError,
+                     match='parameter Transformer/encoder_norm/bias: the model expects'):
+    inference.build(str(tmp / 'testing.npz'), 'ViT-Ti_16', image_size=32, scan_layers=True)
+
+
 def test_cli_prints_top5_and_benchmarks(assets):
   tmp, params, paths = assets
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')

@@ -75,6 +75,17 @@ def test_parameter_count_matches_original(name, size):
   assert _count(_abstract_params(model, 224)) == size
 
 
+@pytest.mark.parametrize('name,size', sorted(ORIGINAL_SIZES.items()))
+def test_scanned_parameter_count_matches_original(name, size):
+  """Every registered config takes scan_layers (and remat); the same parameters, stacked."""
+  config = model_configs.MODEL_CONFIGS[name].to_dict()
+  config['transformer'].update(scan_layers=True, remat='dots')
+  params = _abstract_params(VisionTransformer(num_classes=1000, **config), 224)
+  assert _count(params) == size
+  depth = config['transformer']['num_layers']
+  assert params['Transformer']['encoderblock']['LayerNorm_0']['scale'].shape[0] == depth
+
+
 @pytest.mark.parametrize('name', PIT_NAMES)
 def test_pit_parameter_count_closed_form(name):
   config = model_configs.MODEL_CONFIGS[name]
@@ -150,6 +161,29 @@ def test_bfloat16_compute_keeps_float32_params():
   assert dense_like and all(v[0].dtype == jnp.bfloat16 for v in dense_like)
   logits32 = model32.apply({'params': params}, x, train=False)
   np.testing.assert_allclose(np.asarray(logits16, np.float32), logits32, atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize('name,overrides', [
+    ('testing', {'representation_size': 8}),
+    ('testing', {'classifier': 'map'}),
+    ('R+ViT-Ti_16', {'hidden_size': 12, 'resnet': {'num_layers': (1,), 'width_factor': 0.5}}),
+    ('PiT-T', {'hidden_size': 12}),
+])
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_param_dtype_reaches_every_parameter(name, overrides, scan_layers):
+  config = dict(model_configs.MODEL_CONFIGS[name].to_dict(), **overrides)
+  config['transformer'] = dict(config['transformer'], scan_layers=scan_layers)
+  model = VisionTransformer(num_classes=3, param_dtype=jnp.bfloat16, **config)
+  x = jnp.zeros((1, 32, 32, 3))
+  params = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                          x)['params']
+  dtypes = {'/'.join(k): v.dtype for k, v in flax.traverse_util.flatten_dict(params).items()}
+  assert {k for k, d in dtypes.items() if d != jnp.bfloat16} == set()
+  assert len(dtypes) > 10
+  float32 = VisionTransformer(num_classes=3, **config)
+  assert _count(params) == _count(_abstract_params(float32, 32))
+  logits = jax.eval_shape(lambda p: model.apply({'params': p}, x, train=False), params)
+  assert logits.dtype == jnp.float32  # compute dtype stays float32
 
 
 def test_dropout_needs_rng_and_varies_only_in_training():

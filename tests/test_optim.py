@@ -1,4 +1,5 @@
 """Schedules and optimizers against closed-form numbers computed here with numpy."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -109,3 +110,25 @@ def test_global_norm_clipping():
 def test_bad_optimizer_fields_are_clear_errors(fields, message):
   with pytest.raises(ValueError, match=message.replace('.', r'\.').replace('[', r'\[')):
     optim.make_optimizer(config_with(**fields))
+
+
+
+def test_decay_mask_does_not_count_the_stacked_layer_axis():
+  """A scanned model decays exactly the parameters the unscanned one decays."""
+  from vit_jax.configs import models  # pylint: disable=import-outside-toplevel
+  from vit_jax.models import VisionTransformer  # pylint: disable=import-outside-toplevel
+  from vit_jax.models import layer_stack  # pylint: disable=import-outside-toplevel
+  config = models.MODEL_CONFIGS['testing'].to_dict()
+  config['transformer']['num_layers'] = 2
+  model = VisionTransformer(num_classes=3, **config)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
+                                             train=False))['params']
+  mask = optim.decay_mask(params)
+  block = mask['Transformer']['encoderblock_0']
+  assert block['MlpBlock_0']['Dense_0']['kernel'] and not block['LayerNorm_0']['scale']
+  assert not block['MlpBlock_0']['Dense_0']['bias'] and not mask['head']['bias']
+  assert block == mask['Transformer']['encoderblock_1']
+  expected = dict(mask, Transformer={
+      'encoderblock': block,
+      **{k: v for k, v in mask['Transformer'].items() if not k.startswith('encoderblock_')}})
+  assert optim.decay_mask(jax.eval_shape(layer_stack.stack, params)) == expected

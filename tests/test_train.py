@@ -156,6 +156,31 @@ def test_loss_decreases_on_a_fixed_batch():
   assert losses[-1] < 0.5 * losses[0], losses
 
 
+def test_bfloat16_params_train_with_bfloat16_optimizer_state():
+  config = pit_configs.get_config('fashion_mnist')
+  config.unlock()
+  config.update_from_flattened_dict({'model.hidden_size': 16, 'model.transformer.mlp_dim': 32,
+                                     'model.transformer.num_layers': 1, 'warmup_steps': 1,
+                                     'accum_steps': 2, 'param_dtype': 'bfloat16'})
+  model = train.make_model(config, 10)
+  tx, schedule = optim.make_optimizer(config)
+  images = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 1))
+  batch = {'image': images, 'label': jax.nn.one_hot(jnp.arange(8) % 10, 10)}
+  params = model.init(jax.random.PRNGKey(1), images[:1], train=False)['params']
+  state = {'step': jnp.zeros([], jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+  floats = lambda tree: {x.dtype for x in jax.tree.leaves(tree)
+                         if jnp.issubdtype(x.dtype, jnp.floating)}
+  assert floats(state['params']) == floats(state['opt_state']) == {jnp.dtype(jnp.bfloat16)}
+  step = jax.jit(train.make_train_step(model, tx, schedule, config, 10))
+  for _ in range(3):
+    new_state, metrics = step(state, batch)
+    assert np.isfinite(float(metrics['loss'])) and np.isfinite(float(metrics['grad_norm']))
+    state = new_state
+  assert floats(state['params']) == floats(state['opt_state']) == {jnp.dtype(jnp.bfloat16)}
+  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state['params'], params)
+  assert moved['head']['kernel'] and moved['embedding']['kernel']
+
+
 @pytest.mark.parametrize('accum_steps', [1, 2])
 def test_batch_weight_gives_the_weighted_mean_loss(accum_steps):
   """With batch['weight'] (skipped undecodable images) the loss is sum(w*ce) / sum(w)."""
@@ -241,6 +266,28 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(fashion_mnist_data_dir, t
   with pytest.raises(ValueError, match='different train state'):
     train.train_and_evaluate(other_optimizer, str(tmp_path))
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']  # nothing moved or deleted
+
+
+def test_resume_with_the_other_block_layout_is_one_clear_error(fashion_mnist_data_dir,
+                                                               tmp_path):
+  """The train state keeps the model's layout: flipping scan_layers says how to resume."""
+  train.train_and_evaluate(tiny_config(fashion_mnist_data_dir, total_steps=1, warmup_steps=0),
+                           str(tmp_path))
+  scanned = tiny_config(fashion_mnist_data_dir, total_steps=2)
+  scanned.unlock()
+  scanned.model.transformer.scan_layers = True
+  with pytest.raises(state_checkpoint.CheckpointMismatchError) as error:
+    train.train_and_evaluate(scanned.lock(), str(tmp_path))
+  message = str(error.value)
+  assert str(tmp_path / 'checkpoints') in message
+  assert 'written with config.model.transformer.scan_layers=False' in message
+  assert '--config.model.transformer.scan_layers=False' in message, message
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1']  # nothing moved or deleted
+  stacked = {'params/Transformer/encoderblock/LayerNorm_0/scale': ((2, 4), 'float32')}
+  unstacked = {'opt_state/0/trace/Transformer/encoderblock_0/LayerNorm_0/scale': ((4,),
+                                                                                'float32')}
+  assert 'scan_layers=True' in state_checkpoint.describe_layout_mismatch(stacked, unstacked)
+  assert state_checkpoint.describe_layout_mismatch(stacked, stacked) is None
 
 
 def test_truncated_newest_checkpoint_falls_back_and_ends_bitwise_equal(

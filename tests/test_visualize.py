@@ -79,3 +79,17 @@ def test_pit_heatmap_has_one_weight_per_pixel_and_patch_models_upsample():
   np.testing.assert_array_equal(heat[0, :4, :4], heat[0, 0, 0])  # one value per patch
   heads = visualize.head_maps(visualize.attention_maps(vit, params, images), 1, 1, (2, 2))
   assert heads.shape == (2, 2, 2)
+
+
+def test_scanned_model_gives_the_unscanned_maps():
+  """A scanned encoder sows its weights stacked; the per-layer list is the same."""
+  from vit_jax.models import layer_stack  # pylint: disable=import-outside-toplevel
+  images = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 8, 3))
+  model = _model(4, layers=3)
+  params = _params(model, images)
+  scanned = model.clone(transformer=dict(model.transformer, scan_layers=True))
+  maps = visualize.attention_maps(model, params, images)
+  scanned_maps = visualize.attention_maps(scanned, layer_stack.stack(params), images)
+  assert len(scanned_maps) == 3
+  for a, b in zip(maps, scanned_maps):
+    np.testing.assert_allclose(a, b, atol=1e-6)

@@ -4,12 +4,18 @@
 nested dicts of float32 numpy arrays. Loading is renaming keys and exact reshapes only; no
 number is re-derived. `load_pretrained` adds the original's fine-tuning semantics (head reset,
 pre_logits drop, position-embedding resize). Files are never unpickled.
+
+Files have one layout, one `Transformer/encoderblock_N` per layer. A scanned model
+(transformer.scan_layers) gets its blocks stacked after every renaming and check
+(`load(..., scan_layers=True)`, `load_pretrained` with scanned `init_params`); the writers
+accept either layout and write the file one.
 """
 import io
 import re
 
 from absl import logging
 import flax
+import jax
 import numpy as np
 import scipy.ndimage
 
@@ -18,6 +24,7 @@ from vit_jax import checkpoint_files
 from vit_jax import checkpoint_hf
 from vit_jax import checkpoint_timm
 from vit_jax import paths
+from vit_jax.models import layer_stack
 
 # Pre-Linen (released) block names -> current Linen names.
 _PRE_LINEN = {'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0',
@@ -97,24 +104,27 @@ def _load_flat(path, num_heads=None):
   return fmt, {k: _to_float32(k, v) for k, v in _normalise_names(flat).items()}
 
 
-def load_with_format(path, *, num_heads=None):
+def load_with_format(path, *, num_heads=None, scan_layers=False):
   """(format name, VisionTransformer parameter tree) of any supported checkpoint."""
   fmt, flat = _load_flat(path, num_heads)
-  return fmt, flax.traverse_util.unflatten_dict(
-      {tuple(k.split('/')): v for k, v in flat.items()})
+  tree = flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
+  return fmt, layer_stack.to_layout(tree, scan_layers)
 
 
-def load(path, *, num_heads=None):
+def load(path, *, num_heads=None, scan_layers=False):
   """Reads any supported checkpoint file into the VisionTransformer parameter tree.
 
-  `num_heads` is only needed for timm files of non-standard widths (timm does not store it).
+  `num_heads` is only needed for timm files of non-standard widths (timm does not store it);
+  `scan_layers=True` stacks the blocks for a model with transformer.scan_layers=True.
   """
-  return load_with_format(path, num_heads=num_heads)[1]
+  return load_with_format(path, num_heads=num_heads, scan_layers=scan_layers)[1]
 
 
 def _flatten(tree):
-  return {'/'.join(k): np.asarray(v)
-          for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()}
+  """{'a/b/c': numpy array} in the file layout (stacked blocks unstacked)."""
+  tree = jax.tree.map(np.asarray, flax.core.unfreeze(tree))
+  return {'/'.join(k): v
+          for k, v in flax.traverse_util.flatten_dict(layer_stack.unstack(tree)).items()}
 
 
 def save(params, path):
@@ -213,7 +223,9 @@ def load_pretrained(*, pretrained_path, init_params, model_config, old_grid=None
   - strict: every other parameter of the model must come from the file and every entry of
     the file must be used, else an error names the format and samples of both; `strict=False`
     keeps missing ones at their `init_params` values and ignores extra ones (logged).
-  Returns a tree with the structure of `init_params`.
+  Returns a tree with the structure of `init_params`: with stacked blocks (a scanned model)
+  the checks and the merge run in the file layout (errors name `encoderblock_N`) and the
+  blocks are stacked last.
   """
   heads = (model_config.get('transformer') or {}).get('num_heads')
   fmt, restored = _load_flat(pretrained_path, num_heads=heads)
@@ -242,4 +254,5 @@ def load_pretrained(*, pretrained_path, init_params, model_config, old_grid=None
   if extra:
     logging.warning('load_pretrained: extra keys in %s (ignored): %s', pretrained_path, extra)
   merged = {k: restored.get(k, v).astype(v.dtype) for k, v in init.items()}
-  return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in merged.items()})
+  merged = flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in merged.items()})
+  return layer_stack.to_layout(merged, layer_stack.is_stacked(init_params))

@@ -5,11 +5,13 @@ classifier (`MAPHead_0` -> map, `cls` -> token, else gap), representation size a
 ResNet stem are all in the shapes of the original layout that every format is converted to.
 Not in the shapes: the GELU form and the LayerNorm epsilon (the original's tanh GELU and 1e-6
 unless the caller knows better), and which fixed position embedding a checkpoint without a
-learned one used (sincos2d, as our PiT presets).
+learned one used (sincos2d, as our PiT presets). A scanned model's tree (stacked
+`encoderblock`) reads the same, depth from its leading axis, and implies scan_layers=True.
 """
 import re
 
 from vit_jax import errors
+from vit_jax.models import layer_stack
 
 
 def param_shape(params, *keys):
@@ -36,14 +38,16 @@ def model_config_from_params(params):
   """(model config dict for `VisionTransformer(num_classes=..., **config)`, num_classes)."""
   embedding = param_shape(params, 'embedding', 'kernel')
   blocks = params.get('Transformer', {})
-  depth = sum(1 for k in blocks if re.fullmatch(r'encoderblock_\d+', k))
+  depth = layer_stack.num_layers(params)
   if embedding is None or not depth:
     raise errors.UserInputError(
         'the checkpoint has no patch embedding or no encoder blocks: it is not a ViT this '
         'library can build a model for; give --model.')
-  block = blocks['encoderblock_0']
-  width, heads, _ = block['MultiHeadDotProductAttention_0']['query']['kernel'].shape
-  mlp = block['MlpBlock_0']['Dense_0']['kernel'].shape[1]
+  stacked = layer_stack.is_stacked(params)
+  first = layer_stack.SCANNED_BLOCK if stacked else 'encoderblock_0'
+  block_shape = lambda *keys: param_shape(blocks, first, *keys)[int(stacked):]
+  width, heads, _ = block_shape('MultiHeadDotProductAttention_0', 'query', 'kernel')
+  mlp = block_shape('MlpBlock_0', 'Dense_0', 'kernel')[1]
   classifier = ('map' if 'MAPHead_0' in params else 'token' if 'cls' in params else 'gap')
   pre_logits = param_shape(params, 'pre_logits', 'kernel')
   head = param_shape(params, 'head', 'bias')
@@ -51,7 +55,8 @@ def model_config_from_params(params):
       'patches': {'size': tuple(embedding[:2])},
       'hidden_size': int(width),
       'transformer': {'num_layers': depth, 'num_heads': int(heads), 'mlp_dim': int(mlp),
-                      'dropout_rate': 0., 'attention_dropout_rate': 0.},
+                      'dropout_rate': 0., 'attention_dropout_rate': 0.,
+                      'scan_layers': stacked},
       'classifier': classifier,
       'representation_size': int(pre_logits[1]) if pre_logits else None,
       'resnet': _stem(params),

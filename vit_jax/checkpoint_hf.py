@@ -24,6 +24,7 @@ from vit_jax import checkpoint_hf_config
 from vit_jax import checkpoint_timm
 from vit_jax import errors
 from vit_jax import paths
+from vit_jax.models import layer_stack
 
 POSEMB = checkpoint_hf_config.POSEMB
 HfConfig = checkpoint_hf_config.HfConfig
@@ -309,9 +310,11 @@ def export(params, model_config, folder, class_names=None, image_size=None):
   """Writes config.json + model.safetensors for ViTForImageClassification.from_pretrained.
 
   Raises UserInputError for models it cannot represent. Returns the config dict written.
+  Stacked (scanned) blocks are written one per layer, as every Hugging Face ViT has them.
   """
+  params = layer_stack.unstack(flax.core.unfreeze(params))
   flat = {'/'.join(k): np.asarray(v) for k, v in
-          flax.traverse_util.flatten_dict(flax.core.unfreeze(params)).items()}
+          flax.traverse_util.flatten_dict(params).items()}
   config = checkpoint_hf_config.to_hf(flat, model_config, class_names, image_size)
   from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
   # transformers reads the 'format' metadata to tell PyTorch files from TF and Flax ones.

@@ -5,6 +5,7 @@ final checkpoint, `progress_every=0` is a ZeroDivisionError after compiling, `dt
 a numpy TypeError. Each error is an `errors.UserInputError` naming the field, the value and
 the fix. The optimizer's own checks (vit_jax/optim.py) run here too, so they also come first.
 """
+import dataclasses
 import difflib
 import math
 import numbers
@@ -13,6 +14,7 @@ from vit_jax import errors
 from vit_jax import optim
 from vit_jax import parallel
 from vit_jax.models import resnet
+from vit_jax.models import vit
 
 DTYPES = ('float32', 'bfloat16', 'float16')
 _DTYPE_ALIASES = {'bf16': 'bfloat16', 'fp16': 'float16', 'f16': 'float16', 'half': 'float16',
@@ -119,8 +121,48 @@ def _check_optimization(config):
   _check_choice('optim', config.optim, optim.OPTIMIZERS)
   _check_choice('decay_type', config.decay_type, optim.DECAY_TYPES)
   _check_choice('dtype', config.dtype, DTYPES, _DTYPE_ALIASES)
+  _check_choice('param_dtype', config.param_dtype, DTYPES, _DTYPE_ALIASES)
   _check_choice('pp.channels', config.pp.channels, (1, 3))
   optim.make_optimizer(config)  # its own range checks (warmup, momentum, betas, decay)
+
+
+def _fields(module_class, set_by_caller):
+  return sorted({f.name for f in dataclasses.fields(module_class)}
+                - {'parent', 'name'} - set(set_by_caller))
+
+
+# Keyword arguments the caller passes itself, so a config entry for them would clash.
+_SET_BY_TRAIN = {'num_classes': 'the dataset', 'dtype': 'config.dtype',
+                 'param_dtype': 'config.param_dtype'}
+_SET_BY_MODEL = {'posemb': 'config.model.posemb', 'dtype': 'config.dtype',
+                 'param_dtype': 'config.param_dtype',
+                 'sow_attention_weights': 'config.model.sow_attention_weights'}
+
+
+def _check_fields(field, node, allowed, set_elsewhere):
+  """Every key of `node` is a keyword of the module it configures: a typo is an error."""
+  for key in node:
+    if key in set_elsewhere:
+      raise errors.UserInputError(f'config.{field}.{key} is set by {set_elsewhere[key]}; '
+                                  f'remove config.{field}.{key}.')
+    if key not in allowed:
+      close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+      hint = f"did you mean '{close[0]}'? " if close else ''
+      raise errors.UserInputError(f'config.{field}.{key} is not a field of the model; {hint}'
+                                  f'the fields are {allowed}.')
+
+
+def _check_model(config):
+  """config.model: known fields only, and valid scan_layers / remat."""
+  model = config.model
+  _check_fields('model', model, _fields(vit.VisionTransformer, _SET_BY_TRAIN), _SET_BY_TRAIN)
+  transformer = model.get('transformer')
+  if transformer is None or model.get('encoder') is not None:  # none, or a custom encoder's
+    return
+  _check_fields('model.transformer', transformer, _fields(vit.Encoder, _SET_BY_MODEL),
+                _SET_BY_MODEL)
+  _check_type('model.transformer.scan_layers', transformer.get('scan_layers', False), 'bool')
+  _check_choice('model.transformer.remat', transformer.get('remat', 'none'), vit.REMAT)
 
 
 def _check_shapes(config, mesh):
@@ -147,4 +189,5 @@ def validate(config, mesh):
   """Raises errors.UserInputError for the first bad field; types, then ranges, then shapes."""
   _check_ranges(config)
   _check_optimization(config)
+  _check_model(config)
   _check_shapes(config, mesh)

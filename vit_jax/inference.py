@@ -24,6 +24,7 @@ from vit_jax import checkpoint_hf
 from vit_jax import labels as labels_lib
 from vit_jax import paths
 from vit_jax.models import VisionTransformer
+from vit_jax.models import layer_stack
 from vit_jax.models import resnet
 
 flags.DEFINE_string('checkpoint', None, 'npz / safetensors / msgpack file or Hugging Face '
@@ -35,6 +36,8 @@ flags.DEFINE_string('labels', None, "'imagenet1k', 'fashion_mnist' or a file; de
                     "checkpoint's own names, else ImageNet's for 1000 classes.")
 flags.DEFINE_bool('exact_gelu', None, 'erf GELU instead of tanh; default: erf for timm and '
                   'Hugging Face files (as trained), tanh for Google ones.')
+flags.DEFINE_bool('scan_layers', False, 'Run the encoder blocks under nn.scan (one block '
+                  'compiled, whatever the depth); the same numbers.')
 flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.')
 flags.DEFINE_bool('benchmark', False, 'Time the jitted forward pass instead.')
 flags.DEFINE_integer('steps', 10, 'Timed steps for --benchmark (after one warm-up step).')
@@ -81,13 +84,15 @@ def checkpoint_description(checkpoint_path, model_name=None):
   return fmt, params, hf
 
 
-def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None):
+def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None, scan_layers=False):
   """(model, params, image_size, channels, class names or None) for a checkpoint.
 
   Class names come from a Hugging Face checkpoint's id2label. Clear errors if it does not fit.
+  `scan_layers=True` builds the scanned model and stacks the blocks after the checks.
   """
   fmt, params, hf = checkpoint_description(checkpoint_path, model_name)
   config = _model_config(params, fmt, hf, model_name, exact_gelu)
+  config['transformer']['scan_layers'] = scan_layers
   if 'head' not in params:
     raise errors.UserInputError(f'{checkpoint_path}: no classification head to predict with')
   num_classes = params['head']['bias'].shape[0]
@@ -96,14 +101,16 @@ def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None):
   channels = first.shape[2] if first is not None else 3
   if not image_size:
     image_size = hf.image_size[0] if hf else _size_from_posemb(model, params)
-  abstract = jax.eval_shape(lambda: model.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, channels)), train=False))
+  abstract = jax.eval_shape(lambda: layer_stack.unstack(model.init(  # the file's layout
+      jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, channels)),
+      train=False)['params']))
   name = model_name or 'the model it implies'
-  missing, extra = checkpoint.check_shapes(params, abstract['params'],
+  missing, extra = checkpoint.check_shapes(params, abstract,
                                            context=f'{checkpoint_path} vs {name}: ')
   if missing or extra:
     raise errors.UserInputError(f'{checkpoint_path} does not fit {name}: missing '
                                 f'{missing[:5]}, unexpected {extra[:5]}')
+  params = layer_stack.to_layout(params, scan_layers)
   return model, params, image_size, channels, (hf.class_names if hf else None)
 
 
@@ -168,7 +175,7 @@ def main(argv):
   if not FLAGS.checkpoint:
     raise app.UsageError('--checkpoint is required')
   model, params, size, channels, own_names = build(
-      FLAGS.checkpoint, FLAGS.model, FLAGS.image_size, FLAGS.exact_gelu)
+      FLAGS.checkpoint, FLAGS.model, FLAGS.image_size, FLAGS.exact_gelu, FLAGS.scan_layers)
   if FLAGS.benchmark:
     rate, compile_s = benchmark(model, params, FLAGS.batch, size, channels, FLAGS.steps)
     name = FLAGS.model or paths.basename(FLAGS.checkpoint)

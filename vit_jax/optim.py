@@ -1,14 +1,15 @@
 """Learning-rate schedules and optimizers: SGD+momentum (the original) and AdamW (PiT).
 
 Config fields read: base_lr, warmup_steps, total_steps, decay_type, linear_end, optim,
-momentum, adam_b1, adam_b2, weight_decay, grad_norm_clip. Parameters and optimizer state are
-float32 whatever the compute dtype (`config.dtype`) of the model.
+momentum, adam_b1, adam_b2, weight_decay, grad_norm_clip. The optimizer state has the dtype
+of the parameters (`config.param_dtype`), whatever the compute dtype (`config.dtype`).
 """
 import jax
 import jax.numpy as jnp
 import optax
 
 from vit_jax import errors
+from vit_jax.models import layer_stack
 
 DECAY_TYPES = ('cosine', 'linear')
 OPTIMIZERS = ('sgd', 'adamw')
@@ -41,8 +42,15 @@ def make_schedule(config):
 
 
 def decay_mask(params):
-  """Weight decay on matrices and kernels (ndim > 1); biases and LayerNorm scales are exempt."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """Weight decay on matrices and kernels (ndim > 1); biases and LayerNorm scales are exempt.
+
+  The ndim is per layer: a scanned encoder's stacked leading layer axis does not count.
+  """
+  def one(path, p):
+    stacked = layer_stack.is_stacked_path(jax.tree_util.keystr(path, simple=True,
+                                                               separator='/'))
+    return p.ndim - stacked > 1
+  return jax.tree_util.tree_map_with_path(one, params)
 
 
 def _check_unit_interval(config, fields):

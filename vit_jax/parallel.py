@@ -17,9 +17,13 @@ from vit_jax import errors
 AXES = ('data', 'fsdp', 'seq')
 BATCH_AXES = ('data', 'fsdp')
 # Ordered (regex over '/'-joined parameter or optimizer-state paths, rule); first match wins.
-# 'fsdp': shard the largest dimension divisible by the fsdp axis; 'replicate': no sharding.
+# 'fsdp': shard the largest dimension divisible by the fsdp axis; 'fsdp_stacked': the same
+# over all but the leading layer axis of a scanned encoder's stacked blocks (sharding that
+# axis would make every scan iteration gather its layer from other devices); 'replicate':
+# no sharding.
 PARAM_RULES = (
     (r'.*(LayerNorm|encoder_norm|gn_|bias|scale|cls).*', 'replicate'),
+    (r'(.*/)?Transformer/encoderblock/.*', 'fsdp_stacked'),
     (r'.*', 'fsdp'),
 )
 
@@ -100,7 +104,8 @@ def _spec_for(path, shape, fsdp):
       break
   if rule == 'replicate' or fsdp == 1 or not shape:
     return P()
-  dims = sorted(range(len(shape)), key=lambda d: -shape[d])
+  first = 1 if rule == 'fsdp_stacked' else 0
+  dims = sorted(range(first, len(shape)), key=lambda d: -shape[d])
   for d in dims:
     if shape[d] % fsdp == 0 and shape[d] >= fsdp:
       spec = [None] * len(shape)

@@ -3,13 +3,15 @@
 Restoring tells two failures apart before reading any array:
 - a checkpoint written by another train state (its stored tree structure, shapes or dtypes
   differ from the expected ones: another model or optimizer config) is a clear error naming
-  the first difference; nothing is moved;
+  the first difference; nothing is moved. The state keeps the model's own layout, so a run
+  resumed with another config.model.transformer.scan_layers gets an error saying so;
 - a damaged checkpoint (metadata missing, or an array file that cannot be read, e.g. a run
   killed mid-write or a truncated file) is moved aside to `<directory>.unreadable/<step>-<time>`
   and the previous checkpoint is tried. Nothing is deleted.
 In a multi-process run every process tries the same step, they agree (all-gather) whether any
 failed, only process 0 moves a damaged step aside, and the others wait for it.
 """
+import re
 import time
 
 from absl import logging
@@ -33,6 +35,26 @@ def _flat(tree):
     key = jax.tree_util.keystr(path, simple=True, separator='/')
     flat[key] = (tuple(leaf.shape), np.dtype(leaf.dtype).name)
   return flat
+
+
+def _stacked_blocks(flat):
+  """Whether a flat train state holds stacked (scanned) encoder blocks; None without blocks."""
+  if any('/Transformer/encoderblock/' in f'/{k}' for k in flat):
+    return True
+  if any(re.search(r'(^|/)Transformer/encoderblock_\d+/', k) for k in flat):
+    return False
+  return None
+
+
+def describe_layout_mismatch(stored, expected):
+  """A sentence when the two differ in the encoder-block layout (scan_layers); or None."""
+  was, now = _stacked_blocks(stored), _stacked_blocks(expected)
+  if was is None or now is None or was == now:
+    return None
+  return (f'it was written with config.model.transformer.scan_layers={was} (encoder blocks '
+          f'{"stacked in one encoderblock" if was else "as encoderblock_N"}) and this run has '
+          f'scan_layers={now}. Resume with --config.model.transformer.scan_layers={was} '
+          '(the layout does not change the numbers)')
 
 
 def describe_mismatch(stored, expected):
@@ -89,6 +111,11 @@ class TrainStateCheckpointer:
       stored = _flat(tree)
     except (AttributeError, TypeError) as e:
       return None, f'its tree metadata is malformed ({e})'
+    layout = describe_layout_mismatch(stored, expected)
+    if layout:
+      raise CheckpointMismatchError(
+          f'The checkpoint at step {step} in {self._directory} does not fit this run: '
+          f'{layout}, or pass a new --workdir to start afresh (this one is left as it is).')
     mismatch = describe_mismatch(stored, expected)
     if mismatch:
       raise CheckpointMismatchError(

@@ -36,7 +36,7 @@ from vit_jax.models import resnet
 
 def make_model(config, num_classes):
   return VisionTransformer(num_classes=num_classes, dtype=jnp.dtype(config.dtype),
-                           **config.model)
+                           param_dtype=jnp.dtype(config.param_dtype), **config.model)
 
 
 def _to_host(x):

@@ -1,13 +1,15 @@
 """What a ViT or PiT attends to: per-layer, per-head attention maps and attention rollout.
 
 Maps come from the model itself: `sow_attention_weights=True` makes every block record its
-softmax weights [batch, heads, queries, keys]. Rollout (Abnar & Zuidema, 2020) averages the
+softmax weights [batch, heads, queries, keys] (a scanned encoder records them stacked on a
+leading layer axis). Rollout (Abnar & Zuidema, 2020) averages the
 heads, mixes in the residual connection (0.5 A + 0.5 I), renormalises the rows and multiplies
 through the layers. For PiT every grid token is one pixel, so the map has one weight per pixel.
 """
 import jax
 import numpy as np
 
+from vit_jax.models import layer_stack
 from vit_jax.models import resnet
 
 
@@ -28,6 +30,9 @@ def attention_maps(model, params, images):
   _, state = jax.jit(lambda p, x: sowing.apply({'params': p}, x, train=False,
                                                mutable=['intermediates']))(params, images)
   encoder = state['intermediates']['Transformer']
+  if layer_stack.SCANNED_BLOCK in encoder:
+    stacked = encoder[layer_stack.SCANNED_BLOCK]['MultiHeadDotProductAttention_0']
+    return list(np.asarray(stacked['attention_weights'][0]))
   layers = sorted((k for k in encoder if k.startswith('encoderblock_')),
                   key=lambda k: int(k.split('_')[1]))
   return [np.asarray(encoder[k]['MultiHeadDotProductAttention_0']['attention_weights'][0])

@@ -42,7 +42,9 @@ def get_config():
   config.pretrained_path = ml_collections.config_dict.placeholder(str)
   # Every parameter but the head must come from pretrained_path (False: partial loads).
   config.pretrained_strict = True
-  config.dtype = 'float32'  # compute dtype; parameters and optimizer state stay float32
+  config.dtype = 'float32'  # compute dtype of activations
+  # Dtype of the parameters (and so of the optimizer state); 'bfloat16' halves their memory.
+  config.param_dtype = 'float32'
   # Devices. cpu_devices: CPU devices JAX creates on a host without accelerators (0: JAX's
   # default or XLA_FLAGS, -1: one per core); set by main.py before JAX starts.
   config.cpu_devices = 0

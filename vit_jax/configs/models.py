@@ -3,6 +3,10 @@
 `MODEL_CONFIGS[name]` is a locked ConfigDict whose fields are the keyword arguments of
 `vit_jax.models.VisionTransformer` (apart from `num_classes`). `AUGREG_CONFIGS` holds the same
 configs under the AugReg file-name spelling (`B_16`, `R26_S_32`, ...).
+
+Locked configs take no new keys, so `transformer_config` also holds the fields that change
+compile time and memory but never the numbers (`scan_layers`, `remat`) at their defaults:
+`--config.model.transformer.scan_layers=True` then works on any of them.
 """
 import ml_collections
 
@@ -22,18 +26,27 @@ def _register(get_config):
   return get_config
 
 
+def transformer_config(mlp_dim, num_heads, num_layers, dropout_rate=0.0,
+                       attention_dropout_rate=0.0):
+  """The `transformer` field: the original's entries, then scan_layers and remat (off)."""
+  config = ml_collections.ConfigDict()
+  config.mlp_dim = mlp_dim
+  config.num_heads = num_heads
+  config.num_layers = num_layers
+  config.attention_dropout_rate = attention_dropout_rate
+  config.dropout_rate = dropout_rate
+  config.scan_layers = False  # True: nn.scan over one block, compile time independent of depth
+  config.remat = 'none'  # 'full' or 'dots': recompute block activations in the backward pass
+  return config
+
+
 def _vit(name, patch, width, mlp_dim, heads, depth, dropout=0.0):
   """A plain ViT config with the original's field layout."""
   config = ml_collections.ConfigDict()
   config.model_name = name
   config.patches = ml_collections.ConfigDict({'size': (patch, patch)})
   config.hidden_size = width
-  config.transformer = ml_collections.ConfigDict()
-  config.transformer.mlp_dim = mlp_dim
-  config.transformer.num_heads = heads
-  config.transformer.num_layers = depth
-  config.transformer.attention_dropout_rate = 0.0
-  config.transformer.dropout_rate = dropout
+  config.transformer = transformer_config(mlp_dim, heads, depth, dropout_rate=dropout)
   config.classifier = 'token'
   config.representation_size = None
   return config

@@ -30,9 +30,7 @@ def small_vit(name, patch, width, depth, heads, mlp):
   config.model_name = name
   config.patches = ml_collections.ConfigDict({'size': (patch, patch)})
   config.hidden_size = width
-  config.transformer = ml_collections.ConfigDict(dict(
-      mlp_dim=mlp, num_heads=heads, num_layers=depth, dropout_rate=0.0,
-      attention_dropout_rate=0.0))
+  config.transformer = models.transformer_config(mlp, heads, depth)
   config.classifier = 'gap'
   config.representation_size = None
   config.posemb = 'learn'  # or 'sincos2d' / 'none'

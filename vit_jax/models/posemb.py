@@ -1,5 +1,5 @@
 """Position embeddings: learned (the original's), fixed 2-D sine-cosine, or none."""
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -31,12 +31,14 @@ class AddPositionEmbs(nn.Module):
   after concatenating the class token.
   """
   posemb_init: Callable = nn.initializers.normal(stddev=0.02)
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, inputs):
     if inputs.ndim != 3:
       raise ValueError(f'AddPositionEmbs expects [batch, length, width], got {inputs.shape}')
-    pe = self.param('pos_embedding', self.posemb_init, (1,) + inputs.shape[1:])
+    pe = self.param('pos_embedding', self.posemb_init, (1,) + inputs.shape[1:],
+                    self.param_dtype)
     return inputs + pe.astype(inputs.dtype)
 
 

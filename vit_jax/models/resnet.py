@@ -32,13 +32,15 @@ class ResidualUnit(nn.Module):
   features: int
   strides: Sequence[int] = (1, 1)
   dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     conv = lambda features, kernel, strides, name: StdConv(
         features=features, kernel_size=kernel, strides=strides, use_bias=False,
-        dtype=self.dtype, name=name)
-    norm = lambda name, **kw: nn.GroupNorm(dtype=self.dtype, name=name, **kw)
+        dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    norm = lambda name, **kw: nn.GroupNorm(dtype=self.dtype, param_dtype=self.param_dtype,
+                                           name=name, **kw)
 
     residual = x
     if x.shape[-1] != self.features * 4 or tuple(self.strides) != (1, 1):
@@ -59,12 +61,15 @@ class ResNetStage(nn.Module):
   nout: int
   first_stride: Sequence[int]
   dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    x = ResidualUnit(self.nout, strides=self.first_stride, dtype=self.dtype, name='unit1')(x)
+    unit = lambda strides, name: ResidualUnit(self.nout, strides=strides, dtype=self.dtype,
+                                              param_dtype=self.param_dtype, name=name)
+    x = unit(self.first_stride, 'unit1')(x)
     for i in range(1, self.block_size):
-      x = ResidualUnit(self.nout, strides=(1, 1), dtype=self.dtype, name=f'unit{i + 1}')(x)
+      x = unit((1, 1), f'unit{i + 1}')(x)
     return x
 
 
@@ -78,16 +83,16 @@ def stem_downsampling(resnet_config):
   return 4 * 2**max(len(tuple(resnet_config['num_layers'])) - 1, 0)
 
 
-def apply_resnet_stem(x, num_layers, width_factor, dtype):
+def apply_resnet_stem(x, num_layers, width_factor, dtype, param_dtype=jnp.float32):
   """Runs the hybrid stem inside the caller's compact scope (original parameter paths)."""
   width = int(64 * width_factor)
   x = StdConv(features=width, kernel_size=(7, 7), strides=(2, 2), use_bias=False,
-              dtype=dtype, name='conv_root')(x)
-  x = nn.GroupNorm(dtype=dtype, name='gn_root')(x)
+              dtype=dtype, param_dtype=param_dtype, name='conv_root')(x)
+  x = nn.GroupNorm(dtype=dtype, param_dtype=param_dtype, name='gn_root')(x)
   x = nn.relu(x)
   x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding='SAME')
   for i, block_size in enumerate(num_layers or ()):
     x = ResNetStage(block_size=block_size, nout=width * 2**i,
                     first_stride=(1, 1) if i == 0 else (2, 2), dtype=dtype,
-                    name=f'block{i + 1}')(x)
+                    param_dtype=param_dtype, name=f'block{i + 1}')(x)
   return x

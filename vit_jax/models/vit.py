@@ -10,15 +10,33 @@ token is concatenated, pre-norm blocks. `transformer.layer_norm_epsilon` and exa
 from typing import Any, Mapping, Optional, Sequence, Type
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vit_jax import attention
 from vit_jax.models import attention_layer
+from vit_jax.models import patch_embedding
 from vit_jax.models import posemb as posemb_lib
 from vit_jax.models import resnet as resnet_lib
 
 Dtype = Any
 CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
+REMAT = ('none', 'full', 'dots')
+# Name of the one block of a scanned encoder; its parameters have a leading [num_layers] axis.
+SCANNED_BLOCK = 'encoderblock'
+
+
+def remat_policy(remat):
+  """jax.checkpoint policy of `transformer.remat` ('full' or 'dots').
+
+  'full' keeps nothing and recomputes the whole block in the backward pass. 'dots' keeps the
+  matmuls without batch dimensions (the q/k/v/out and MLP projections, linear in the tokens)
+  and recomputes the batched ones (q.k^T and weights.v), whose [batch, heads, tokens, tokens]
+  operands are the memory that grows quadratically with the tokens (PiT); `checkpoint_dots`
+  would keep those too.
+  """
+  return {'full': jax.checkpoint_policies.nothing_saveable,
+          'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[remat]
 
 
 class IdentityLayer(nn.Module):
@@ -33,6 +51,7 @@ class MlpBlock(nn.Module):
   """Dense -> GELU -> dropout -> Dense -> dropout."""
   mlp_dim: int
   dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
   out_dim: Optional[int] = None
   dropout_rate: float = 0.1
   gelu_approximate: bool = True
@@ -41,7 +60,8 @@ class MlpBlock(nn.Module):
   def __call__(self, inputs, *, deterministic):
     out_dim = inputs.shape[-1] if self.out_dim is None else self.out_dim
     dense = lambda features: nn.Dense(
-        features, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
+        features, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6))
     x = dense(self.mlp_dim)(inputs)
     x = nn.gelu(x, approximate=self.gelu_approximate)
@@ -55,6 +75,7 @@ class Encoder1DBlock(nn.Module):
   mlp_dim: int
   num_heads: int
   dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   gelu_approximate: bool = True
@@ -68,9 +89,10 @@ class Encoder1DBlock(nn.Module):
       raise ValueError(f'Encoder1DBlock expects [batch, length, width], got {inputs.shape}')
     impl = (self.attention or {}).get('impl', 'auto')
     inputs = attention.constrain_tokens(inputs, impl)
-    x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(inputs)
+    x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                     param_dtype=self.param_dtype)(inputs)
     x = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype,
+        num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
         deterministic=deterministic, dropout_rate=self.attention_dropout_rate,
         attention_fn=attention_layer.make_attention_fn(self.attention))(
@@ -78,14 +100,23 @@ class Encoder1DBlock(nn.Module):
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
     x = x + inputs
 
-    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
-    y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
+    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                     param_dtype=self.param_dtype)(x)
+    y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                 dropout_rate=self.dropout_rate,
                  gelu_approximate=self.gelu_approximate)(y, deterministic=deterministic)
     return attention.constrain_tokens(x + y, impl)
 
 
 class Encoder(nn.Module):
-  """Position embedding, `num_layers` blocks and the final `encoder_norm`."""
+  """Position embedding, `num_layers` blocks and the final `encoder_norm`.
+
+  `scan_layers=True` runs one block under nn.scan (compile time independent of depth): its
+  parameters are `encoderblock/...` with a leading [num_layers] axis (vit_jax/models/
+  layer_stack.py converts to and from `encoderblock_N`), dropout keys are split per layer and
+  sown attention weights are stacked the same way. `remat` ('full', 'dots') recomputes the
+  block's activations in the backward pass (see `remat_policy`).
+  """
   num_layers: int
   mlp_dim: int
   num_heads: int
@@ -96,28 +127,53 @@ class Encoder(nn.Module):
   attention: Optional[Mapping[str, Any]] = None
   posemb: str = 'learn'
   dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
   sow_attention_weights: bool = False
   layer_norm_epsilon: float = 1e-6
+  scan_layers: bool = False
+  remat: str = 'none'
 
   @nn.compact
   def __call__(self, x, *, train, grid_shape: Optional[Sequence[int]] = None,
                num_prefix_tokens: int = 0):
     if self.add_position_embedding and self.posemb == 'learn':
-      x = posemb_lib.AddPositionEmbs(name='posembed_input')(x)
+      x = posemb_lib.AddPositionEmbs(param_dtype=self.param_dtype, name='posembed_input')(x)
     elif self.add_position_embedding and self.posemb == 'sincos2d':
       x = posemb_lib.add_fixed_sincos2d(x, grid_shape, num_prefix_tokens)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
-
-    for layer in range(self.num_layers):
-      x = Encoder1DBlock(
-          mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype,
-          dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-          gelu_approximate=self.gelu_approximate, attention=self.attention,
-          sow_attention_weights=self.sow_attention_weights,
-          layer_norm_epsilon=self.layer_norm_epsilon,
-          name=f'encoderblock_{layer}')(x, deterministic=not train)
+    x = self._blocks(x, deterministic=not train)
     return nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                        name='encoder_norm')(x)
+                        param_dtype=self.param_dtype, name='encoder_norm')(x)
+
+
+  def _blocks(self, x, *, deterministic):
+    if self.remat not in REMAT:
+      raise ValueError(f'transformer.remat={self.remat!r} is not one of {REMAT}')
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f'transformer.scan_layers={self.scan_layers!r} must be True or False')
+    block = lambda name: Encoder1DBlock(
+        mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype,
+        param_dtype=self.param_dtype, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate,
+        gelu_approximate=self.gelu_approximate, attention=self.attention,
+        sow_attention_weights=self.sow_attention_weights,
+        layer_norm_epsilon=self.layer_norm_epsilon, name=name)
+
+    def run(module, x):  # `deterministic` is closed over: a Python bool, never traced
+      return module(x, deterministic=deterministic)
+    if self.remat != 'none':
+      # Inside nn.scan the loop already keeps XLA from merging the recomputation away.
+      run = nn.remat(run, policy=remat_policy(self.remat), prevent_cse=not self.scan_layers)
+    if not self.scan_layers:
+      for layer in range(self.num_layers):
+        x = run(block(f'encoderblock_{layer}'), x)
+      return x
+    scanned = nn.scan(lambda module, x, _: (run(module, x), None),
+                      variable_axes={'params': 0, 'intermediates': 0},
+                      split_rngs={'params': True, 'dropout': True},
+                      length=self.num_layers)
+    x, _ = scanned(block(SCANNED_BLOCK), x, None)
+    return x
 
 
 class MAPHead(nn.Module):
@@ -126,19 +182,22 @@ class MAPHead(nn.Module):
   mlp_dim: int
   num_heads: int
   dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
   gelu_approximate: bool = True
   layer_norm_epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, x):
     n, _, d = x.shape
-    probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, d))
+    probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, d), self.param_dtype)
     probe = jnp.tile(probe.astype(x.dtype), [n, 1, 1])
     x = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype,
+        num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.xavier_uniform())(probe, x)
-    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype)(x)
-    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=0.,
+    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                     param_dtype=self.param_dtype)(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                     dropout_rate=0.,
                      gelu_approximate=self.gelu_approximate)(y, deterministic=True)
     return x[:, 0]
 
@@ -148,6 +207,7 @@ class VisionTransformer(nn.Module):
 
   `model.apply({'params': params}, images_nhwc, train=False)` returns logits (or features
   when `num_classes` is falsy). Call with `rngs={'dropout': key}` when `train=True`.
+  `dtype` is the compute dtype; `param_dtype` the dtype every parameter is created in.
   """
   num_classes: int
   patches: Any
@@ -161,6 +221,7 @@ class VisionTransformer(nn.Module):
   model_name: Optional[str] = None
   posemb: str = 'learn'
   dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
   sow_attention_weights: bool = False
 
   def _validate(self, inputs):
@@ -193,23 +254,24 @@ class VisionTransformer(nn.Module):
     stem_factor = resnet_lib.stem_downsampling(self.resnet)
     if self.resnet is not None:
       x = resnet_lib.apply_resnet_stem(x, tuple(self.resnet['num_layers']),
-                                       self.resnet['width_factor'], self.dtype)
+                                       self.resnet['width_factor'], self.dtype,
+                                       self.param_dtype)
 
     self._check_grid(x, stem_factor)
-    x = nn.Conv(features=self.hidden_size, kernel_size=tuple(self.patches['size']),
-                strides=tuple(self.patches['size']), padding='VALID', dtype=self.dtype,
-                name='embedding')(x)
+    x = patch_embedding.PatchEmbedding(  # the original's nn.Conv, as one matmul
+        features=self.hidden_size, patch_size=tuple(self.patches['size']), dtype=self.dtype,
+        param_dtype=self.param_dtype, name='embedding')(x)
 
     if self.transformer is not None:
       n, h, w, c = x.shape
       x = jnp.reshape(x, [n, h * w, c])
       num_prefix_tokens = 0
       if self.classifier in ('token', 'token_unpooled'):
-        cls = self.param('cls', nn.initializers.zeros, (1, 1, c))
+        cls = self.param('cls', nn.initializers.zeros, (1, 1, c), self.param_dtype)
         x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [n, 1, 1]), x], axis=1)
         num_prefix_tokens = 1
       x = self.encoder(name='Transformer', posemb=self.posemb, dtype=self.dtype,
-                       sow_attention_weights=self.sow_attention_weights,
+                       param_dtype=self.param_dtype, sow_attention_weights=self.sow_attention_weights,
                        **dict(self.transformer))(
                            x, train=train, grid_shape=(h, w),
                            num_prefix_tokens=num_prefix_tokens)
@@ -221,16 +283,19 @@ class VisionTransformer(nn.Module):
     elif self.classifier == 'map':
       t = self.transformer
       x = MAPHead(mlp_dim=t['mlp_dim'], num_heads=t['num_heads'], dtype=self.dtype,
+                  param_dtype=self.param_dtype,
                   gelu_approximate=t.get('gelu_approximate', True),
                   layer_norm_epsilon=t.get('layer_norm_epsilon', 1e-6))(x)
 
     if self.representation_size is not None:
-      x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
+      x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype,
+                           param_dtype=self.param_dtype, name='pre_logits')(x))
     else:
       x = IdentityLayer(name='pre_logits')(x)
 
     if self.num_classes:
-      x = nn.Dense(self.num_classes, dtype=self.dtype, name='head',
+      x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                   name='head',
                    kernel_init=nn.initializers.zeros,
                    bias_init=nn.initializers.constant(self.head_bias_init))(x)
     return x
