@@ -10,6 +10,7 @@ import difflib
 import math
 import numbers
 
+from vit_jax import attention
 from vit_jax import errors
 from vit_jax import optim
 from vit_jax import parallel
@@ -163,6 +164,15 @@ def _check_model(config):
                 _SET_BY_MODEL)
   _check_type('model.transformer.scan_layers', transformer.get('scan_layers', False), 'bool')
   _check_choice('model.transformer.remat', transformer.get('remat', 'none'), vit.REMAT)
+  options = dict(transformer.get('attention') or {})
+  unknown = sorted(set(options) - {'impl', 'block_size', 'kernel'})
+  if unknown:
+    raise errors.UserInputError(f'config.model.transformer.attention has unknown fields '
+                                f'{unknown}; it takes impl, block_size and kernel.')
+  try:
+    attention.validate_options(**options)
+  except ValueError as e:
+    raise errors.UserInputError(f'config.model.{e}') from None
 
 
 def _check_shapes(config, mesh):

@@ -5,8 +5,9 @@
 configs under the AugReg file-name spelling (`B_16`, `R26_S_32`, ...).
 
 Locked configs take no new keys, so `transformer_config` also holds the fields that change
-compile time and memory but never the numbers (`scan_layers`, `remat`) at their defaults:
-`--config.model.transformer.scan_layers=True` then works on any of them.
+compile time and memory but never the numbers (`scan_layers`, `remat`, `attention`) at their
+defaults: `--config.model.transformer.scan_layers=True` or
+`--config.model.transformer.attention.impl=ring` then works on any of them.
 """
 import ml_collections
 
@@ -37,6 +38,10 @@ def transformer_config(mlp_dim, num_heads, num_layers, dropout_rate=0.0,
   config.dropout_rate = dropout_rate
   config.scan_layers = False  # True: nn.scan over one block, compile time independent of depth
   config.remat = 'none'  # 'full' or 'dots': recompute block activations in the backward pass
+  # vit_jax/attention: impl 'auto' is dense (the original's numbers) for short sequences and
+  # the platform's fused kernel for long ones; kernel: the sharded schedules' per-device work.
+  config.attention = ml_collections.ConfigDict(
+      {'impl': 'auto', 'block_size': 512, 'kernel': 'auto'})
   return config
 
 
