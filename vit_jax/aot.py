@@ -8,7 +8,8 @@ of the topology (`jax.experimental.topologies`). Prints, per chip: HBM use of ea
 (arguments, outputs, temporaries against the chip's HBM), FLOPs per step (counted from the
 optimized HLO, vit_jax/hlo_flops.py), HBM traffic (vit_jax/hlo_traffic.py), and the roofline bound on the step time
 and MFU from the chip's peak FLOP/s and HBM bandwidth (vit_jax/hardware.py). Exits 1 with
-XLA's out-of-memory message when a step does not fit.
+XLA's out-of-memory message when a step does not fit (or, when XLA compiled it anyway, with
+the report and the step that needs more HBM than the chip has).
 """
 import dataclasses
 import json
@@ -136,11 +137,14 @@ def step_report(compiled):
 
 
 def roofline(step, chip):
-  """(step time lower bound in s, MFU upper bound) of a per-chip StepReport on `chip`."""
+  """Seconds of a per-chip StepReport on `chip`: compute (FLOPs at peak, a lower bound),
+  memory (estimated traffic at full HBM bandwidth), their max (the roofline estimate), and
+  the MFU bound compute / roofline."""
   compute = step.flops / chip.peak_flops
   memory = step.hbm_traffic_bytes / chip.hbm_bytes_per_sec
   seconds = max(compute, memory)
-  return seconds, (compute / seconds if seconds else 0.)
+  return {'compute_seconds': compute, 'memory_seconds': memory, 'roofline_seconds': seconds,
+          'mfu_bound': compute / seconds if seconds else 0.}
 
 
 def summarize(topology, num_slices, devices, mesh, batch, compiled_train, compiled_eval):
@@ -154,7 +158,7 @@ def summarize(topology, num_slices, devices, mesh, batch, compiled_train, compil
     step = step_report(compiled)
     entry = dict(dataclasses.asdict(step), hbm_bytes=step.hbm_bytes)
     if chip:
-      entry['roofline_seconds'], entry['mfu_bound'] = roofline(step, chip)
+      entry.update(roofline(step, chip))
       entry['hbm_fraction'] = step.hbm_bytes / chip.hbm_bytes
     result[name] = entry
   return result
@@ -185,10 +189,12 @@ def format_report(result):
     if chip:
       line += f" of {_gib(chip['hbm_bytes'])} ({100 * s['hbm_fraction']:.0f} %)"
     line += (f"\n    {s['flops'] / 1e12:.4g} TFLOP per chip per step, HBM traffic "
-             f"{_gib(s['hbm_traffic_bytes'])}")
+             f"~{_gib(s['hbm_traffic_bytes'])} (estimate)")
     if chip:
-      line += (f"; roofline >= {1e3 * s['roofline_seconds']:.1f} ms per step, "
-               f"MFU <= {100 * s['mfu_bound']:.0f} % ({chip['name']}: "
+      line += (f"\n    step >= {1e3 * s['compute_seconds']:.3g} ms of compute, "
+               f"~{1e3 * s['memory_seconds']:.3g} ms of memory traffic: roofline "
+               f"{1e3 * s['roofline_seconds']:.3g} ms, MFU <= {100 * s['mfu_bound']:.0f} % "
+               f"({chip['name']}: "
                f"{chip['peak_flops'] / 1e12:.0f} TFLOP/s, "
                f"{chip['hbm_bytes_per_sec'] / 1e9:.0f} GB/s)")
     lines.append(line)
@@ -207,6 +213,12 @@ def main(argv):
       sys.exit(1)
     raise
   print(json.dumps(result) if FLAGS.json else format_report(result))
+  over = [name for name in ('train_step', 'eval_step')
+          if result[name].get('hbm_fraction', 0.) > 1.]
+  if over:  # XLA does not always refuse a program over HBM at compile time
+    print(f'Does not fit on {FLAGS.topology}: {" and ".join(over)} need more HBM per chip '
+          f'than the {result["chip"]["name"]} has (see above).', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':
