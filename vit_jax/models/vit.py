@@ -145,7 +145,6 @@ class Encoder(nn.Module):
     return nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
                         param_dtype=self.param_dtype, name='encoder_norm')(x)
 
-
   def _blocks(self, x, *, deterministic):
     if self.remat not in REMAT:
       raise ValueError(f'transformer.remat={self.remat!r} is not one of {REMAT}')
@@ -271,7 +270,8 @@ class VisionTransformer(nn.Module):
         x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [n, 1, 1]), x], axis=1)
         num_prefix_tokens = 1
       x = self.encoder(name='Transformer', posemb=self.posemb, dtype=self.dtype,
-                       param_dtype=self.param_dtype, sow_attention_weights=self.sow_attention_weights,
+                       param_dtype=self.param_dtype,
+                       sow_attention_weights=self.sow_attention_weights,
                        **dict(self.transformer))(
                            x, train=train, grid_shape=(h, w),
                            num_prefix_tokens=num_prefix_tokens)
