@@ -22,12 +22,6 @@ from ml_collections import config_flags
 
 from vit_jax import errors
 
-config_flags.DEFINE_config_file('config', None, 'Training config file:arg.', lock_config=True)
-flags.DEFINE_string('topology', None, "TPU topology, e.g. 'v5e:4x4', 'v5p:4x4x4', 'v6e:2x2'.")
-flags.DEFINE_integer('num_slices', 1, 'Number of slices (multislice, data parallel).')
-flags.DEFINE_integer('num_classes', None, 'Classes of the head; default: from the dataset name.')
-flags.DEFINE_bool('json', False, 'Print the report as one JSON object.')
-flags.mark_flags_as_required(['config', 'topology'])
 FLAGS = flags.FLAGS
 
 # Label counts of datasets the configs name, so no dataset has to be present to compile.
@@ -221,5 +215,19 @@ def main(argv):
     sys.exit(1)
 
 
+def _define_flags():
+  """The command's flags, defined only when it runs (importers keep their own flags)."""
+  config_flags.DEFINE_config_file('config', None, 'Training config file:arg.',
+                                  lock_config=True)
+  flags.DEFINE_string('topology', None,
+                      "TPU topology, e.g. 'v5e:4x4', 'v5p:4x4x4', 'v6e:2x2'.")
+  flags.DEFINE_integer('num_slices', 1, 'Number of slices (multislice, data parallel).')
+  flags.DEFINE_integer('num_classes', None,
+                       'Classes of the head; default: from the dataset name.')
+  flags.DEFINE_bool('json', False, 'Print the report as one JSON object.')
+  flags.mark_flags_as_required(['config', 'topology'])
+
+
 if __name__ == '__main__':
+  _define_flags()
   app.run(errors.reporting_user_errors(main))
