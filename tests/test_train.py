@@ -81,6 +81,21 @@ def test_trains_on_local_fashion_mnist_and_writes_metrics(fashion_mnist_data_dir
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
 
 
+def _compiled_train_step(config, mesh, num_classes, image_shape, batch):
+  """The run's train step for `config`, compiled for a batch of `batch` images."""
+  model = train.make_model(config, num_classes)
+  tx, schedule = optim.make_optimizer(config)
+  with jax.set_mesh(mesh):
+    state, shardings = train.abstract_train_state(config, model, tx, mesh, image_shape)
+    sharding = parallel.batch_sharding(mesh)
+    data = {'image': jax.ShapeDtypeStruct((batch,) + image_shape, jnp.float32,
+                                          sharding=sharding),
+            'label': jax.ShapeDtypeStruct((batch, num_classes), jnp.float32,
+                                          sharding=sharding)}
+    jitted = train.jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh)
+    return train.compile_train_step(jitted, state, data)
+
+
 def test_vit_b16_train_step_counts_three_forward_passes():
   """ViT-B/16's compiled train step (2 images at 224x224, one CPU device) against 3 x the
   analytic forward (35.1 GFLOP an image). It is 0.2 % below: the gradient of the images
@@ -88,15 +103,7 @@ def test_vit_b16_train_step_counts_three_forward_passes():
   config = vit_configs.get_config('b16,cifar10').copy_and_resolve_references()
   config.accum_steps = 1
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), parallel.AXES)
-  model = train.make_model(config, 1000)
-  tx, schedule = optim.make_optimizer(config)
-  with jax.set_mesh(mesh):
-    state, shardings = train.abstract_train_state(config, model, tx, mesh, (224, 224, 3))
-    sharding = parallel.batch_sharding(mesh)
-    batch = {'image': jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32, sharding=sharding),
-             'label': jax.ShapeDtypeStruct((2, 1000), jnp.float32, sharding=sharding)}
-    jitted = train.jit_train_step(config, model, tx, schedule, 1000, shardings, mesh)
-    compiled = train.compile_train_step(jitted, state, batch)
+  compiled = _compiled_train_step(config, mesh, 1000, (224, 224, 3), batch=2)
   forward = model_flops.vit_forward_flops(config.model, 224, 3, 1000)
   assert forward == pytest.approx(35.13e9, rel=1e-3)
   assert hlo_flops.count(compiled).flops == pytest.approx(3 * 2 * forward, rel=0.01)
@@ -108,16 +115,8 @@ def test_accumulated_steps_count_every_micro_batch():
   counts = []
   for accum_steps in (1, 4):
     config = tiny_config('unused', batch=64, accum_steps=accum_steps)  # 2 a device a pass
-    mesh = parallel.create_mesh(config.mesh)
-    model = train.make_model(config, 10)
-    tx, schedule = optim.make_optimizer(config)
-    with jax.set_mesh(mesh):
-      state, shardings = train.abstract_train_state(config, model, tx, mesh, (8, 8, 1))
-      sharding = parallel.batch_sharding(mesh)
-      batch = {'image': jax.ShapeDtypeStruct((64, 8, 8, 1), jnp.float32, sharding=sharding),
-               'label': jax.ShapeDtypeStruct((64, 10), jnp.float32, sharding=sharding)}
-      compiled = train.compile_train_step(
-          train.jit_train_step(config, model, tx, schedule, 10, shardings, mesh), state, batch)
+    compiled = _compiled_train_step(config, parallel.create_mesh(config.mesh), 10, (8, 8, 1),
+                                    batch=64)
     counts.append((hlo_flops.count(compiled).flops, compiled.cost_analysis()['flops']))
   (plain, _), (accumulated, seen_by_xla) = counts
   assert accumulated == pytest.approx(plain, rel=0.01)
@@ -134,6 +133,17 @@ def test_trains_on_mocked_tfds_cifar10(tmp_path):
   assert result['eval_examples'] == 24 and np.isfinite(result['train_loss'])
 
 
+def _fixed_batch_step(config):
+  """(jitted train step, initial state, one fixed batch of 8 random 8x8 images)."""
+  model = train.make_model(config, 10)
+  tx, schedule = optim.make_optimizer(config)
+  images = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 1))
+  batch = {'image': images, 'label': jax.nn.one_hot(jnp.arange(8) % 10, 10)}
+  params = model.init(jax.random.PRNGKey(1), images[:1], train=False)['params']
+  state = {'step': jnp.zeros([], jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+  return jax.jit(train.make_train_step(model, tx, schedule, config, 10)), state, batch
+
+
 def test_loss_decreases_on_a_fixed_batch():
   config = pit_configs.get_config('fashion_mnist')
   config.unlock()
@@ -142,13 +152,7 @@ def test_loss_decreases_on_a_fixed_batch():
                                      'model.posemb': 'learn',  # memorising noise needs it
                                      'accum_steps': 2, 'label_smoothing': 0.1,
                                      'base_lr': 1e-2})
-  model = train.make_model(config, 10)
-  tx, schedule = optim.make_optimizer(config)
-  images = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 1))
-  batch = {'image': images, 'label': jax.nn.one_hot(jnp.arange(8) % 10, 10)}
-  params = model.init(jax.random.PRNGKey(1), images[:1], train=False)['params']
-  state = {'step': jnp.zeros([], jnp.int32), 'params': params, 'opt_state': tx.init(params)}
-  step = jax.jit(train.make_train_step(model, tx, schedule, config, 10))
+  step, state, batch = _fixed_batch_step(config)
   losses = []
   for _ in range(25):
     state, m = step(state, batch)
@@ -162,16 +166,11 @@ def test_bfloat16_params_train_with_bfloat16_optimizer_state():
   config.update_from_flattened_dict({'model.hidden_size': 16, 'model.transformer.mlp_dim': 32,
                                      'model.transformer.num_layers': 1, 'warmup_steps': 1,
                                      'accum_steps': 2, 'param_dtype': 'bfloat16'})
-  model = train.make_model(config, 10)
-  tx, schedule = optim.make_optimizer(config)
-  images = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 1))
-  batch = {'image': images, 'label': jax.nn.one_hot(jnp.arange(8) % 10, 10)}
-  params = model.init(jax.random.PRNGKey(1), images[:1], train=False)['params']
-  state = {'step': jnp.zeros([], jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+  step, state, batch = _fixed_batch_step(config)
+  params = state['params']
   floats = lambda tree: {x.dtype for x in jax.tree.leaves(tree)
                          if jnp.issubdtype(x.dtype, jnp.floating)}
   assert floats(state['params']) == floats(state['opt_state']) == {jnp.dtype(jnp.bfloat16)}
-  step = jax.jit(train.make_train_step(model, tx, schedule, config, 10))
   for _ in range(3):
     new_state, metrics = step(state, batch)
     assert np.isfinite(float(metrics['loss'])) and np.isfinite(float(metrics['grad_norm']))

@@ -299,14 +299,15 @@ def _callees(attrs, key):
   return [c.strip().lstrip('%') for c in value.strip('{}').split(',') if c.strip()]
 
 
-class _Counter:
-  """Memoized FLOPs per computation, with what it could not count."""
+class ComputationSum:
+  """A memoized sum over each HLO computation's instructions of `_instruction(inst, shapes)`
+  (subclasses say what an instruction costs); `_current` is the computation being summed,
+  where a while loop's trip count is read."""
 
   def __init__(self, computations):
     self._computations = computations
-    self._memo: Dict[str, int] = {}
-    self.uncounted: List[str] = []
-    self.loops_without_trip_count: List[str] = []
+    self._memo: Dict[str, float] = {}
+    self._current = []
 
   def computation(self, name):
     if name not in self._memo:
@@ -318,6 +319,18 @@ class _Counter:
         total += self._instruction(inst, shapes)
       self._memo[name] = total
     return self._memo[name]
+
+  def _instruction(self, inst, shapes):
+    raise NotImplementedError
+
+
+class _Counter(ComputationSum):
+  """Memoized FLOPs per computation, with what it could not count."""
+
+  def __init__(self, computations):
+    super().__init__(computations)
+    self.uncounted: List[str] = []
+    self.loops_without_trip_count: List[str] = []
 
   def _instruction(self, inst, shapes):
     op = inst.opcode

@@ -38,23 +38,8 @@ def shape_bytes(shape):
   return total
 
 
-class _Traffic:
+class _Traffic(hlo_flops.ComputationSum):
   """Memoized bytes per computation."""
-
-  def __init__(self, computations):
-    self._computations = computations
-    self._memo = {}
-
-  def computation(self, name):
-    if name not in self._memo:
-      instructions = self._computations[name]
-      shapes = {i.name: i.shape for i in instructions}
-      total = 0.
-      for inst in instructions:
-        self._current = instructions
-        total += self._instruction(inst, shapes)
-      self._memo[name] = total
-    return self._memo[name]
 
   def _operand_bytes(self, operand, shapes):
     if _ARRAYS.match(operand) or operand.startswith('('):
