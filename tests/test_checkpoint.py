@@ -14,6 +14,8 @@ import scipy.ndimage
 from vit_jax import checkpoint
 from vit_jax.models import VisionTransformer
 
+import param_trees  # tests/param_trees.py
+
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 
 
@@ -40,17 +42,6 @@ def _apply_fn(name):
   return jax.jit(run)
 
 
-def _flat(tree):
-  return {'/'.join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(tree).items()}
-
-
-def _assert_same_params(a, b):
-  fa, fb = _flat(a), _flat(b)
-  assert sorted(fa) == sorted(fb)
-  for key in fa:
-    np.testing.assert_array_equal(fa[key], fb[key], err_msg=key)
-
-
 @pytest.mark.parametrize('name', ['gap', 'repr'])
 @pytest.mark.parametrize('variant', ['', '_linen'])
 def test_original_checkpoints_reproduce_original_outputs(name, variant):
@@ -66,7 +57,7 @@ def test_original_checkpoints_reproduce_original_outputs(name, variant):
 def test_both_namings_give_identical_parameters(name):
   pre_linen = checkpoint.load(FIXTURES / f'{name}.npz')
   linen = checkpoint.load(FIXTURES / f'{name}_linen.npz')
-  _assert_same_params(pre_linen, linen)
+  param_trees.assert_same_params(pre_linen, linen)
   # The loaded tree is exactly the model's tree (same keys and shapes).
   x = np.load(FIXTURES / f'{name}_inputs.npy')
   expected = jax.eval_shape(functools.partial(_model(name).init, train=False),
@@ -86,11 +77,11 @@ def test_half_precision_augreg_files_upcast(tmp_path, dtype):
   path = tmp_path / f'augreg_{dtype}.npz'
   np.savez(path, **{k: v.astype(np_dtype) for k, v in raw.items()})
   params = checkpoint.load(path)
-  for key, value in _flat(params).items():
+  for key, value in param_trees.flat(params).items():
     assert value.dtype == np.float32, key
   expected = {k: np.asarray(v.astype(np_dtype), np.float32)
-              for k, v in _flat(checkpoint.load(FIXTURES / 'gap.npz')).items()}
-  for key, value in _flat(params).items():
+              for k, v in param_trees.flat(checkpoint.load(FIXTURES / 'gap.npz')).items()}
+  for key, value in param_trees.flat(params).items():
     np.testing.assert_array_equal(value, expected[key], err_msg=key)
   logits, _ = _apply_fn('gap')(params, np.load(FIXTURES / 'gap_inputs.npy'))
   np.testing.assert_allclose(logits, np.load(FIXTURES / 'gap_logits.npy'), atol=0.05)
@@ -112,7 +103,7 @@ def test_timm_export_round_trip(tmp_path):
   np.testing.assert_array_equal(sd['blocks.0.attn.qkv.weight'][width:2 * width],
                                 key_kernel.reshape(width, width).T)
   back = checkpoint.load(path, num_heads=2)
-  _assert_same_params(params, back)
+  param_trees.assert_same_params(params, back)
   logits, _ = _apply_fn('repr')(back, np.load(FIXTURES / 'repr_inputs.npy'))
   np.testing.assert_allclose(logits, np.load(FIXTURES / 'repr_logits.npy'),
                              atol=1e-5, rtol=1e-5)
@@ -123,13 +114,13 @@ def test_npz_save_round_trip(tmp_path):
   checkpoint.save(params, tmp_path / 'out.npz')
   assert 'Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel' in np.load(
       tmp_path / 'out.npz').files
-  _assert_same_params(params, checkpoint.load(tmp_path / 'out.npz'))
+  param_trees.assert_same_params(params, checkpoint.load(tmp_path / 'out.npz'))
 
 
 @pytest.mark.parametrize('scanned', [False, True])
 def test_big_vision_layout(tmp_path, scanned):
   params = checkpoint.load(FIXTURES / 'repr.npz')
-  flat = _flat(params)
+  flat = param_trees.flat(params)
   bv = {}
   for key, value in flat.items():
     if key == checkpoint.POSEMB_PATH:
@@ -149,7 +140,7 @@ def test_big_vision_layout(tmp_path, scanned):
   loaded = checkpoint.load(tmp_path / 'bv.npz')
   reference = flax.traverse_util.unflatten_dict(
       {tuple(k.split('/')): v for k, v in flat.items()})
-  _assert_same_params(reference, loaded)
+  param_trees.assert_same_params(reference, loaded)
   x = np.load(FIXTURES / 'repr_inputs.npy')
   np.testing.assert_allclose(_apply_fn('repr')(loaded, x)[0], _apply_fn('repr')(reference, x)[0],
                              atol=1e-6)
@@ -167,16 +158,16 @@ def test_old_hybrid_groupnorm_shapes(tmp_path):
   params = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(1), x)
   params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.PRNGKey(2), p.shape),
                         params['params'])
-  flat = _flat(params)
+  flat = param_trees.flat(params)
   old = {k: v.reshape(1, 1, 1, -1) if '/gn' in '/' + k and k.split('/')[-2].startswith('gn')
          else v for k, v in flat.items()}
   assert old['block1/unit1/gn3/scale'].shape == (1, 1, 1, 128)
   np.savez(tmp_path / 'hybrid.npz', **old)
   loaded = checkpoint.load(tmp_path / 'hybrid.npz')
-  _assert_same_params(params, loaded)
+  param_trees.assert_same_params(params, loaded)
   # Through timm's ResNetV2 names and back, too.
   checkpoint.export_timm(loaded, tmp_path / 'hybrid.safetensors')
-  _assert_same_params(params, checkpoint.load(tmp_path / 'hybrid.safetensors', num_heads=2))
+  param_trees.assert_same_params(params, checkpoint.load(tmp_path / 'hybrid.safetensors', num_heads=2))
 
 
 @pytest.mark.parametrize('old_grid,new_grid', [((8, 8), (12, 12)), ((8, 8), (6, 10))])

@@ -24,6 +24,8 @@ from vit_jax import errors
 from vit_jax import inference
 from vit_jax.models import VisionTransformer
 
+import param_trees  # tests/param_trees.py
+
 WIDTH, DEPTH, HEADS, MLP, PATCH, IMAGE, CLASSES = 32, 2, 2, 64, 4, 8, 5
 LINEARS = ('attention.attention.query', 'attention.attention.key', 'attention.attention.value',
            'attention.output.dense', 'intermediate.dense', 'output.dense')
@@ -169,17 +171,6 @@ def _reference(sd, config, key='logits', prefix='vit.'):
   return _hf_forward(sd, config, _images().transpose(0, 3, 1, 2), prefix)[key]
 
 
-def _flat(tree):
-  return {'/'.join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(tree).items()}
-
-
-def _assert_same_params(a, b):
-  fa, fb = _flat(a), _flat(b)
-  assert sorted(fa) == sorted(fb)
-  for key in fa:
-    np.testing.assert_array_equal(fa[key], fb[key], err_msg=key)
-
-
 def test_safetensors_folder_gives_transformers_logits(tmp_path):
   sd, config = _random_state_dict(), _config()
   with_mask = dict(sd, **{'vit.embeddings.mask_token': np.ones((1, 1, WIDTH), np.float32)})
@@ -203,8 +194,8 @@ def test_flax_msgpack_and_other_files_give_bitwise_same_params(tmp_path):
   sd, config = _random_state_dict(), _config()
   params = checkpoint.load(_save(tmp_path / 'pt', sd, config))
   flax_folder = _save(tmp_path / 'flax', sd, config, weights='msgpack')
-  _assert_same_params(params, checkpoint.load(flax_folder))
-  _assert_same_params(params, checkpoint.load(flax_folder / 'flax_model.msgpack'))
+  param_trees.assert_same_params(params, checkpoint.load(flax_folder))
+  param_trees.assert_same_params(params, checkpoint.load(flax_folder / 'flax_model.msgpack'))
   # Sharded safetensors: an index naming the shard of each tensor.
   sharded = tmp_path / 'sharded'
   sharded.mkdir()
@@ -216,12 +207,12 @@ def test_flax_msgpack_and_other_files_give_bitwise_same_params(tmp_path):
     (sharded / shard).write_bytes(st.save({k: sd[k] for k in part}, metadata={'format': 'pt'}))
     weight_map.update({k: shard for k in part})
   (sharded / 'model.safetensors.index.json').write_text(json.dumps({'weight_map': weight_map}))
-  _assert_same_params(params, checkpoint.load(sharded))
+  param_trees.assert_same_params(params, checkpoint.load(sharded))
   # A lone file with Hugging Face names and no config.json beside it: heads from num_heads.
   (tmp_path / 'lone.safetensors').write_bytes(st.save(sd))
   np.savez(tmp_path / 'lone.npz', **sd)
   for lone in ('lone.safetensors', 'lone.npz'):
-    _assert_same_params(params, checkpoint.load(tmp_path / lone, num_heads=HEADS))
+    param_trees.assert_same_params(params, checkpoint.load(tmp_path / lone, num_heads=HEADS))
 
 
 def _hub_cache(tmp_path, sd, config):
@@ -248,8 +239,8 @@ def test_hub_paths_load_offline(tmp_path, monkeypatch):
   monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(_hub_cache(tmp_path, sd, config)))
   monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
   params = checkpoint.load(_save(tmp_path / 'local', sd, config))
-  _assert_same_params(params, checkpoint.load('hf://org/vit'))
-  _assert_same_params(params, checkpoint.load('hf://org/vit/model.safetensors'))
+  param_trees.assert_same_params(params, checkpoint.load('hf://org/vit'))
+  param_trees.assert_same_params(params, checkpoint.load('hf://org/vit/model.safetensors'))
   assert checkpoint_hf.config_for('hf://org/vit') == config
   assert checkpoint_hf.config_for('hf://org/vit/model.safetensors') == config
 
@@ -310,7 +301,7 @@ def test_export_writes_the_published_layout(tmp_path):
   assert written['label2id'] == {n: i for i, n in enumerate(names)}
   np.testing.assert_allclose(_reference(exported, written), _apply(params, hf),
                              atol=1e-5, rtol=1e-5)
-  _assert_same_params(params, checkpoint.load(out))
+  param_trees.assert_same_params(params, checkpoint.load(out))
 
 
 def test_export_tanh_gelu_and_default_epsilon(tmp_path):
@@ -319,7 +310,7 @@ def test_export_tanh_gelu_and_default_epsilon(tmp_path):
                   'classifier': 'token', 'representation_size': None}
   model = VisionTransformer(num_classes=CLASSES, **model_config)
   images = _images()
-  shapes = _flat(model.init(jax.random.PRNGKey(0), images, train=False)['params'])
+  shapes = param_trees.flat(model.init(jax.random.PRNGKey(0), images, train=False)['params'])
   rng = np.random.default_rng(3)
   params = flax.traverse_util.unflatten_dict(
       {tuple(k.split('/')): (0.3 * rng.standard_normal(v.shape)).astype(np.float32)

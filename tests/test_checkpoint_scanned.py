@@ -3,7 +3,6 @@ import functools
 import json
 import pathlib
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,6 +15,8 @@ from vit_jax import checkpoint_architecture
 from vit_jax import errors
 from vit_jax.models import VisionTransformer
 from vit_jax.models import layer_stack
+
+import param_trees  # tests/param_trees.py
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 X = np.load(FIXTURES / 'gap_inputs.npy')
@@ -34,21 +35,10 @@ def _init(model_config, num_classes=5, image=32):
   return model, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), init)
 
 
-def _flat(tree):
-  return {'/'.join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(tree).items()}
-
-
-def _assert_same_params(a, b):
-  fa, fb = _flat(a), _flat(b)
-  assert sorted(fa) == sorted(fb)
-  for key in fa:
-    np.testing.assert_array_equal(fa[key], fb[key], err_msg=key)
-
-
 def _big_vision_scanned(params, path):
   """big_vision's own layout of a gap model: `params/` prefix, blocks scanned, no cls row."""
   stacked = layer_stack.stack(params)
-  flat = {'params/' + k: v for k, v in _flat(stacked).items()}
+  flat = {'params/' + k: v for k, v in param_trees.flat(stacked).items()}
   flat['params/pos_embedding'] = flat.pop('params/' + checkpoint.POSEMB_PATH)
   np.savez(path, **flat)
   return path
@@ -74,14 +64,14 @@ def test_every_npz_and_timm_format_loads_into_a_scanned_model(gap_files):
   for fmt, path, kwargs in gap_files:
     loaded = checkpoint.load(path, scan_layers=True, **kwargs)
     assert layer_stack.is_stacked(loaded), fmt
-    _assert_same_params(loaded, layer_stack.stack(reference))
+    param_trees.assert_same_params(loaded, layer_stack.stack(reference))
     pretrained = checkpoint.load_pretrained(
         pretrained_path=path, init_params=init,
         model_config=ml_collections.ConfigDict(scanned_config))
     assert jax.tree.structure(pretrained) == jax.tree.structure(init), fmt
     head = {'head/kernel', 'head/bias'}  # reset to init by load_pretrained
-    want = {k: v for k, v in _flat(layer_stack.stack(reference)).items() if k not in head}
-    got = _flat(pretrained)
+    want = {k: v for k, v in param_trees.flat(layer_stack.stack(reference)).items() if k not in head}
+    got = param_trees.flat(pretrained)
     for key, value in want.items():
       np.testing.assert_array_equal(got[key], value, err_msg=f'{fmt}: {key}')
     logits = model.apply({'params': loaded}, X, train=False)
@@ -106,7 +96,7 @@ def test_hugging_face_folder_loads_into_a_scanned_model(tmp_path):
   pretrained = checkpoint.load_pretrained(pretrained_path=tmp_path / 'hf', init_params=init,
                                           model_config=ml_collections.ConfigDict(scanned))
   loaded = checkpoint.load(tmp_path / 'hf', scan_layers=True)
-  _assert_same_params(loaded, layer_stack.stack(checkpoint.load(tmp_path / 'hf')))
+  param_trees.assert_same_params(loaded, layer_stack.stack(checkpoint.load(tmp_path / 'hf')))
   np.testing.assert_array_equal(
       pretrained['Transformer']['encoderblock']['MlpBlock_0']['Dense_1']['kernel'][1],
       params['Transformer']['encoderblock_1']['MlpBlock_0']['Dense_1']['kernel'])
@@ -123,7 +113,7 @@ def test_scanned_load_pretrained_resizes_posemb_and_checks_in_the_file_layout():
   load = lambda cfg, init: checkpoint.load_pretrained(
       pretrained_path=FIXTURES / 'repr.npz', init_params=init,
       model_config=ml_collections.ConfigDict(cfg))
-  _assert_same_params(load(scanned, scanned_init), layer_stack.stack(load(config, init)))
+  param_trees.assert_same_params(load(scanned, scanned_init), layer_stack.stack(load(config, init)))
   deeper = _model_config('repr', scan_layers=True)
   deeper['transformer']['num_layers'] = 3
   _, deeper_init = _init(deeper)

@@ -120,14 +120,15 @@ def step_report(compiled):
   from vit_jax import hlo_flops  # pylint: disable=g-import-not-at-top
   from vit_jax import hlo_traffic  # pylint: disable=g-import-not-at-top
   memory = compiled.memory_analysis()
-  counted = hlo_flops.count(compiled)
+  text = compiled.as_text()  # large for big programs: read once for both counts
+  counted = hlo_flops.count_text(text)
   return StepReport(argument_bytes=memory.argument_size_in_bytes,
                     output_bytes=memory.output_size_in_bytes,
                     alias_bytes=memory.alias_size_in_bytes,
                     temp_bytes=memory.temp_size_in_bytes,
                     code_bytes=memory.generated_code_size_in_bytes,
                     flops=float(counted.flops),
-                    hbm_traffic_bytes=float(hlo_traffic.count(compiled)))
+                    hbm_traffic_bytes=float(hlo_traffic.count_text(text)))
 
 
 def roofline(step, chip):

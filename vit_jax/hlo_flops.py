@@ -131,6 +131,11 @@ def parse_module(text):
   return computations, entry
 
 
+def operand_name(operand):
+  """The instruction an operand names: 'f32[2]{0} %x' or '%x' -> 'x'."""
+  return operand.split()[-1].lstrip('%')
+
+
 def dims(shape):
   """The dimensions of an array shape string such as 'bf16[2,4]{1,0:T(8,128)}'."""
   match = _ARRAY.match(shape.strip())
@@ -152,7 +157,7 @@ def _operand_shape(operand, shapes):
   """An operand's array shape: printed inline ('f32[2,3]{1,0} %x') or from its definition."""
   if _ARRAY.match(operand):
     return dims(operand)
-  return dims(shapes[operand.split()[-1].lstrip('%')])
+  return dims(shapes[operand_name(operand)])
 
 
 def _dot_flops(inst, shapes):
@@ -243,7 +248,7 @@ def _constant(name, instructions):
   by_name = {i.name: i for i in instructions}
   inst = by_name.get(name)
   while inst is not None and inst.opcode == 'copy':
-    inst = by_name.get(inst.operands[0].split()[-1].lstrip('%'))
+    inst = by_name.get(operand_name(inst.operands[0]))
   if inst is None or inst.opcode != 'constant':
     return None
   try:
@@ -259,17 +264,17 @@ def trip_count(inst, computations, caller):
   known = re.search(r'known_trip_count\W+n\W+(\d+)', inst.attrs)
   if known:
     return int(known.group(1))
-  condition = computations.get((_callees(inst.attrs, 'condition') or [''])[0])
+  condition = computations.get((callees(inst.attrs, 'condition') or [''])[0])
   if not condition or not inst.operands:
     return None
-  root, names = condition[-1], [o.split()[-1].lstrip('%') for o in condition[-1].operands]
+  root, names = condition[-1], [operand_name(o) for o in condition[-1].operands]
   if root.opcode == 'fusion':  # XLA:CPU wraps the compare in a fusion: map its parameters
-    fused = computations.get((_callees(root.attrs, 'calls') or [''])[0]) or [None]
+    fused = computations.get((callees(root.attrs, 'calls') or [''])[0]) or [None]
     params = {i.name: int(i.operands[0]) for i in fused if i and i.opcode == 'parameter'}
     root = fused[-1]
     if root is None or root.opcode != 'compare':
       return None
-    inner = [o.split()[-1].lstrip('%') for o in root.operands]
+    inner = [operand_name(o) for o in root.operands]
     if not all(n in params for n in inner):
       return None
     names = [names[params[n]] for n in inner]
@@ -285,14 +290,14 @@ def trip_count(inst, computations, caller):
   if counter is None or counter.opcode != 'get-tuple-element' or bound is None:
     return None
   index = int(_attr(counter.attrs, 'index'))
-  init = {i.name: i for i in caller}.get(inst.operands[0].split()[-1].lstrip('%'))
+  init = {i.name: i for i in caller}.get(operand_name(inst.operands[0]))
   if init is None or init.opcode != 'tuple' or index >= len(init.operands):
     return None
-  start = _constant(init.operands[index].split()[-1].lstrip('%'), caller)
+  start = _constant(operand_name(init.operands[index]), caller)
   return None if start is None else max(bound - start, 0)
 
 
-def _callees(attrs, key):
+def callees(attrs, key):
   value = _attr(attrs, key, r'(\{[^}]*\}|%?[\w.\-]+)')
   if value is None:
     return []
@@ -339,15 +344,15 @@ class _Counter(ComputationSum):
     if op == 'convolution':
       return _conv_flops(inst, shapes)
     if op in ('fusion', 'async-start'):
-      return sum(self.computation(c) for c in _callees(inst.attrs, 'calls'))
+      return sum(self.computation(c) for c in callees(inst.attrs, 'calls'))
     if op == 'call':
-      return sum(self.computation(c) for c in _callees(inst.attrs, 'to_apply'))
+      return sum(self.computation(c) for c in callees(inst.attrs, 'to_apply'))
     if op == 'while':
       return self._while(inst)
     if op == 'conditional':
-      branches = (_callees(inst.attrs, 'branch_computations')
-                  or _callees(inst.attrs, 'true_computation')
-                  + _callees(inst.attrs, 'false_computation'))
+      branches = (callees(inst.attrs, 'branch_computations')
+                  or callees(inst.attrs, 'true_computation')
+                  + callees(inst.attrs, 'false_computation'))
       return max((self.computation(c) for c in branches), default=0)
     if op == 'custom-call':
       return self._custom_call(inst, shapes)
@@ -356,7 +361,7 @@ class _Counter(ComputationSum):
   def _while(self, inst):
     trips = trip_count(inst, self._computations, self._current)  # before recursing
     per_trip = sum(self.computation(c) for c in
-                   _callees(inst.attrs, 'body') + _callees(inst.attrs, 'condition'))
+                   callees(inst.attrs, 'body') + callees(inst.attrs, 'condition'))
     if trips is None:
       self.loops_without_trip_count.append(inst.name)
       return per_trip

@@ -24,10 +24,6 @@ _FREE = ('parameter', 'tuple', 'get-tuple-element', 'bitcast', 'constant', 'afte
          'partition-id', 'replica-id', 'iota', 'opt-barrier', 'add-dependency')
 
 
-def _name(operand):
-  return operand.split()[-1].lstrip('%')
-
-
 def shape_bytes(shape):
   """Bytes of an array or tuple shape string ('bf16[2,4]{1,0}', '(f32[3], s32[])')."""
   total = 0.
@@ -44,27 +40,27 @@ class _Traffic(hlo_flops.ComputationSum):
   def _operand_bytes(self, operand, shapes):
     if _ARRAYS.match(operand) or operand.startswith('('):
       return shape_bytes(operand)
-    return shape_bytes(shapes.get(_name(operand), ''))
+    return shape_bytes(shapes.get(hlo_flops.operand_name(operand), ''))
 
   def _fusion_bytes(self, inst, shapes):
     """Operands only sliced inside the fusion cost the slices; a buffer updated in place
     (an output that is a dynamic-update-slice of an operand: a scan writing one layer's
     activations into the stacked ones) costs the update, not the buffer."""
-    body = self._computations[hlo_flops._callees(inst.attrs, 'calls')[0]]  # pylint: disable=protected-access
+    body = self._computations[hlo_flops.callees(inst.attrs, 'calls')[0]]
     by_name = {i.name: i for i in body}
     params = {int(i.operands[0]): i.name for i in body if i.opcode == 'parameter'}
 
     def origin(name):  # through layout-only ops
       while name in by_name and by_name[name].opcode in ('bitcast', 'copy', 'reshape'):
-        name = _name(by_name[name].operands[0])
+        name = hlo_flops.operand_name(by_name[name].operands[0])
       return name
     root = body[-1]
-    outputs = [_name(o) for o in root.operands] if root.opcode == 'tuple' else [root.name]
+    outputs = [hlo_flops.operand_name(o) for o in root.operands] if root.opcode == 'tuple' else [root.name]
     in_place, total = set(), 0.
     for output in outputs:
       update = by_name.get(origin(output))
       if update is not None and update.opcode == 'dynamic-update-slice':
-        in_place.add(origin(_name(update.operands[0])))
+        in_place.add(origin(hlo_flops.operand_name(update.operands[0])))
         total += self._operand_bytes(update.operands[1], {i.name: i.shape for i in body})
       else:
         total += shape_bytes(by_name[output].shape if output in by_name else '')
@@ -80,7 +76,7 @@ class _Traffic(hlo_flops.ComputationSum):
     """Bytes a fusion reads of its parameter `param` when every use slices it (directly or
     in a nested fusion), else None (the whole operand is read)."""
     total = 0.
-    users = [(i, [_name(o) for o in i.operands]) for i in body]
+    users = [(i, [hlo_flops.operand_name(o) for o in i.operands]) for i in body]
     users = [(i, names) for i, names in users if param in names]
     for user, names in users:
       if user.opcode in _SLICES and names[0] == param and param not in names[1:]:
@@ -90,7 +86,7 @@ class _Traffic(hlo_flops.ComputationSum):
         return None
       if user.opcode != 'fusion':
         return None
-      nested = self._computations[hlo_flops._callees(user.attrs, 'calls')[0]]  # pylint: disable=protected-access
+      nested = self._computations[hlo_flops.callees(user.attrs, 'calls')[0]]
       inner = {int(i.operands[0]): i.name for i in nested if i.opcode == 'parameter'}
       for index in (k for k, name in enumerate(names) if name == param):
         part = self._sliced_bytes(nested, inner.get(index))
@@ -101,7 +97,7 @@ class _Traffic(hlo_flops.ComputationSum):
 
   def _instruction(self, inst, shapes):
     op = inst.opcode
-    callees = lambda key: hlo_flops._callees(inst.attrs, key)  # pylint: disable=protected-access
+    callees = lambda key: hlo_flops.callees(inst.attrs, key)
     if op in _FREE:
       return 0.
     if op == 'while':
