@@ -12,6 +12,7 @@ import numbers
 
 from vit_jax import attention
 from vit_jax import errors
+from vit_jax import objectives
 from vit_jax import optim
 from vit_jax import parallel
 from vit_jax.models import resnet
@@ -195,9 +196,54 @@ def _check_shapes(config, mesh):
         + '; change the crop size or the patch size.')
 
 
+_MAE_DECODER = (('hidden_size', 'decoder width'), ('num_layers', 'decoder blocks'),
+                ('num_heads', 'decoder attention heads'), ('mlp_dim', 'decoder MLP width'))
+
+
+def _check_mae(config):
+  """config.mae of a masked-autoencoder run (config.objective='mae')."""
+  if 'mae' not in config:
+    raise errors.UserInputError("config.objective='mae' needs the config.mae fields (mask_ratio, "
+                                'norm_pix_loss, decoder); start from configs/mae.py.')
+  ratio = config.mae.mask_ratio
+  _check_type('mae.mask_ratio', ratio, 'number')
+  if not 0 <= ratio < 1:
+    raise _error('mae.mask_ratio', ratio, 'must be in [0, 1), the share of tokens hidden from '
+                 'the encoder (MAE: 0.75)')
+  _check_type('mae.norm_pix_loss', config.mae.norm_pix_loss, 'bool')
+  decoder = config.mae.decoder
+  for field, why in _MAE_DECODER:
+    _check_type(f'mae.decoder.{field}', decoder[field], 'int')
+    if decoder[field] < 1:
+      raise _error(f'mae.decoder.{field}', decoder[field], f'must be >= 1 ({why})')
+  if decoder.hidden_size % decoder.num_heads:
+    raise _error('mae.decoder.hidden_size', decoder.hidden_size,
+                 f'must be divisible by mae.decoder.num_heads={decoder.num_heads}')
+  _check_choice('mae.decoder.posemb', decoder.posemb, ('sincos2d', 'learn'))
+  ph, pw = config.model.patches.size
+  if config.mae.norm_pix_loss and ph * pw * config.pp.channels == 1:
+    raise _error('mae.norm_pix_loss', True, 'normalises each token by its own mean and '
+                 'variance, which turns the single value of a 1x1 token of a 1-channel image '
+                 'into 0; set it to False for PiT on grayscale images')
+  if config.model.get('resnet') is not None:
+    raise errors.UserInputError('config.objective=\'mae\' masks the image\'s own patches; '
+                                'config.model.resnet (a hybrid) is not supported. Pick a ViT '
+                                'or PiT model.')
+  if config.pp.mixup:
+    raise _error('pp.mixup', config.pp.mixup, "mixes images, which a masked autoencoder "
+                 "should not reconstruct; set it to 0 with config.objective='mae'")
+  if config.pretrained_path:
+    raise _error('pretrained_path', config.pretrained_path,
+                 "loads a classifier; MAE pre-training starts from scratch. Fine-tune the "
+                 "encoder.npz it writes with config.objective='classification'")
+
+
 def validate(config, mesh):
   """Raises errors.UserInputError for the first bad field; types, then ranges, then shapes."""
   _check_ranges(config)
   _check_optimization(config)
+  _check_choice('objective', config.get('objective', 'classification'), objectives.OBJECTIVES)
+  if config.get('objective') == 'mae':
+    _check_mae(config)
   _check_model(config)
   _check_shapes(config, mesh)

@@ -23,6 +23,7 @@ from vit_jax import dispatch
 from vit_jax import errors
 from vit_jax import input_pipeline
 from vit_jax import metrics
+from vit_jax import objectives
 from vit_jax import optim
 from vit_jax import parallel
 from vit_jax import paths
@@ -30,13 +31,15 @@ from vit_jax import preemption
 from vit_jax import profiling
 from vit_jax import state_checkpoint
 from vit_jax import utilization
-from vit_jax.models import VisionTransformer
 from vit_jax.models import resnet
 
 
+ENCODER_CHECKPOINT = 'encoder.npz'
+
+
 def make_model(config, num_classes):
-  return VisionTransformer(num_classes=num_classes, dtype=jnp.dtype(config.dtype),
-                           param_dtype=jnp.dtype(config.param_dtype), **config.model)
+  """The model of `config.objective` (a classifier, or a masked autoencoder)."""
+  return objectives.make_model(config, num_classes)
 
 
 def _to_host(x):
@@ -53,17 +56,6 @@ def validate_config(config, mesh):
         'set it to None to train from scratch.')
 
 
-def _loss_fn(model, config, num_classes):
-  def loss_fn(params, images, labels, rng, scale=None):
-    logits = model.apply({'params': params}, images, train=True, rngs={'dropout': rng})
-    if config.label_smoothing:
-      labels = labels * (1. - config.label_smoothing) + config.label_smoothing / num_classes
-    if scale is not None:  # per-example weights, see _example_scale
-      return (optax.softmax_cross_entropy(logits.astype(jnp.float32), labels) * scale).mean()
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), labels).mean()
-  return loss_fn
-
-
 def _example_scale(batch):
   """() or (w * B / max(sum(w), 1),): the mean of scale * ce is sum(w * ce) / max(sum(w), 1).
 
@@ -78,7 +70,7 @@ def _example_scale(batch):
 
 def make_train_step(model, tx, schedule, config, num_classes):
   """Pure (state, batch) -> (state, metrics); gradients accumulated over accum_steps."""
-  grad_fn = jax.value_and_grad(_loss_fn(model, config, num_classes))
+  grad_fn = jax.value_and_grad(objectives.make_loss_fn(model, config, num_classes))
   accum = config.accum_steps
 
   def train_step(state, batch):
@@ -127,20 +119,17 @@ def compile_train_step(jitted, state, batch):
   return jitted.lower(*abstract).compile()
 
 
-def jit_eval_step(model, shardings, mesh):
+def jit_eval_step(model, shardings, mesh, config=None):
   """The eval step under jax.jit: params as trained, batch laid out on the mesh."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(make_eval_step(model),
+  return jax.jit(make_eval_step(model, config),
                  in_shardings=(shardings['params'], parallel.batch_sharding(mesh)),
                  out_shardings=replicated)
 
 
-def make_eval_step(model):
-  def eval_step(params, batch):
-    logits = model.apply({'params': params}, batch['image'], train=False)
-    correct = jnp.argmax(logits, -1) == jnp.argmax(batch['label'], -1)
-    return jnp.sum(correct * batch['mask']), jnp.sum(batch['mask'])
-  return eval_step
+def make_eval_step(model, config=None):
+  """(params, batch) -> (metric sum, example count); see objectives.make_eval_step."""
+  return objectives.make_eval_step(model, config)
 
 
 def _state_from(tx, params):
@@ -180,13 +169,14 @@ def create_train_state(config, model, tx, shardings, image_shape):
 
 
 def evaluate(config, eval_step, params, mesh):
-  """Accuracy over every example of the test split (padded batches are masked)."""
-  correct = total = 0.
+  """(metric, examples) over every example of the test split (padded batches are masked):
+  the accuracy, or for config.objective='mae' the mean reconstruction loss."""
+  summed = total = 0.
   for batch in input_pipeline.get_data(config, 'eval'):
-    c, n = eval_step(params, parallel.global_batch(batch, mesh))
-    correct += float(_to_host(c))
+    s, n = eval_step(params, parallel.global_batch(batch, mesh))
+    summed += float(_to_host(s))
     total += float(_to_host(n))
-  return correct / max(total, 1.), int(total)
+  return summed / max(total, 1.), int(total)
 
 
 def _write_config(config, workdir):
@@ -267,7 +257,8 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
   # --------------------------------------------------------------------------- steps
   jitted_train_step = jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh)
   train_step = step_flops = None  # compiled once, at the first step (see compile_train_step)
-  eval_step = jit_eval_step(model, shardings, mesh)
+  eval_step = jit_eval_step(model, shardings, mesh, config)
+  metric = objectives.eval_metric(config)
 
   # ---------------------------------------------------------------------------- loop
   total, devices = config.total_steps, jax.device_count()
@@ -320,10 +311,10 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
       result['train_loss'] = host['loss']
     if (config.eval_every and step % config.eval_every == 0) or step == total:
       with report.timed('eval'):
-        accuracy, count = evaluate(config, eval_step, state['params'], mesh)
-      logging.info('Step %d: test accuracy %.4f over %d examples', step, accuracy, count)
-      record['eval_accuracy'] = accuracy
-      result.update(eval_accuracy=accuracy, eval_examples=count)
+        value, count = evaluate(config, eval_step, state['params'], mesh)
+      logging.info('Step %d: test %s %.4f over %d examples', step, metric, value, count)
+      record[f'eval_{metric}'] = value
+      result.update({f'eval_{metric}': value, 'eval_examples': count})
     if record:
       logger.write(step, **record)  # one metrics.jsonl object per logged step
       last_log, last_time = step, time.time()
@@ -337,8 +328,21 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
       break
   profiler.stop()
   if start_step == total:  # a finished run asked again: report its accuracy
-    result.update(zip(('eval_accuracy', 'eval_examples'),
+    result.update(zip((f'eval_{metric}', 'eval_examples'),
                       evaluate(config, eval_step, state['params'], mesh)))
   logger.flush()
   result['step'] = int(_to_host(state['step']))
+  if objectives.objective(config) == 'mae' and result['step'] == total:
+    result['encoder_checkpoint'] = export_encoder(state['params'], workdir)
   return result
+
+
+def export_encoder(params, workdir):
+  """WORKDIR/encoder.npz: a masked autoencoder's encoder as a classifier checkpoint without a
+  head, for `config.pretrained_path` (written by process 0; every process gathers)."""
+  path = paths.join(workdir, ENCODER_CHECKPOINT)
+  encoder = multihost_utils.process_allgather(params['encoder'], tiled=True)
+  if jax.process_index() == 0:
+    checkpoint.save(encoder, path)
+    logging.info('Encoder for fine-tuning written to %s', path)
+  return path

@@ -37,6 +37,9 @@ def get_config():
   config.batch_eval = 512
   config.shuffle_buffer = 50_000
   config.prefetch = 2
+  # 'classification' (labels, cross-entropy) or 'mae' (masked-autoencoder pre-training, with
+  # the fields of config.mae: configs/mae.py); see vit_jax/objectives.py.
+  config.objective = 'classification'
   # Model (a configs/models.py entry) and pretrained weights.
   config.model = ml_collections.ConfigDict()
   config.pretrained_path = ml_collections.config_dict.placeholder(str)

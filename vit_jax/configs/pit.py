@@ -25,7 +25,7 @@ _PAPER = {
 }
 
 
-def _vit2(pit_config):
+def vit2_baseline(pit_config):
   """The ViT/2 baseline of a PiT: same transformer, 2x2 patches."""
   config = ml_collections.ConfigDict(pit_config.to_dict())
   config.model_name = pit_config.model_name.replace('PiT', 'ViT') + '/2'
@@ -82,13 +82,13 @@ def get_config(recipe='fashion_mnist'):
     _paper_recipe(config, dataset, models.MODEL_CONFIGS[model], crop, test)
   elif recipe.endswith('_vit2') and recipe[:-5] in _PAPER:
     dataset, model, crop, test = _PAPER[recipe[:-5]]
-    _paper_recipe(config, dataset, _vit2(models.MODEL_CONFIGS[model]), crop, test)
+    _paper_recipe(config, dataset, vit2_baseline(models.MODEL_CONFIGS[model]), crop, test)
   elif recipe == 'fashion_mnist':
     # One token per pixel of a 12x12 Fashion-MNIST image: 144 pixel tokens. Narrow and
     # single-headed because pixel attention dominates the step on a CPU.
     _fashion_mnist(config, fashion_mnist_pit(), crop=12)
   elif recipe == 'fashion_mnist_vit2':
-    _fashion_mnist(config, _vit2(fashion_mnist_pit()), crop=24)
+    _fashion_mnist(config, vit2_baseline(fashion_mnist_pit()), crop=24)
   else:
     raise ValueError(f'unknown recipe {recipe!r}; one of {sorted(_PAPER)}, their *_vit2 '
                      'baselines, fashion_mnist, fashion_mnist_vit2')

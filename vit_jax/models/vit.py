@@ -108,6 +108,14 @@ class Encoder1DBlock(nn.Module):
     return attention.constrain_tokens(x + y, impl)
 
 
+def keep_tokens(x, visible_tokens, num_prefix_tokens):
+  """The prefix (class) tokens and the patch tokens at `visible_tokens` [batch, k], in that
+  order: MAE's encoder input, taken after the position embedding was added."""
+  prefix, patches = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
+  kept = jnp.take_along_axis(patches, visible_tokens[..., None].astype(jnp.int32), axis=1)
+  return jnp.concatenate([prefix, kept], axis=1)
+
+
 class Encoder(nn.Module):
   """Position embedding, `num_layers` blocks and the final `encoder_norm`.
 
@@ -115,7 +123,8 @@ class Encoder(nn.Module):
   parameters are `encoderblock/...` with a leading [num_layers] axis (vit_jax/models/
   layer_stack.py converts to and from `encoderblock_N`), dropout keys are split per layer and
   sown attention weights are stacked the same way. `remat` ('full', 'dots') recomputes the
-  block's activations in the backward pass (see `remat_policy`).
+  block's activations in the backward pass (see `remat_policy`). `visible_tokens` [batch, k]
+  keeps only those patch tokens (and the prefix) after the position embedding (MAE).
   """
   num_layers: int
   mlp_dim: int
@@ -135,11 +144,13 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train, grid_shape: Optional[Sequence[int]] = None,
-               num_prefix_tokens: int = 0):
+               num_prefix_tokens: int = 0, visible_tokens=None):
     if self.add_position_embedding and self.posemb == 'learn':
       x = posemb_lib.AddPositionEmbs(param_dtype=self.param_dtype, name='posembed_input')(x)
     elif self.add_position_embedding and self.posemb == 'sincos2d':
       x = posemb_lib.add_fixed_sincos2d(x, grid_shape, num_prefix_tokens)
+    if visible_tokens is not None:
+      x = keep_tokens(x, visible_tokens, num_prefix_tokens)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
     x = self._blocks(x, deterministic=not train)
     return nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
@@ -207,6 +218,10 @@ class VisionTransformer(nn.Module):
   `model.apply({'params': params}, images_nhwc, train=False)` returns logits (or features
   when `num_classes` is falsy). Call with `rngs={'dropout': key}` when `train=True`.
   `dtype` is the compute dtype; `param_dtype` the dtype every parameter is created in.
+  `visible_tokens` [batch, k] (patch-token indices, row-major over the patch grid) runs the
+  transformer on those tokens only, position embeddings taken for them, and returns the
+  encoded tokens [batch, prefix + k, width] (prefix: the class token, if any) instead of
+  pooled features or logits: the encoder of a masked autoencoder (vit_jax/models/mae.py).
   """
   num_classes: int
   patches: Any
@@ -246,7 +261,7 @@ class VisionTransformer(nn.Module):
           + '; resize the images or pick a model whose patch size divides them.')
 
   @nn.compact
-  def __call__(self, inputs, *, train):
+  def __call__(self, inputs, *, train, visible_tokens=None):
     self._validate(inputs)
     x = inputs.astype(self.dtype)
 
@@ -274,7 +289,12 @@ class VisionTransformer(nn.Module):
                        sow_attention_weights=self.sow_attention_weights,
                        **dict(self.transformer))(
                            x, train=train, grid_shape=(h, w),
-                           num_prefix_tokens=num_prefix_tokens)
+                           num_prefix_tokens=num_prefix_tokens,
+                           visible_tokens=visible_tokens)
+      if visible_tokens is not None:
+        return x
+    elif visible_tokens is not None:
+      raise ValueError('visible_tokens needs a transformer (config.model.transformer)')
 
     if self.classifier == 'token':
       x = x[:, 0]

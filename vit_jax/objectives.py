@@ -1,0 +1,92 @@
+"""What a run trains for, `config.objective`: one train loop, two losses.
+
+- 'classification' (the default): `VisionTransformer`, softmax cross-entropy on the labels,
+  evaluated by test accuracy.
+- 'mae': masked-autoencoder pre-training (vit_jax/models/mae.py, fields in `config.mae`):
+  mean squared error on the masked tokens, labels unused, evaluated by the same loss on the
+  test split with fixed masks (`eval_reconstruction_loss`, lower is better).
+
+Each objective supplies the model, the train loss and the eval step's (sum, count); the
+loop, sharding, checkpoints, resume and metrics are the same for both (vit_jax/train.py).
+"""
+import jax
+import jax.numpy as jnp
+import optax
+
+from vit_jax.models import mae
+from vit_jax.models import vit
+
+OBJECTIVES = ('classification', 'mae')
+# The eval metric each objective reports, logged as eval_<name>.
+EVAL_METRICS = {'classification': 'accuracy', 'mae': 'reconstruction_loss'}
+
+
+def objective(config):
+  return config.get('objective', 'classification')
+
+
+def eval_metric(config):
+  return EVAL_METRICS[objective(config)]
+
+
+def make_model(config, num_classes):
+  """The model the objective trains; its parameters live where fine-tuning expects them."""
+  dtypes = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
+  if objective(config) == 'mae':
+    return mae.MaskedAutoencoder(encoder=config.model.to_dict(),
+                                 decoder=config.mae.decoder.to_dict(),
+                                 mask_ratio=config.mae.mask_ratio, **dtypes)
+  return vit.VisionTransformer(num_classes=num_classes, **dtypes, **config.model)
+
+
+def _weighted_mean(per_example, scale):
+  return (per_example * scale).mean() if scale is not None else per_example.mean()
+
+
+def make_loss_fn(model, config, num_classes):
+  """loss_fn(params, images, labels, rng, scale=None) -> scalar train loss.
+
+  `scale` holds per-example weights (skipped undecodable images weigh 0; see train.py).
+  """
+  if objective(config) == 'mae':
+    def mae_loss(params, images, labels, rng, scale=None):
+      del labels  # self-supervised
+      masking, dropout = jax.random.split(rng)
+      predictions, mask = model.apply({'params': params}, images, train=True,
+                                      rngs={'masking': masking, 'dropout': dropout})
+      target = mae.reconstruction_target(images, model.encoder['patches']['size'],
+                                         config.mae.norm_pix_loss)
+      return _weighted_mean(mae.per_example_loss(predictions, target, mask), scale)
+    return mae_loss
+
+  def classification_loss(params, images, labels, rng, scale=None):
+    logits = model.apply({'params': params}, images, train=True, rngs={'dropout': rng})
+    if config.label_smoothing:
+      labels = labels * (1. - config.label_smoothing) + config.label_smoothing / num_classes
+    return _weighted_mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), labels),
+                          scale)
+  return classification_loss
+
+
+def make_eval_step(model, config=None):
+  """eval_step(params, batch) -> (sum of the metric over real examples, their count).
+
+  Padded examples (batch['mask'] == 0) count for nothing, so the eval covers every test
+  example exactly once. `config=None` means classification.
+  """
+  if config is not None and objective(config) == 'mae':
+    norm_pix_loss = config.mae.norm_pix_loss
+
+    def mae_eval_step(params, batch):
+      predictions, mask = model.apply({'params': params}, batch['image'], train=False)
+      target = mae.reconstruction_target(batch['image'], model.encoder['patches']['size'],
+                                         norm_pix_loss)
+      per_example = mae.per_example_loss(predictions, target, mask)
+      return jnp.sum(per_example * batch['mask']), jnp.sum(batch['mask'])
+    return mae_eval_step
+
+  def classification_eval_step(params, batch):
+    logits = model.apply({'params': params}, batch['image'], train=False)
+    correct = jnp.argmax(logits, -1) == jnp.argmax(batch['label'], -1)
+    return jnp.sum(correct * batch['mask']), jnp.sum(batch['mask'])
+  return classification_eval_step
