@@ -217,6 +217,9 @@ def test_recipes_build():
     assert pretrain.model.to_dict() == finetune.model.to_dict()
     assert pretrain.model.patches.size == ((2, 2) if 'vit' in recipe else (1, 1))
     assert pretrain.mae.mask_ratio == 0.75
+    for config in (pretrain, finetune):  # every recipe passes the config checks
+      config_checks.validate(config, parallel.create_mesh(config.mesh))
+  assert mae_configs.get_config('pit_s_finetune').layer_decay == 0.75
   assert mae_configs.get_config('pit_b').model.hidden_size == 768
   assert isinstance(mae_configs.get_config('vit_s2').mae, ml_collections.ConfigDict)
   with pytest.raises(ValueError, match='unknown recipe'):

@@ -43,8 +43,10 @@ def test_vit_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
 
 def test_pit_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
   book = _run('pit.ipynb', {
-      'PIT_NB_IMAGE_SIZE': '8', 'PIT_NB_STEPS': '20', 'PIT_NB_MEMORY_LENGTHS': '256,512',
+      'PIT_NB_IMAGE_SIZE': '8', 'PIT_NB_STEPS': '20', 'PIT_NB_MAE_STEPS': '10',
+      'PIT_NB_MEMORY_LENGTHS': '256,512',
       'PIT_NB_WORKDIR': str(tmp_path / 'work'),
       'PIT_NB_TFDS_DATA_DIR': fashion_mnist_data_dir}, tmp_path, monkeypatch)
   text = _text(book)
   assert 'ring      over 8 devices' in text and 'PiT tokens: 64' in text
+  assert 'hidden pixels per image: 48 of 64' in text  # 75 % of the 8x8 pixel tokens

@@ -132,3 +132,41 @@ def test_decay_mask_does_not_count_the_stacked_layer_axis():
       'encoderblock': block,
       **{k: v for k, v in mask['Transformer'].items() if not k.startswith('encoderblock_')}})
   assert optim.decay_mask(jax.eval_shape(layer_stack.stack, params)) == expected
+
+
+def _two_block_tree(value=1.):
+  leaf = lambda *shape: jnp.full(shape, value, jnp.float32)
+  block = {'LayerNorm_0': {'scale': leaf(4)}, 'MlpBlock_0': {'Dense_0': {'kernel': leaf(4, 4)}}}
+  return {'cls': leaf(1, 1, 4), 'embedding': {'kernel': leaf(3, 4)},
+          'Transformer': {'posembed_input': {'pos_embedding': leaf(1, 5, 4)},
+                          'encoderblock_0': block, 'encoderblock_1': block,
+                          'encoder_norm': {'scale': leaf(4)}},
+          'head': {'kernel': leaf(4, 2)}}
+
+
+def test_layer_decay_scales_each_update_by_its_depth_in_both_layouts():
+  from vit_jax.models import layer_stack  # pylint: disable=import-outside-toplevel
+  config = config_with(optim='adamw', base_lr=0.1, warmup_steps=0, total_steps=10,
+                       weight_decay=0.1, layer_decay=0.5)
+  params, grads = _two_block_tree(1.), _two_block_tree(0.3)
+  tx, _ = optim.make_optimizer(config)
+  plain, _ = optim.make_optimizer(config_with(optim='adamw', base_lr=0.1, warmup_steps=0,
+                                              total_steps=10, weight_decay=0.1))
+  updates, _ = tx.update(grads, tx.init(params), params)
+  reference, _ = plain.update(grads, plain.init(params), params)
+  # depth 2: the embedding, class token and posemb get 0.5**3, block i 0.5**(2 - i), the
+  # final norm and the head 0.5**0.
+  factors = {'cls': 0.125, 'embedding': 0.125, 'posembed_input': 0.125,
+             'encoderblock_0': 0.25, 'encoderblock_1': 0.5, 'encoder_norm': 1., 'head': 1.}
+  flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+  ref = dict(jax.tree_util.tree_flatten_with_path(reference)[0])
+  for path, value in flat:
+    name = jax.tree_util.keystr(path, simple=True, separator='/')
+    factor = next(f for key, f in factors.items() if key in name.split('/'))
+    np.testing.assert_allclose(value, factor * ref[path], rtol=1e-6, err_msg=name)
+  stacked = layer_stack.stack(params)
+  stacked_updates, _ = tx.update(layer_stack.stack(grads), tx.init(stacked), stacked)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+               layer_stack.unstack(stacked_updates), updates)
+  with pytest.raises(ValueError, match=r'config.layer_decay=0.0 must be in \(0, 1\]'):
+    optim.make_optimizer(config_with(layer_decay=0))

@@ -1,8 +1,8 @@
 """Learning-rate schedules and optimizers: SGD+momentum (the original) and AdamW (PiT).
 
 Config fields read: base_lr, warmup_steps, total_steps, decay_type, linear_end, optim,
-momentum, adam_b1, adam_b2, weight_decay, grad_norm_clip. The optimizer state has the dtype
-of the parameters (`config.param_dtype`), whatever the compute dtype (`config.dtype`).
+momentum, adam_b1, adam_b2, weight_decay, grad_norm_clip, layer_decay. The optimizer state
+has the dtype of the parameters (`config.param_dtype`), whatever the compute dtype.
 """
 import jax
 import jax.numpy as jnp
@@ -53,6 +53,43 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(one, params)
 
 
+def layer_id(path, num_layers):
+  """Depth of a ViT parameter for layer-wise lr decay: 0 for the embedding, class token and
+  position embedding, i + 1 for encoderblock_i, num_layers + 1 for everything after the
+  encoder (final norm, pooling head, pre_logits, head), as BEiT and MAE fine-tuning count."""
+  parts = path.split('/')
+  if parts[0] in ('embedding', 'cls') or 'posembed_input' in parts:
+    return 0
+  for part in parts:
+    if part.startswith('encoderblock_'):
+      return int(part[len('encoderblock_'):]) + 1
+  return num_layers + 1
+
+
+def layer_decay_scales(params, decay):
+  """Per-parameter learning-rate factors decay ** (num_layers + 1 - layer_id); a scanned
+  encoder's stacked block gets one factor per layer along its leading axis."""
+  depth = layer_stack.num_layers(params)
+
+  def one(path, p):
+    name = jax.tree_util.keystr(path, simple=True, separator='/')
+    if layer_stack.is_stacked_path(name):
+      ids = jnp.arange(1, depth + 1, dtype=jnp.float32).reshape((-1,) + (1,) * (p.ndim - 1))
+    else:
+      ids = jnp.float32(layer_id(name, depth))
+    return jnp.asarray(decay, jnp.float32) ** (depth + 1 - ids)
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+def scale_by_layer_decay(decay):
+  """Multiplies each update by `layer_decay_scales` (a stateless optax transformation)."""
+  def update(updates, state, params=None):
+    del params
+    scales = layer_decay_scales(updates, decay)
+    return jax.tree.map(lambda u, f: (u * f).astype(u.dtype), updates, scales), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def _check_unit_interval(config, fields):
   for field in fields:
     value = config[field]
@@ -82,6 +119,12 @@ def make_optimizer(config):
   else:
     raise errors.UserInputError(f'config.optim={config.optim!r} is not one of {OPTIMIZERS}; '
                                 'pick one of them')
+  decay = config.get('layer_decay', 1.)
+  if not (isinstance(decay, (int, float)) and 0 < decay <= 1):
+    raise errors.UserInputError(f'config.layer_decay={decay!r} must be in (0, 1]; 1 turns '
+                                'layer-wise lr decay off (MAE fine-tuning: 0.75)')
+  if decay < 1:  # the update of layer i is scaled by decay ** (depth + 1 - i): lr and decay
+    tx = optax.chain(tx, scale_by_layer_decay(decay))
   if config.grad_norm_clip:
     tx = optax.chain(optax.clip_by_global_norm(config.grad_norm_clip), tx)
   return tx, schedule

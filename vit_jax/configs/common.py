@@ -64,6 +64,9 @@ def get_config():
   config.decay_type = 'cosine'
   config.linear_end = 1e-5
   config.grad_norm_clip = 1.0
+  # Layer-wise lr decay (BEiT, MAE fine-tuning): block i's lr times layer_decay ** (depth + 1
+  # - i), the embedding's the smallest, the head's the full lr. 1 turns it off.
+  config.layer_decay = 1.0
   config.accum_steps = 8
   config.label_smoothing = 0.0
   # Loop.
