@@ -125,6 +125,7 @@ def _command(workdir, data_dir, pretrained, *extra):
   return [sys.executable, '-m', 'vit_jax.main', f'--workdir={workdir}',
           '--config=configs/pit.py:fashion_mnist', f'--config.tfds_data_dir={data_dir}',
           '--config.pp.crop=10', '--config.batch=64', '--config.batch_eval=1000',
+          '--config.pp.test=test[:2000]',
           '--config.model.hidden_size=32', '--config.model.transformer.mlp_dim=64',
           '--config.model.transformer.num_layers=2', '--config.warmup_steps=2',
           '--config.eval_every=0', '--config.progress_every=1', '--config.total_steps=30',

@@ -33,7 +33,7 @@ def test_vit_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
   book = _run('vit_jax.ipynb', {
       'VIT_NB_CHECKPOINT': str(FIXTURES / 'gap.npz'),
       'VIT_NB_MODEL_CONFIG_JSON': str(FIXTURES / 'gap_config.json'),
-      'VIT_NB_IMAGE_SIZE': '32', 'VIT_NB_STEPS': '30', 'VIT_NB_BATCH': '32',
+      'VIT_NB_IMAGE_SIZE': '32', 'VIT_NB_STEPS': '10', 'VIT_NB_BATCH': '32',
       'VIT_NB_WORKDIR': str(tmp_path / 'work'),
       'VIT_NB_TFDS_DATA_DIR': fashion_mnist_data_dir}, tmp_path, monkeypatch)
   text = _text(book)
@@ -43,7 +43,7 @@ def test_vit_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
 
 def test_pit_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
   book = _run('pit.ipynb', {
-      'PIT_NB_IMAGE_SIZE': '8', 'PIT_NB_STEPS': '20', 'PIT_NB_MAE_STEPS': '10',
+      'PIT_NB_IMAGE_SIZE': '8', 'PIT_NB_STEPS': '6', 'PIT_NB_MAE_STEPS': '4',
       'PIT_NB_MEMORY_LENGTHS': '256,512',
       'PIT_NB_WORKDIR': str(tmp_path / 'work'),
       'PIT_NB_TFDS_DATA_DIR': fashion_mnist_data_dir}, tmp_path, monkeypatch)
