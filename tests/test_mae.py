@@ -1,5 +1,7 @@
 """Masked autoencoder: masking, token order, loss, encoder = ViT, schedules, train loop."""
 import functools
+import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ import pytest
 from vit_jax import checkpoint
 from vit_jax import config_checks
 from vit_jax import errors
+from vit_jax import metrics
 from vit_jax import parallel
 from vit_jax import state_checkpoint
 from vit_jax import train
@@ -158,13 +161,18 @@ def test_mae_run_resumes_bitwise_and_exports_an_encoder_that_fine_tuning_loads(
   assert result['step'] == 4 and result['eval_examples'] == 10_000
   assert 0 < result['eval_reconstruction_loss'] < 2 and 'eval_accuracy' not in result
   straight = state_checkpoint.load_params(str(tmp_path / 'straight' / 'checkpoints'), 4)
-  # Stopped after step 2 and restarted: the same state at step 4, bit for bit.
-  train.train_and_evaluate(tiny_mae_config(fashion_mnist_data_dir, total_steps=2),
-                           str(tmp_path / 'resumed'))
+  # Killed after its step-2 checkpoint (the later one and the export lost) and restarted:
+  # the same state at step 4, bit for bit, and the same exported encoder.
+  shutil.copytree(tmp_path / 'straight', tmp_path / 'resumed')
+  shutil.rmtree(tmp_path / 'resumed' / 'checkpoints' / '4')
+  os.remove(tmp_path / 'resumed' / 'encoder.npz')
   again = train.train_and_evaluate(tiny_mae_config(fashion_mnist_data_dir),
                                    str(tmp_path / 'resumed'))
   assert again['eval_reconstruction_loss'] == result['eval_reconstruction_loss']
   resumed = state_checkpoint.load_params(str(tmp_path / 'resumed' / 'checkpoints'), 4)
+  step_2 = [[r for r in metrics.read_jsonl(str(tmp_path / run)) if r['step'] == 2]
+            for run in ('straight', 'resumed')]
+  assert step_2[0] == step_2[1]  # kept from before the restart: it resumed at step 2
   jax.tree.map(np.testing.assert_array_equal, resumed, straight)
   exported = [np.load(tmp_path / run / 'encoder.npz') for run in ('straight', 'resumed')]
   assert sorted(exported[0]) == sorted(exported[1])  # the resumed run's export: step 4 too

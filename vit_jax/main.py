@@ -57,6 +57,10 @@ def main(argv):
   if 'eval_accuracy' in result:
     print(f'Final test accuracy: {result["eval_accuracy"]:.4f} over '
           f'{result["eval_examples"]} test images (step {result["step"]})')
+  if 'eval_reconstruction_loss' in result:
+    print(f'Final test reconstruction loss (masked tokens): '
+          f'{result["eval_reconstruction_loss"]:.4f} over {result["eval_examples"]} test images '
+          f'(step {result["step"]}); encoder for fine-tuning: {result["encoder_checkpoint"]}')
   print(json.dumps(result))
 
 
