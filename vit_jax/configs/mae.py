@@ -25,6 +25,7 @@ import ml_collections
 from vit_jax.configs import common
 from vit_jax.configs import models
 from vit_jax.configs import pit
+from vit_jax.configs import vit
 
 IMAGENET_TRAIN = 1_281_167
 FASHION_MNIST_TRAIN = 60_000
@@ -90,17 +91,10 @@ def _fashion_mnist(config, recipe, finetune):
   config.model = _model(recipe)
   config.pp.update(dict(train='train', test='test', crop=28, resize=0, inception_crop=False,
                         flip=True, channels=1))
-  config.cpu_devices = -1  # one data-parallel device per core (vit_jax/host_runtime.py)
-  config.optim = 'adamw'
-  config.accum_steps = 1
-  config.weight_decay = 0.05
+  vit.from_scratch_recipe(config)  # AdamW lr 2e-3, wd 0.05, one CPU device per core
   config.batch = 64
-  config.batch_eval = 1000
-  config.shuffle_buffer = 0
   config.progress_every = 50
   config.eval_every = 0  # the final eval only
-  config.checkpoint_every = 500
-  config.base_lr = 2e-3
   # About 3-6 minutes per run here (a PiT step at 784 tokens costs ~8x a ViT/2 step at 196).
   pretrain_steps, finetune_steps = (300, 150) if recipe == 'fashion_mnist' else (1_500, 750)
   config.total_steps = finetune_steps if finetune else pretrain_steps
