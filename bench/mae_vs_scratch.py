@@ -11,6 +11,7 @@ train loss and the test metric, and the pre-training loss curve.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ FLAGS = flags.FLAGS
 
 def _run(recipe, workdir, *overrides):
   """Runs one job (fresh workdir); returns (wall seconds, final result, metrics records)."""
-  subprocess.run(['rm', '-rf', workdir], check=True)
+  shutil.rmtree(workdir, ignore_errors=True)
   command = [sys.executable, '-m', 'vit_jax.main', f'--config=configs/mae.py:{recipe}',
              f'--workdir={workdir}', *overrides]
   start = time.time()

@@ -242,8 +242,8 @@ def validate(config, mesh):
   """Raises errors.UserInputError for the first bad field; types, then ranges, then shapes."""
   _check_ranges(config)
   _check_optimization(config)
-  _check_choice('objective', config.get('objective', 'classification'), objectives.OBJECTIVES)
-  if config.get('objective') == 'mae':
+  _check_choice('objective', objectives.objective(config), objectives.OBJECTIVES)
+  if objectives.objective(config) == 'mae':
     _check_mae(config)
   _check_model(config)
   _check_shapes(config, mesh)

@@ -43,6 +43,14 @@ def _weighted_mean(per_example, scale):
   return (per_example * scale).mean() if scale is not None else per_example.mean()
 
 
+def _reconstruction_losses(model, config, params, images, *, train, rngs=None):
+  """Each example's masked-token MSE [batch] under the MAE `model`."""
+  predictions, mask = model.apply({'params': params}, images, train=train, rngs=rngs)
+  target = mae.reconstruction_target(images, model.encoder['patches']['size'],
+                                     config.mae.norm_pix_loss)
+  return mae.per_example_loss(predictions, target, mask)
+
+
 def make_loss_fn(model, config, num_classes):
   """loss_fn(params, images, labels, rng, scale=None) -> scalar train loss.
 
@@ -52,11 +60,9 @@ def make_loss_fn(model, config, num_classes):
     def mae_loss(params, images, labels, rng, scale=None):
       del labels  # self-supervised
       masking, dropout = jax.random.split(rng)
-      predictions, mask = model.apply({'params': params}, images, train=True,
-                                      rngs={'masking': masking, 'dropout': dropout})
-      target = mae.reconstruction_target(images, model.encoder['patches']['size'],
-                                         config.mae.norm_pix_loss)
-      return _weighted_mean(mae.per_example_loss(predictions, target, mask), scale)
+      per_example = _reconstruction_losses(model, config, params, images, train=True,
+                                           rngs={'masking': masking, 'dropout': dropout})
+      return _weighted_mean(per_example, scale)
     return mae_loss
 
   def classification_loss(params, images, labels, rng, scale=None):
@@ -75,13 +81,8 @@ def make_eval_step(model, config=None):
   example exactly once. `config=None` means classification.
   """
   if config is not None and objective(config) == 'mae':
-    norm_pix_loss = config.mae.norm_pix_loss
-
-    def mae_eval_step(params, batch):
-      predictions, mask = model.apply({'params': params}, batch['image'], train=False)
-      target = mae.reconstruction_target(batch['image'], model.encoder['patches']['size'],
-                                         norm_pix_loss)
-      per_example = mae.per_example_loss(predictions, target, mask)
+    def mae_eval_step(params, batch):  # no 'masking' rng: the model's fixed eval masks
+      per_example = _reconstruction_losses(model, config, params, batch['image'], train=False)
       return jnp.sum(per_example * batch['mask']), jnp.sum(batch['mask'])
     return mae_eval_step
 

@@ -28,7 +28,6 @@ from vit_jax.configs import pit
 from vit_jax.configs import vit
 
 IMAGENET_TRAIN = 1_281_167
-FASHION_MNIST_TRAIN = 60_000
 _IMAGENET = {'pit_s': 'PiT-S', 'pit_b': 'PiT-B', 'vit_s2': 'PiT-S', 'vit_b2': 'PiT-B'}
 
 

@@ -102,17 +102,14 @@ class MaskedAutoencoder(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  def grid(self, image_shape):
-    ph, pw = self.encoder['patches']['size']
-    return image_shape[0] // ph, image_shape[1] // pw
-
   @nn.compact
   def __call__(self, images, *, train):
     if self.encoder.get('resnet') is not None:
       raise ValueError('MAE masks patch tokens of the image itself; a ResNet stem (hybrid '
                        'model) is not supported. Pick a ViT or PiT model.')
     n, h, w, c = images.shape
-    grid_h, grid_w = self.grid((h, w))
+    ph, pw = self.encoder['patches']['size']
+    grid_h, grid_w = h // ph, w // pw
     num_tokens = grid_h * grid_w
     rng = (self.make_rng('masking') if self.has_rng('masking')
            else jax.random.PRNGKey(EVAL_MASKING_SEED))
@@ -140,6 +137,5 @@ class MaskedAutoencoder(nn.Module):
                     attention_dropout_rate=0., attention=attention, dtype=self.dtype,
                     param_dtype=self.param_dtype, name='decoder')(
                         x, train=train, grid_shape=(grid_h, grid_w), num_prefix_tokens=prefix)
-    ph, pw = self.encoder['patches']['size']
     predictions = dense(ph * pw * c, 'decoder_pred')(x[:, prefix:])
     return predictions, mask
