@@ -29,3 +29,12 @@ def fashion_mnist_data_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   fashion_mnist_local.prepare_fashion_mnist(FASHION_MNIST_DIR, data_dir)
   return data_dir
+
+
+@pytest.fixture(scope='session')
+def jpeg_data_dir(tmp_path_factory):
+  """A tfds data_dir with generated_jpegs/tiny (48 train, 20 test JPEGs) in array_record."""
+  from vit_jax.datasets import generated_jpegs  # pylint: disable=import-outside-toplevel
+  data_dir = str(tmp_path_factory.mktemp('jpegs'))
+  generated_jpegs.prepare('tiny', data_dir)
+  return data_dir

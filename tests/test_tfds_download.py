@@ -188,8 +188,8 @@ def test_unprepared_dataset_is_downloaded_and_prepared(tmp_path):
     server.shutdown()
     server.server_close()
   builder = tfds.builder(name, data_dir=str(tmp_path / 'tfds'))
-  labels = [int(x['label']) for x in tfds.as_numpy(builder.as_dataset(split='test'))]
-  assert sorted(labels) == [0, 0, 1, 1]
+  test = builder.as_data_source(split='test')  # prepared as array_record
+  assert sorted(int(test[i]['label']) for i in range(len(test))) == [0, 0, 1, 1]
 
 
 def test_unreachable_host_of_a_dataset_is_a_clear_error(tmp_path):

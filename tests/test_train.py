@@ -1,14 +1,12 @@
-"""Train loop: real offline data, mocked TFDS, seq-sharded PiT, fine-tuning, errors, configs."""
+"""Train loop: real offline data, JPEGs from array_record, seq-sharded PiT, fine-tuning, errors, configs."""
 import json
 import os
 import pathlib
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from vit_jax.configs import augreg as augreg_configs
 from vit_jax.configs import common
@@ -123,14 +121,12 @@ def test_accumulated_steps_count_every_micro_batch():
   assert seen_by_xla < 0.5 * plain
 
 
-def test_trains_on_mocked_tfds_cifar10(tmp_path):
-  config = tiny_config(str(tmp_path / 'tfds'), dataset='cifar10', **{
+def test_trains_on_jpegs_read_by_index_from_array_record(jpeg_data_dir, tmp_path):
+  config = tiny_config(jpeg_data_dir, dataset='generated_jpegs/tiny', **{
       'pp.channels': 3, 'batch_eval': 8, 'total_steps': 2, 'checkpoint_every': 2,
-      'pp.randaugment.num_layers': 1, 'pp.mixup': 0.2})
-  with tfds.testing.mock_data(num_examples=24), mock.patch.object(
-      tfds.core.DatasetBuilder, 'is_prepared', return_value=True):
-    result = train.train_and_evaluate(config, str(tmp_path / 'work'))
-  assert result['eval_examples'] == 24 and np.isfinite(result['train_loss'])
+      'pp.inception_crop': True, 'pp.randaugment.num_layers': 1, 'pp.mixup': 0.2})
+  result = train.train_and_evaluate(config, str(tmp_path / 'work'))
+  assert result['eval_examples'] == 20 and np.isfinite(result['train_loss'])
 
 
 def _fixed_batch_step(config):

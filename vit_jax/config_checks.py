@@ -35,7 +35,6 @@ _RANGES = (
     ('progress_every', 'int', 1, 'train metrics every N steps'),
     ('eval_every', 'int', 0, '0 evaluates after the last step only'),
     ('prefetch', 'int', 0, 'batches prepared ahead'),
-    ('shuffle_buffer', 'int', 0, 'examples in the shuffle buffer of streamed datasets'),
     ('pp.crop', 'int', 1, 'the image side the model sees'),
     ('pp.resize', 'int', 0, '0 turns the eval resize off'),
     ('pp.pad_crop', 'int', 0, '0 turns pad-and-crop off'),

@@ -1,17 +1,19 @@
-"""Datasets -> per-process numpy batches: TFDS presets, image folders, offline Fashion-MNIST.
+"""Datasets -> per-process numpy batches: one random-access pipeline for every dataset.
 
 Config fields read: dataset (TFDS name or a folder with train/ and test/ subfolders of
 class folders), tfds_data_dir, tfds_manual_dir, tfds_download, fashion_mnist_dir, pp.{train,
 test, crop, resize, inception_crop, pad_crop, flip, mixup, randaugment, channels,
-skip_undecodable}, batch, batch_eval, shuffle_buffer, seed, prefetch.
+skip_undecodable}, batch, batch_eval, seed, prefetch.
 
-Order and resume. Small datasets with fixed image shapes (MNIST, Fashion-MNIST, CIFAR) and
-image folders are indexed: global position p of the run is example
-`index_shuffle(p mod N, seed, epoch)`, and every random augmentation is seeded by
-(config.seed, p). Global batch s is positions [s*B, (s+1)*B); process i takes its slice of it.
-So `get_data(start_step=s)` resumes exactly and instantly, and any process count sees the
-same global batches. Large TFDS datasets (ImageNet, pets, flowers) stream each process's
-`tfds.even_splits` shard, decoded after shuffling; resuming skips the undecoded records.
+Sources. Every dataset is read by example index (vit_jax/datasets/source.py): TFDS datasets
+from array_record files (vit_jax/datasets/tfds_source.py; small ones decoded into memory),
+image folders file by file (vit_jax/datasets/image_folder.py).
+
+Order and resume. Global position p of the run is example `index_shuffle(p mod N, seed,
+epoch)` (a fresh permutation of the whole split every epoch), and every random augmentation
+is seeded by (config.seed, p). Global batch s is positions [s*B, (s+1)*B); process i reads
+only its slice of it. So `get_data(start_step=s)` resumes exactly, at the cost of a fresh
+start whatever s is, and any process count sees the same global batches.
 
 Eval iterates once over the whole split: the last batch is padded and `mask` marks the real
 examples, so every test example counts exactly once.
@@ -22,7 +24,6 @@ Image folders (vit_jax/datasets/image_folder.py): a file that cannot be decoded 
 train batches carry `weight` (0 for it, else 1; eval sets its `mask` to 0): batches stay a
 fixed function of (seed, step), and the iterator counts (`.skipped`) and logs each one.
 """
-import collections
 import functools
 import os
 
@@ -35,49 +36,13 @@ import tensorflow_datasets as tfds
 from vit_jax import errors
 from vit_jax import paths
 from vit_jax import preprocessing as pp_lib
-from vit_jax.datasets import fashion_mnist_local
 from vit_jax.datasets import image_folder
-from vit_jax.datasets import tfds_download
+from vit_jax.datasets import tfds_source
+from vit_jax.datasets.source import Source
 
-PRESETS = ('cifar10', 'cifar100', 'imagenet2012', 'oxford_iiit_pet', 'oxford_flowers102',
-           'fashion_mnist', 'mnist')
-_MAX_IN_MEMORY_BYTES = 2 << 30
-
-# example_fn(index) -> (uint8 image, label, ok or None); `listing` only for image folders.
-Source = collections.namedtuple('Source', 'example_fn n num_classes listing')
 
 
 # ----------------------------------------------------------------------------------- sources
-def _data_dir(config):
-  return config.tfds_data_dir or os.path.expanduser('~/tensorflow_datasets')
-
-
-def _tfds_builder(config):
-  """The prepared TFDS builder: downloaded and prepared if needed and config.tfds_download
-  (vit_jax/datasets/tfds_download.py), else, or offline, a clear error within seconds."""
-  name = config.dataset
-  if name not in tfds.list_builders(with_community_datasets=False):
-    raise errors.UserInputError(
-        f'config.dataset={name!r} is neither a TFDS dataset nor a folder; use one of '
-        f'{PRESETS} or a folder with train/ and test/ class subfolders.')
-  data_dir = _data_dir(config)
-  builder = tfds.builder(name, data_dir=data_dir)
-  if builder.is_prepared():
-    return builder
-  if name == 'fashion_mnist' and fashion_mnist_local.source_files_present(
-      config.fashion_mnist_dir):
-    return fashion_mnist_local.prepare_fashion_mnist(config.fashion_mnist_dir, data_dir)
-  if config.tfds_manual_dir:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=config.tfds_manual_dir, try_download_gcs=False))
-    return builder
-  if not config.tfds_download:
-    raise tfds_download.not_prepared_error(config, data_dir)
-  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-    raise tfds_download.manual_dir_error(builder, config, data_dir)
-  return tfds_download.download_and_prepare(builder, config, data_dir)
-
-
 def _is_folder(config):
   return bool(config.dataset) and paths.isdir(config.dataset)
 
@@ -93,40 +58,16 @@ def get_dataset_info(config, split):
     listing = image_folder.listing(config.dataset, split)
     return dict(num_examples=len(listing.paths), num_classes=len(listing.classes),
                 image_shape=(None, None, 3), class_names=listing.classes)
-  builder = _tfds_builder(config)
-  label = builder.info.features['label']
-  if builder.info.splits:
-    num_examples = builder.info.splits[split].num_examples
-  else:  # metadata without split sizes (mocked data): count the records
-    num_examples = int(builder.as_dataset(split=split).cardinality())
-  return dict(num_examples=num_examples,
-              num_classes=label.num_classes, image_shape=builder.info.features['image'].shape,
-              class_names=list(label.names))
+  return tfds_source.dataset_info(config, split)
 
 
-@functools.lru_cache(maxsize=4)
-def _load_arrays(dataset, data_dir, split):
-  builder = tfds.builder(dataset, data_dir=data_dir)
-  ds = builder.as_dataset(split=split).map(lambda f: (f['image'], f['label'])).batch(8192)
-  parts = list(tfds.as_numpy(ds))
-  return (np.concatenate([p[0] for p in parts]),
-          np.concatenate([p[1] for p in parts]).astype(np.int64))
-
-
-def _indexed_source(config, split):
-  """A Source of random access by index, or None for datasets that are streamed."""
+def _source(config, split):
+  """The split's examples by index (vit_jax/datasets/source.py)."""
   if _is_folder(config):
     listing = image_folder.listing(config.dataset, split)
     example_fn = image_folder.example_fn(listing, config.pp.skip_undecodable, config.pp.crop)
-    return Source(example_fn, len(listing.paths), len(listing.classes), listing)
-  info = get_dataset_info(config, split)
-  shape = info['image_shape']
-  if None in shape or info['num_examples'] * np.prod(shape) > _MAX_IN_MEMORY_BYTES:
-    return None
-  images, labels = _load_arrays(config.dataset, _data_dir(config), split)
-  images_t, labels_t = tf.constant(images), tf.constant(labels)
-  return Source(lambda index: (images_t[index], labels_t[index], None), len(images),
-                info['num_classes'], None)
+    return Source(example_fn, len(listing.paths), len(listing.classes), listing, None)
+  return tfds_source.source(config, split)
 
 
 # ------------------------------------------------------------------------------ preprocessing
@@ -134,13 +75,20 @@ def _example_seed(config, position):
   return tf.stack([tf.cast(config.seed, tf.int64), tf.cast(position, tf.int64)])
 
 
-def _preprocess(config, image, position, train):
+def _preprocess(config, image, position, train, channels=None):
+  """A uint8 image, or encoded bytes to decode with `channels` (see datasets/source.py),
+  -> float32 [crop, crop, pp.channels] in [-1, 1]."""
   pp = config.pp
+  seed = _example_seed(config, position)
+  crop_now = train and pp.inception_crop
+  if channels is not None and crop_now:
+    image, crop_now = pp_lib.decode_inception_crop(image, channels, seed), False
+  elif channels is not None:
+    image = pp_lib.decode(image, channels)
   image = pp_lib.ensure_channels(image, pp.channels)
   image = tf.cast(image, tf.float32)
   if train:
-    seed = _example_seed(config, position)
-    if pp.inception_crop:
+    if crop_now:
       image = pp_lib.inception_crop(image, seed)
     image = pp_lib.resize(image, pp.crop)
     if pp.pad_crop:
@@ -197,32 +145,13 @@ def _indexed_train(config, source, start_step, process_index, process_count):
   def example(i):
     position = position_of(i)
     image, label, ok = example_fn(_shuffled_index(config.seed, position, n))
-    return _zero_if_skipped({'image': _preprocess(config, image, position, train=True),
+    return _zero_if_skipped({'image': _preprocess(config, image, position, train=True,
+                                                   channels=source.channels),
                              'label': tf.one_hot(label, num_classes), 'position': position},
                             ok)
 
   ds = tf.data.Dataset.range(2**62).map(example, num_parallel_calls=tf.data.AUTOTUNE,
                                          deterministic=True)
-  return ds.batch(local, drop_remainder=True)
-
-
-def _streamed_train(config, start_step, process_index, process_count):
-  builder = _tfds_builder(config)
-  local, _ = _process_slice(config.batch, process_index, process_count, 'config.batch')
-  split = tfds.even_splits(config.pp.train, n=process_count)[process_index]
-  num_classes = builder.info.features['label'].num_classes
-  ds = builder.as_dataset(split=split, shuffle_files=True,
-                          read_config=tfds.ReadConfig(shuffle_seed=config.seed),
-                          decoders={'image': tfds.decode.SkipDecoding()})
-  ds = ds.repeat().shuffle(config.shuffle_buffer, seed=config.seed)
-  ds = ds.enumerate().skip(start_step * local)  # undecoded records only
-
-  def example(position, features):
-    position = position * process_count + process_index
-    image = builder.info.features['image'].decode_example(features['image'])
-    return {'image': _preprocess(config, image, position, train=True),
-            'label': tf.one_hot(features['label'], num_classes), 'position': position}
-  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(local, drop_remainder=True)
 
 
@@ -237,37 +166,20 @@ def _finish_train_batch(config, batch):
 def _eval_dataset(config, source, process_index, process_count):
   batch = config.batch_eval
   local, offset = _process_slice(batch, process_index, process_count, 'config.batch_eval')
-  split = config.pp.test
-  if source is not None:
-    example_fn, n, num_classes = source.example_fn, source.n, source.num_classes
-    num_batches = -(-n // batch)
-    positions = np.concatenate([np.arange(s * batch + offset, s * batch + offset + local)
-                                for s in range(num_batches)])
-    ds = tf.data.Dataset.from_tensor_slices(positions)
+  example_fn, n, num_classes = source.example_fn, source.n, source.num_classes
+  num_batches = -(-n // batch)
+  positions = np.concatenate([np.arange(s * batch + offset, s * batch + offset + local)
+                              for s in range(num_batches)])
+  ds = tf.data.Dataset.from_tensor_slices(positions)
 
-    def example(position):
-      image, label, ok = example_fn(tf.minimum(position, n - 1))
-      real = position < n if ok is None else tf.logical_and(position < n, ok)
-      return {'image': _preprocess(config, image, position, train=False) *
-                       tf.cast(real, tf.float32),
-              'label': tf.one_hot(label, num_classes) * tf.cast(real, tf.float32),
-              'mask': tf.cast(real, tf.float32)}
-    return ds.map(example, num_parallel_calls=tf.data.AUTOTUNE).batch(local)
-  builder = _tfds_builder(config)
-  num_classes = builder.info.features['label'].num_classes
-  splits = tfds.even_splits(split, n=process_count)
-  sizes = [builder.info.splits[s].num_examples for s in splits]
-  num_batches = -(-max(sizes) // local)
-  ds = builder.as_dataset(split=splits[process_index], shuffle_files=False)
-  ds = ds.map(lambda f: {'image': _preprocess(config, f['image'], 0, train=False),
-                         'label': tf.one_hot(f['label'], num_classes),
-                         'mask': tf.constant(1.)}, num_parallel_calls=tf.data.AUTOTUNE)
-  pad = num_batches * local - sizes[process_index]
-  crop, channels = config.pp.crop, config.pp.channels
-  padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros([crop, crop, channels]), 'label': tf.zeros([num_classes]),
-      'mask': tf.constant(0.)}).repeat(pad)
-  return ds.concatenate(padding).batch(local)
+  def example(position):
+    image, label, ok = example_fn(tf.minimum(position, n - 1))
+    real = position < n if ok is None else tf.logical_and(position < n, ok)
+    image = _preprocess(config, image, position, train=False, channels=source.channels)
+    return {'image': image * tf.cast(real, tf.float32),
+            'label': tf.one_hot(label, num_classes) * tf.cast(real, tf.float32),
+            'mask': tf.cast(real, tf.float32)}
+  return ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(local)
 
 
 # ------------------------------------------------------------------------ image-folder errors
@@ -341,14 +253,11 @@ def get_data(config, mode, *, start_step=0, process_index=None, process_count=No
   batch_field = 'config.batch' if mode == 'train' else 'config.batch_eval'
   _process_slice(config.batch if mode == 'train' else config.batch_eval, process_index,
                  process_count, batch_field)
-  source = _indexed_source(config, _split_name(config, mode))
+  source = _source(config, _split_name(config, mode))
   if mode == 'eval':
     ds = _eval_dataset(config, source, process_index, process_count)
   else:
-    if source is not None:
-      ds = _indexed_train(config, source, start_step, process_index, process_count)
-    else:
-      ds = _streamed_train(config, start_step, process_index, process_count)
+    ds = _indexed_train(config, source, start_step, process_index, process_count)
     ds = ds.map(functools.partial(_finish_train_batch, config),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   options = tf.data.Options()
@@ -362,7 +271,7 @@ def get_data(config, mode, *, start_step=0, process_index=None, process_count=No
   logging.info('Input pipeline %s: %s, start_step=%d, process %d/%d', mode, config.dataset,
                start_step, process_index, process_count)
   batches = iter(tfds.as_numpy(ds))
-  if source is None or source.listing is None:
+  if source.listing is None:
     return batches
   return _FolderBatches(config, mode, source, batches, start_step, process_index,
                         process_count)

@@ -20,14 +20,42 @@ def ensure_channels(image, channels):
   return image
 
 
-def inception_crop(image, seed, area_range=(0.05, 1.0)):
-  """Random crop of 5-100 % of the area, aspect ratio 3/4 to 4/3 (as the original)."""
+def _inception_box(shape, seed, area_range):
+  """(begin, size) of a random crop of 5-100 % of the area, aspect ratio 3/4 to 4/3."""
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seed, area_range=area_range,
+      shape, tf.zeros([0, 0, 4], tf.float32), seed=seed, area_range=area_range,
       aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0,
       use_image_if_no_bounding_boxes=True)
+  return begin, size
+
+
+def inception_crop(image, seed, area_range=(0.05, 1.0)):
+  """Random crop of 5-100 % of the area, aspect ratio 3/4 to 4/3 (as the original)."""
+  begin, size = _inception_box(tf.shape(image), seed, area_range)
   channels = image.shape[-1]
   image = tf.slice(image, begin, size)
+  image.set_shape([None, None, channels])
+  return image
+
+
+def decode(data, channels):
+  """Encoded JPEG/PNG/GIF/BMP bytes -> uint8 [h, w, channels]."""
+  return tf.io.decode_image(data, channels=channels, expand_animations=False)
+
+
+def decode_inception_crop(data, channels, seed, area_range=(0.05, 1.0)):
+  """`inception_crop(decode(data, channels), seed)`, but a JPEG decodes only the crop window
+  (read from its header): the same pixels for a fraction of the decode time."""
+  def jpeg_window():
+    shape = tf.io.extract_jpeg_shape(data)
+    shape = tf.concat([shape[:2], [channels]], 0)
+    begin, size = _inception_box(shape, seed, area_range)
+    window = tf.stack([begin[0], begin[1], size[0], size[1]])
+    return tf.io.decode_and_crop_jpeg(data, window, channels=channels)
+
+  def other():
+    return inception_crop(decode(data, channels), seed, area_range)
+  image = tf.cond(tf.io.is_jpeg(data), jpeg_window, other)
   image.set_shape([None, None, channels])
   return image
 

@@ -35,7 +35,6 @@ def get_config():
   config.pp.skip_undecodable = False
   config.batch = 512
   config.batch_eval = 512
-  config.shuffle_buffer = 50_000
   config.prefetch = 2
   # 'classification' (labels, cross-entropy) or 'mae' (masked-autoencoder pre-training, with
   # the fields of config.mae: configs/mae.py); see vit_jax/objectives.py.

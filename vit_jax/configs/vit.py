@@ -72,7 +72,6 @@ def from_scratch_recipe(config):
   config.batch_eval = 1000
   config.base_lr = 2e-3
   config.warmup_steps = 200
-  config.shuffle_buffer = 0
   config.eval_every = 500
   config.checkpoint_every = 500
 

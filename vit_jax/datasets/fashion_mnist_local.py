@@ -1,7 +1,8 @@
 """Prepares TFDS `fashion_mnist` from local idx files (Debian's `dataset-fashion-mnist`).
 
 The result is the ordinary TFDS dataset (same name, version, features and splits as
-`tfds.builder('fashion_mnist')`), written to `data_dir` without any network access.
+`tfds.builder('fashion_mnist')`), written to `data_dir` in the array_record format without any
+network access.
 """
 import gzip
 import os
@@ -59,7 +60,8 @@ def prepare_fashion_mnist(source_dir, data_dir):
         "files; on Debian: `apt-get install dataset-fashion-mnist`, or point "
         'config.fashion_mnist_dir at a folder with them.')
   logging.info('Preparing fashion_mnist in %s from %s (offline)', data_dir, source_dir)
-  builder = LocalFashionMNIST(source_dir=source_dir, data_dir=data_dir)
+  builder = LocalFashionMNIST(source_dir=source_dir, data_dir=data_dir,
+                              file_format='array_record')
   try:
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))

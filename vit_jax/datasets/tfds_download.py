@@ -70,7 +70,8 @@ def download_and_prepare(builder, config, data_dir):
 def _prepare_elsewhere(config, data_dir):
   return ('prepare it on a machine with network access, `python -c "import '
           f"tensorflow_datasets as tfds; tfds.builder({config.dataset!r}, "
-          'data_dir=\'/tmp/tfds\').download_and_prepare()"`, and copy the folder '
+          "data_dir='/tmp/tfds', file_format='array_record').download_and_prepare()\"`, and "
+          'copy the folder '
           f'/tmp/tfds/{config.dataset} into config.tfds_data_dir ({data_dir!r})')
 
 

@@ -1,0 +1,156 @@
+"""TFDS datasets read by index from array_record files.
+
+Every TFDS dataset vit_jax prepares (download, manual dir, offline Fashion-MNIST) is written
+in TFDS's `array_record` format, which `builder.as_data_source` reads by record index: the
+input pipeline asks for example `i` of the split and gets it, at the same cost for any `i`.
+Small datasets of fixed image shape (MNIST, Fashion-MNIST, CIFAR: under 2 GiB decoded) are
+decoded once into memory; the others (ImageNet, pets, flowers) stay on disk and are read,
+one record per example, as encoded bytes that preprocessing decodes (a random crop decodes
+only its window).
+
+A dataset prepared by older code in the tfrecord format cannot be read by index: it is a
+clear error naming the folder and the one command
+(`python -m vit_jax.datasets.to_array_record <folder>`) that adds array_record files next to
+the tfrecord ones.
+"""
+import functools
+import os
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from vit_jax import errors
+from vit_jax.datasets import fashion_mnist_local
+from vit_jax.datasets import source as source_lib
+from vit_jax.datasets import tfds_download
+
+FILE_FORMAT = 'array_record'
+MAX_IN_MEMORY_BYTES = 2 << 30
+_RAW = tfds.decode.DeserializeMethod.RAW_BYTES
+
+
+def data_dir(config):
+  return config.tfds_data_dir or os.path.expanduser('~/tensorflow_datasets')
+
+
+def builder(config):
+  """The prepared TFDS builder: downloaded and prepared (as array_record) if needed and
+  config.tfds_download (vit_jax/datasets/tfds_download.py), else, or offline, a clear error
+  within seconds."""
+  name = config.dataset
+  if name.split('/')[0].split(':')[0] not in tfds.list_builders(with_community_datasets=False):
+    raise errors.UserInputError(
+        f'config.dataset={name!r} is neither a TFDS dataset nor a folder; use a TFDS name '
+        '(cifar10, imagenet2012, fashion_mnist, ...) or a folder with train/ and test/ class '
+        'subfolders.')
+  root = data_dir(config)
+  found = tfds.builder(name, data_dir=root)
+  if found.is_prepared():  # in whatever format; _check_random_access checks it
+    return found
+  found = tfds.builder(name, data_dir=root, file_format=FILE_FORMAT)
+  if name == 'fashion_mnist' and fashion_mnist_local.source_files_present(
+      config.fashion_mnist_dir):
+    return fashion_mnist_local.prepare_fashion_mnist(config.fashion_mnist_dir, root)
+  if config.tfds_manual_dir:
+    found.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=config.tfds_manual_dir, try_download_gcs=False))
+    return found
+  if not config.tfds_download:
+    raise tfds_download.not_prepared_error(config, root)
+  if found.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    raise tfds_download.manual_dir_error(found, config, root)
+  return tfds_download.download_and_prepare(found, config, root)
+
+
+def dataset_info(config, split):
+  """{'num_examples', 'num_classes', 'image_shape', 'class_names'} of a TFDS split spec."""
+  found, records = _records(config, split)
+  label = found.info.features['label']
+  return dict(num_examples=len(records), num_classes=label.num_classes,
+              image_shape=found.info.features['image'].shape, class_names=list(label.names))
+
+
+def _check_random_access(config, found):
+  formats = found.info.available_file_formats()
+  if tfds.core.file_adapters.FileFormat.ARRAY_RECORD in formats:
+    return
+  have = ', '.join(sorted(f.value for f in formats)) or 'none'
+  raise errors.UserInputError(
+      f'config.dataset={config.dataset!r} in {found.data_dir} is prepared as {have}, which '
+      'cannot be read by index: vit_jax reads TFDS datasets from array_record files (random '
+      'access, so a resumed run starts at once). Convert it once, in place (array_record '
+      'files are written next to the existing ones, same records in the same order): '
+      f'`python -m vit_jax.datasets.to_array_record {found.data_dir}`, or delete the folder '
+      'to have it prepared again.')
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_records(name, root, split):
+  found = tfds.builder(name, data_dir=root)
+  return found, found.as_data_source(split=split, deserialize_method=_RAW)
+
+
+def _records(config, split):
+  """(builder, serialized tf.Example records of the split, readable by index)."""
+  found = builder(config)
+  _check_random_access(config, found)
+  return _cached_records(config.dataset, data_dir(config), split)
+
+
+def _channels(found):
+  shape = found.info.features['image'].shape
+  return shape[-1] or 3
+
+
+def _encoded_example_fn(found, records):
+  """index -> (encoded image bytes, label): a record read by index, then parsed in-graph."""
+  features = found.info.features
+
+  def read(index):
+    return records[int(index)]
+
+  def example_fn(index):
+    serialized = tf.numpy_function(read, [index], tf.string, stateful=False)
+    serialized.set_shape([])
+    parsed = features.deserialize_example(
+        serialized, decoders={'image': tfds.decode.SkipDecoding()})
+    return parsed['image'], parsed['label']
+  return example_fn
+
+
+def _decoded_in_memory(example_fn, n, channels):
+  """Every image of a small split decoded once: ([n, h, w, c] uint8, [n] int64)."""
+  def decoded(index):
+    data, label = example_fn(index)
+    return tf.io.decode_image(data, channels=channels, expand_animations=False), label
+  ds = tf.data.Dataset.range(n).map(decoded, num_parallel_calls=tf.data.AUTOTUNE,
+                                    deterministic=True).batch(8192)
+  parts = list(ds.as_numpy_iterator())
+  return (np.concatenate([p[0] for p in parts]),
+          np.concatenate([p[1] for p in parts]).astype(np.int64))
+
+
+@functools.lru_cache(maxsize=4)
+def _in_memory(name, root, split):
+  found, records = _cached_records(name, root, split)
+  return _decoded_in_memory(_encoded_example_fn(found, records), len(records), _channels(found))
+
+
+def source(config, split):
+  """The split as a `Source` (vit_jax/datasets/source.py)."""
+  found, records = _records(config, split)
+  n, channels = len(records), _channels(found)
+  num_classes = found.info.features['label'].num_classes
+  shape = found.info.features['image'].shape
+  if None not in shape and n * np.prod(shape) <= MAX_IN_MEMORY_BYTES:
+    images, labels = _in_memory(config.dataset, data_dir(config), split)
+    images_t, labels_t = tf.constant(images), tf.constant(labels)
+    return source_lib.Source(lambda index: (images_t[index], labels_t[index], None), n,
+                             num_classes, None, None)
+  example_fn = _encoded_example_fn(found, records)
+
+  def encoded(index):
+    data, label = example_fn(index)
+    return data, label, None
+  return source_lib.Source(encoded, n, num_classes, None, channels)
