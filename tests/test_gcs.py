@@ -17,6 +17,7 @@ import urllib.parse
 import urllib.request
 
 import jax
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -26,6 +27,7 @@ from vit_jax.configs import models as model_configs
 from vit_jax.configs import pit as pit_configs
 from vit_jax import checkpoint
 from vit_jax import inference
+from vit_jax import input_pipeline
 from vit_jax import labels
 from vit_jax import metrics
 from vit_jax import state_checkpoint
@@ -69,7 +71,8 @@ def gcs(tmp_path_factory):
       assert proc.poll() is None and time.time() < deadline, 'emulator did not start'
       time.sleep(0.2)
   env = {'STORAGE_EMULATOR_HOST': url, 'TENSORSTORE_GCS_HTTP_URL': url,
-         'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'emulator'}
+         'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'emulator',
+         'CLOUD_STORAGE_EMULATOR_ENDPOINT': url}  # array_record's own GCS reader
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
   yield url
@@ -119,6 +122,26 @@ def test_inference_reads_checkpoint_labels_and_image_from_the_bucket(gcs, tmp_pa
   probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
   assert [n for n, _ in top] == [names[i] for i in np.argsort(-probs)]
   np.testing.assert_allclose([p for _, p in top], np.sort(probs)[::-1], rtol=1e-5)
+
+
+def test_tfds_dataset_in_the_bucket_is_read_by_index(gcs, jpeg_data_dir):
+  local = os.path.join(jpeg_data_dir, 'generated_jpegs', 'tiny', '1.0.0')
+  for name in os.listdir(local):
+    with open(os.path.join(local, name), 'rb') as f:
+      _upload(gcs, f'tfds/generated_jpegs/tiny/1.0.0/{name}', f.read())
+  batches = {}
+  for where, data_dir in (('local', jpeg_data_dir), ('bucket', f'gs://{BUCKET}/tfds')):
+    config = ml_collections.ConfigDict(dict(
+        dataset='generated_jpegs/tiny', tfds_data_dir=data_dir, tfds_manual_dir=None,
+        tfds_download=False, fashion_mnist_dir='', batch=8, batch_eval=8, seed=0, prefetch=1,
+        pp=dict(train='train', test='test', crop=16, resize=0, inception_crop=True,
+                pad_crop=0, flip=True, mixup=0.0, randaugment=dict(num_layers=1, magnitude=9),
+                channels=3, skip_undecodable=False)))
+    batches[where] = [next(input_pipeline.get_data(config, 'train', start_step=3)),
+                      list(input_pipeline.get_data(config, 'eval'))[-1]]
+  for local_batch, bucket_batch in zip(batches['local'], batches['bucket']):
+    for key in local_batch:
+      np.testing.assert_array_equal(local_batch[key], bucket_batch[key])
 
 
 def _command(workdir, data_dir, pretrained, *extra):

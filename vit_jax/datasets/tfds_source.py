@@ -103,9 +103,20 @@ def _channels(found):
   return shape[-1] or 3
 
 
-def _encoded_example_fn(found, records):
-  """index -> (encoded image bytes, label): a record read by index, then parsed in-graph."""
+def _parser(found):
+  """serialized tf.Example -> (encoded image bytes, label), in-graph."""
   features = found.info.features
+
+  def parse(serialized):
+    parsed = features.deserialize_example(
+        serialized, decoders={'image': tfds.decode.SkipDecoding()})
+    return parsed['image'], parsed['label']
+  return parse
+
+
+def _encoded_example_fn(found, records):
+  """index -> (encoded image bytes, label): one record read by index, parsed in-graph."""
+  parse = _parser(found)
 
   def read(index):
     return records[int(index)]
@@ -113,28 +124,29 @@ def _encoded_example_fn(found, records):
   def example_fn(index):
     serialized = tf.numpy_function(read, [index], tf.string, stateful=False)
     serialized.set_shape([])
-    parsed = features.deserialize_example(
-        serialized, decoders={'image': tfds.decode.SkipDecoding()})
-    return parsed['image'], parsed['label']
+    return parse(serialized)
   return example_fn
 
 
-def _decoded_in_memory(example_fn, n, channels):
-  """Every image of a small split decoded once: ([n, h, w, c] uint8, [n] int64)."""
-  def decoded(index):
-    data, label = example_fn(index)
-    return tf.io.decode_image(data, channels=channels, expand_animations=False), label
-  ds = tf.data.Dataset.range(n).map(decoded, num_parallel_calls=tf.data.AUTOTUNE,
-                                    deterministic=True).batch(8192)
-  parts = list(ds.as_numpy_iterator())
-  return (np.concatenate([p[0] for p in parts]),
-          np.concatenate([p[1] for p in parts]).astype(np.int64))
-
-
 @functools.lru_cache(maxsize=4)
-def _in_memory(name, root, split):
+def _in_memory(name, root, split, chunk=8192):
+  """Every image of a small split decoded once: ([n, h, w, c] uint8, [n] int64). Records are
+  read in chunks by one call each (a call per record took 17 s for Fashion-MNIST's 60,000)."""
   found, records = _cached_records(name, root, split)
-  return _decoded_in_memory(_encoded_example_fn(found, records), len(records), _channels(found))
+  parse, channels = _parser(found), _channels(found)
+
+  def decoded(serialized):
+    data, label = parse(serialized)
+    return tf.io.decode_image(data, channels=channels, expand_animations=False), label
+  images, labels = [], []
+  for start in range(0, len(records), chunk):
+    serialized = records.__getitems__(list(range(start, min(start + chunk, len(records)))))
+    ds = tf.data.Dataset.from_tensor_slices(serialized).map(
+        decoded, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(chunk)
+    for image, label in ds.as_numpy_iterator():
+      images.append(image)
+      labels.append(label)
+  return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
 
 def source(config, split):
