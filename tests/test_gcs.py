@@ -17,7 +17,6 @@ import urllib.parse
 import urllib.request
 
 import jax
-import ml_collections
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
@@ -34,6 +33,8 @@ from vit_jax import state_checkpoint
 from vit_jax import tensorboard_events
 from vit_jax import train
 from vit_jax.models import VisionTransformer
+
+from pipeline_configs import pipeline_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = 'vit-jax-test'
@@ -131,12 +132,10 @@ def test_tfds_dataset_in_the_bucket_is_read_by_index(gcs, jpeg_data_dir):
       _upload(gcs, f'tfds/generated_jpegs/tiny/1.0.0/{name}', f.read())
   batches = {}
   for where, data_dir in (('local', jpeg_data_dir), ('bucket', f'gs://{BUCKET}/tfds')):
-    config = ml_collections.ConfigDict(dict(
-        dataset='generated_jpegs/tiny', tfds_data_dir=data_dir, tfds_manual_dir=None,
-        tfds_download=False, fashion_mnist_dir='', batch=8, batch_eval=8, seed=0, prefetch=1,
-        pp=dict(train='train', test='test', crop=16, resize=0, inception_crop=True,
-                pad_crop=0, flip=True, mixup=0.0, randaugment=dict(num_layers=1, magnitude=9),
-                channels=3, skip_undecodable=False)))
+    config = pipeline_config(**{
+        'dataset': 'generated_jpegs/tiny', 'tfds_data_dir': data_dir, 'batch': 8,
+        'batch_eval': 8, 'pp.crop': 16, 'pp.inception_crop': True,
+        'pp.randaugment.num_layers': 1, 'pp.randaugment.magnitude': 9})
     batches[where] = [next(input_pipeline.get_data(config, 'train', start_step=3)),
                       list(input_pipeline.get_data(config, 'eval'))[-1]]
   for local_batch, bucket_batch in zip(batches['local'], batches['bucket']):

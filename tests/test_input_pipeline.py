@@ -1,8 +1,8 @@
-"""Input pipeline: real offline Fashion-MNIST, mocked TFDS, folders, order, resume, eval."""
+"""Input pipeline: real offline Fashion-MNIST, folders, order, resume, eval (TFDS JPEGs from
+array_record: test_tfds_source.py)."""
 import gzip
 import os
 import time
-from unittest import mock
 
 import ml_collections
 import numpy as np
@@ -14,18 +14,12 @@ from vit_jax import errors
 from vit_jax import input_pipeline
 from vit_jax import preprocessing
 
-FMNIST = '/usr/share/datasets/fashion-mnist'
+from pipeline_configs import FASHION_MNIST_DIR, pipeline_config
+
+FMNIST = FASHION_MNIST_DIR
 
 
-def _config(**overrides):
-  config = ml_collections.ConfigDict(dict(
-      dataset='fashion_mnist', tfds_data_dir=None, tfds_manual_dir=None, tfds_download=True,
-      fashion_mnist_dir=FMNIST, batch=32, batch_eval=64, seed=0, prefetch=1,
-      pp=dict(train='train', test='test', crop=14, resize=0, inception_crop=False, pad_crop=0,
-              flip=True, mixup=0.0, randaugment=dict(num_layers=0, magnitude=0), channels=3,
-              skip_undecodable=False)))
-  config.update_from_flattened_dict(overrides)
-  return config
+_config = pipeline_config
 
 
 def _idx(name, header):
@@ -80,21 +74,6 @@ def test_eval_counts_every_example_once_across_processes(fashion_mnist_data_dir)
   assert total == 10_000
   labels = sum(b['label'].sum(0) for batches in per_process for b in batches)
   np.testing.assert_array_equal(labels, [1000] * 10)
-
-
-def test_mocked_tfds_preset_with_all_augmentations(tmp_path):
-  config = _config(dataset='cifar10', tfds_data_dir=str(tmp_path), batch=8, batch_eval=8,
-                   **{'pp.crop': 16, 'pp.inception_crop': True, 'pp.mixup': 0.2,
-                      'pp.randaugment.num_layers': 2, 'pp.randaugment.magnitude': 9,
-                      'pp.resize': 20})
-  with tfds.testing.mock_data(num_examples=20), mock.patch.object(
-      tfds.core.DatasetBuilder, 'is_prepared', return_value=True):
-    batch = next(input_pipeline.get_data(config, 'train'))
-    assert batch['image'].shape == (8, 16, 16, 3)
-    np.testing.assert_allclose(batch['label'].sum(1), 1., atol=1e-6)  # mixup keeps sums
-    assert np.abs(batch['image']).max() <= 1.0 + 1e-6
-    masks = [b['mask'] for b in input_pipeline.get_data(config, 'eval')]
-    assert sum(m.sum() for m in masks) == 20 and len(masks) == 3
 
 
 def test_image_folder(tmp_path):

@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
@@ -17,18 +16,17 @@ from vit_jax import input_pipeline
 from vit_jax import preprocessing
 from vit_jax.datasets import generated_jpegs
 
+from pipeline_configs import pipeline_config
+
 TINY = 'generated_jpegs/tiny'
 
 
 def _config(data_dir, **overrides):
-  config = ml_collections.ConfigDict(dict(
-      dataset=TINY, tfds_data_dir=data_dir, tfds_manual_dir=None, tfds_download=False,
-      fashion_mnist_dir='', batch=8, batch_eval=8, seed=0, prefetch=1,
-      pp=dict(train='train', test='test', crop=16, resize=20, inception_crop=True, pad_crop=0,
-              flip=True, mixup=0.0, randaugment=dict(num_layers=2, magnitude=9), channels=3,
-              skip_undecodable=False)))
-  config.update_from_flattened_dict(overrides)
-  return config
+  """generated_jpegs/tiny at 16x16 with every train augmentation but mixup."""
+  return pipeline_config(**{
+      'dataset': TINY, 'tfds_data_dir': data_dir, 'tfds_download': False, 'batch': 8,
+      'batch_eval': 8, 'pp.crop': 16, 'pp.resize': 20, 'pp.inception_crop': True,
+      'pp.randaugment.num_layers': 2, 'pp.randaugment.magnitude': 9, **overrides})
 
 
 def _take(iterator, count):

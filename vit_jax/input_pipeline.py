@@ -41,7 +41,6 @@ from vit_jax.datasets import tfds_source
 from vit_jax.datasets.source import Source
 
 
-
 # ----------------------------------------------------------------------------------- sources
 def _is_folder(config):
   return bool(config.dataset) and paths.isdir(config.dataset)

@@ -130,22 +130,27 @@ def _encoded_example_fn(found, records):
 
 @functools.lru_cache(maxsize=4)
 def _in_memory(name, root, split, chunk=8192):
-  """Every image of a small split decoded once: ([n, h, w, c] uint8, [n] int64). Records are
-  read in chunks by one call each (a call per record took 17 s for Fashion-MNIST's 60,000)."""
+  """Every image of a small split of fixed shape decoded once: ([n, h, w, c] uint8, [n]
+  int64). Records are read, parsed and decoded a chunk at a time: per record, the same took
+  16.7 s for Fashion-MNIST's 60,000 train images, per chunk 2 s."""
   found, records = _cached_records(name, root, split)
-  parse, channels = _parser(found), _channels(found)
+  shape = found.info.features['image'].shape
+  keys = {'image': tf.io.FixedLenFeature([], tf.string),
+          'label': tf.io.FixedLenFeature([], tf.int64)}
+  decode = lambda data: tf.io.decode_image(data, channels=shape[-1], expand_animations=False)
 
+  @tf.function
   def decoded(serialized):
-    data, label = parse(serialized)
-    return tf.io.decode_image(data, channels=channels, expand_animations=False), label
+    parsed = tf.io.parse_example(serialized, keys)
+    images = tf.map_fn(decode, parsed['image'], parallel_iterations=16,
+                       fn_output_signature=tf.TensorSpec(shape, tf.uint8))
+    return images, parsed['label']
   images, labels = [], []
   for start in range(0, len(records), chunk):
     serialized = records.__getitems__(list(range(start, min(start + chunk, len(records)))))
-    ds = tf.data.Dataset.from_tensor_slices(serialized).map(
-        decoded, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(chunk)
-    for image, label in ds.as_numpy_iterator():
-      images.append(image)
-      labels.append(label)
+    image, label = decoded(tf.constant(serialized))
+    images.append(image.numpy())
+    labels.append(label.numpy())
   return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
 
