@@ -15,6 +15,7 @@ from vit_jax import errors
 from vit_jax import input_pipeline
 from vit_jax import preprocessing
 from vit_jax.datasets import generated_jpegs
+from vit_jax.datasets import tfds_source
 
 from pipeline_configs import pipeline_config
 
@@ -88,7 +89,24 @@ def test_jpeg_window_decode_equals_decode_then_crop():
         assert differ.mean() < 0.01 and not differ[:, 1:-1].any()
 
 
-def test_tfrecord_dataset_is_a_clear_error_and_its_command_converts_it(jpeg_data_dir, tmp_path):
+def _same_batches(config, jpeg_data_dir):
+  converted = next(input_pipeline.get_data(config, 'train', start_step=3))
+  prepared = next(input_pipeline.get_data(_config(jpeg_data_dir), 'train', start_step=3))
+  for key in prepared:
+    np.testing.assert_array_equal(converted[key], prepared[key])
+
+
+def test_small_tfrecord_dataset_is_converted_in_place(jpeg_data_dir, tmp_path):
+  generated_jpegs.prepare('tiny', str(tmp_path), file_format='tfrecord')
+  _same_batches(_config(str(tmp_path)), jpeg_data_dir)
+  files = os.listdir(tmp_path / 'generated_jpegs' / 'tiny' / '1.0.0')
+  assert 'generated_jpegs-train.array_record-00000-of-00001' in files
+  assert 'generated_jpegs-train.tfrecord-00000-of-00001' in files  # left in place
+
+
+def test_large_tfrecord_dataset_is_a_clear_error_and_its_command_converts_it(
+    jpeg_data_dir, tmp_path, monkeypatch):
+  monkeypatch.setattr(tfds_source, 'AUTO_CONVERT_BYTES', 0)  # as if it were ImageNet
   generated_jpegs.prepare('tiny', str(tmp_path), file_format='tfrecord')
   config = _config(str(tmp_path))
   with pytest.raises(errors.UserInputError) as error:
@@ -99,7 +117,4 @@ def test_tfrecord_dataset_is_a_clear_error_and_its_command_converts_it(jpeg_data
   command = re.search(r'`(python -m vit_jax\.datasets\.to_array_record [^`]*)`', message)
   subprocess.run([sys.executable] + command.group(1).split()[1:], check=True,
                  capture_output=True, timeout=300)
-  converted = next(input_pipeline.get_data(config, 'train', start_step=3))
-  prepared = next(input_pipeline.get_data(_config(jpeg_data_dir), 'train', start_step=3))
-  for key in prepared:
-    np.testing.assert_array_equal(converted[key], prepared[key])
+  _same_batches(config, jpeg_data_dir)

@@ -8,25 +8,30 @@ decoded once into memory; the others (ImageNet, pets, flowers) stay on disk and 
 one record per example, as encoded bytes that preprocessing decodes (a random crop decodes
 only its window).
 
-A dataset prepared by older code in the tfrecord format cannot be read by index: it is a
-clear error naming the folder and the one command
-(`python -m vit_jax.datasets.to_array_record <folder>`) that adds array_record files next to
-the tfrecord ones.
+A dataset prepared by older code in the tfrecord format cannot be read by index. Small ones
+(up to 1 GiB: MNIST, Fashion-MNIST, CIFAR) get array_record files added beside the tfrecord
+ones when first read, in seconds; larger ones are a clear error naming the folder and the one
+command (`python -m vit_jax.datasets.to_array_record <folder>`) that does the same.
 """
 import functools
 import os
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vit_jax import errors
+from vit_jax import paths
 from vit_jax.datasets import fashion_mnist_local
 from vit_jax.datasets import source as source_lib
 from vit_jax.datasets import tfds_download
+from vit_jax.datasets import to_array_record
 
 FILE_FORMAT = 'array_record'
 MAX_IN_MEMORY_BYTES = 2 << 30
+# Datasets prepared as tfrecord up to this size are converted in place when first read.
+AUTO_CONVERT_BYTES = 1 << 30
 _RAW = tfds.decode.DeserializeMethod.RAW_BYTES
 
 
@@ -46,7 +51,7 @@ def builder(config):
         'subfolders.')
   root = data_dir(config)
   found = tfds.builder(name, data_dir=root)
-  if found.is_prepared():  # in whatever format; _check_random_access checks it
+  if found.is_prepared():  # in whatever format; _ensure_random_access checks it
     return found
   found = tfds.builder(name, data_dir=root, file_format=FILE_FORMAT)
   if name == 'fashion_mnist' and fashion_mnist_local.source_files_present(
@@ -71,11 +76,20 @@ def dataset_info(config, split):
               image_shape=found.info.features['image'].shape, class_names=list(label.names))
 
 
-def _check_random_access(config, found):
+def _ensure_random_access(config, found):
+  """A dataset prepared as tfrecord: converted in place if small (MNIST, CIFAR: seconds),
+  else a clear error with the command that converts it."""
   formats = found.info.available_file_formats()
   if tfds.core.file_adapters.FileFormat.ARRAY_RECORD in formats:
     return
   have = ', '.join(sorted(f.value for f in formats)) or 'none'
+  size = sum(split.num_bytes for split in found.info.splits.values())
+  if size <= AUTO_CONVERT_BYTES and not paths.is_remote(found.data_dir):
+    logging.warning('%s in %s is prepared as %s; adding array_record files beside it (%.0f MB, '
+                    'once) so that it can be read by index.', config.dataset, found.data_dir,
+                    have, size / 1e6)
+    to_array_record.convert(found.data_dir)
+    return
   raise errors.UserInputError(
       f'config.dataset={config.dataset!r} in {found.data_dir} is prepared as {have}, which '
       'cannot be read by index: vit_jax reads TFDS datasets from array_record files (random '
@@ -94,7 +108,7 @@ def _cached_records(name, root, split):
 def _records(config, split):
   """(builder, serialized tf.Example records of the split, readable by index)."""
   found = builder(config)
-  _check_random_access(config, found)
+  _ensure_random_access(config, found)
   return _cached_records(config.dataset, data_dir(config), split)
 
 
