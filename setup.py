@@ -50,5 +50,7 @@ setuptools.setup(
     package_data={'vit_jax': ['data/*.tsv']},
     install_requires=INSTALL_REQUIRES,
     extras_require={'test': TEST_REQUIRES, 'notebooks': ['matplotlib>=3.8'],
+                    # bench/input_pipeline.py compares the input pipeline with grain's
+                    'bench': ['grain>=0.2.18,<0.3'],
                     **ACCELERATOR_EXTRAS},
 )
