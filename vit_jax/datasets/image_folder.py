@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from vit_jax import errors
 from vit_jax import paths
+from vit_jax import preprocessing
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 _LAYOUT = 'lay it out as <dataset>/{train,test}/<class>/*.jpg|png'
@@ -73,7 +74,7 @@ def check_splits(root, train_split, test_split):
 
 
 def _decode(data):
-  return tf.io.decode_image(data, channels=3, expand_animations=False)
+  return preprocessing.decode(data, 3)
 
 
 def example_fn(listing_, skip_undecodable, crop):

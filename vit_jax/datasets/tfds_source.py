@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 
 from vit_jax import errors
 from vit_jax import paths
+from vit_jax import preprocessing
 from vit_jax.datasets import fashion_mnist_local
 from vit_jax.datasets import generated_jpegs  # pylint: disable=unused-import  (registers it)
 from vit_jax.datasets import source as source_lib
@@ -118,20 +119,9 @@ def _channels(found):
   return shape[-1] or 3
 
 
-def _parser(found):
-  """serialized tf.Example -> (encoded image bytes, label), in-graph."""
-  features = found.info.features
-
-  def parse(serialized):
-    parsed = features.deserialize_example(
-        serialized, decoders={'image': tfds.decode.SkipDecoding()})
-    return parsed['image'], parsed['label']
-  return parse
-
-
 def _encoded_example_fn(found, records):
-  """index -> (encoded image bytes, label): one record read by index, parsed in-graph."""
-  parse = _parser(found)
+  """index -> (encoded image bytes, label, None): one record read by index, parsed in-graph."""
+  features = found.info.features
 
   def read(index):
     return records[int(index)]
@@ -139,7 +129,9 @@ def _encoded_example_fn(found, records):
   def example_fn(index):
     serialized = tf.numpy_function(read, [index], tf.string, stateful=False)
     serialized.set_shape([])
-    return parse(serialized)
+    parsed = features.deserialize_example(
+        serialized, decoders={'image': tfds.decode.SkipDecoding()})
+    return parsed['image'], parsed['label'], None
   return example_fn
 
 
@@ -152,7 +144,7 @@ def _in_memory(name, root, split, chunk=8192):
   shape = found.info.features['image'].shape
   keys = {'image': tf.io.FixedLenFeature([], tf.string),
           'label': tf.io.FixedLenFeature([], tf.int64)}
-  decode = lambda data: tf.io.decode_image(data, channels=shape[-1], expand_animations=False)
+  decode = functools.partial(preprocessing.decode, channels=shape[-1])
 
   @tf.function
   def decoded(serialized):
@@ -180,9 +172,4 @@ def source(config, split):
     images_t, labels_t = tf.constant(images), tf.constant(labels)
     return source_lib.Source(lambda index: (images_t[index], labels_t[index], None), n,
                              num_classes, None, None)
-  example_fn = _encoded_example_fn(found, records)
-
-  def encoded(index):
-    data, label = example_fn(index)
-    return data, label, None
-  return source_lib.Source(encoded, n, num_classes, None, channels)
+  return source_lib.Source(_encoded_example_fn(found, records), n, num_classes, None, channels)
