@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+import host_probe  # bench/host_probe.py, beside this file
+
 BATCH = 128
 RESUME_BATCH = 256
 RESUME_STEP = 1_000_000
@@ -44,13 +46,6 @@ def _config(dataset, data_dir, crop, batch, randaugment):
   config.batch, config.pp.crop = batch, crop
   config.pp.randaugment.num_layers, config.pp.randaugment.magnitude = randaugment
   return config
-
-
-def probe():
-  """float32 2048x2048 matmul GFLOP/s on this host (numpy; best of 5)."""
-  a = np.random.default_rng(0).standard_normal((2048, 2048), np.float32)
-  best = min(_seconds(lambda: a @ a) for _ in range(5))
-  return 2 * 2048**3 / best / 1e9
 
 
 def _seconds(fn):
@@ -241,8 +236,7 @@ def main():
   if args.part == 'measure':
     measure(args.engine, args.data_dir, args.batches, args.workers)
     return
-  print(f'probe: float32 2048x2048 matmul {probe():.0f} GFLOP/s on '
-        f'{len(os.sched_getaffinity(0))} cores')
+  print(host_probe.line())
   if args.part in ('all', 'resume'):
     resume(args.data_dir, args.repeats)
   if args.part in ('all', 'throughput'):

@@ -5,12 +5,19 @@
 Compile time is reported apart from the timed steps. With `--timm=vit_base_patch16_224`
 the same run also times timm's forward pass on the same machine, in `--timm_python` (an
 interpreter with torch and timm installed; they are never dependencies of vit_jax).
+
+Both sides use every core: torch with one intra-op thread per core, vit_jax as it trains on a
+CPU host, one device per core (`--cpu_devices=-1`, config.cpu_devices; with its XLA flags,
+vit_jax/host_runtime.py) and the batch split over them. `--cpu_devices=0` times one device
+using all cores instead.
 """
 import os
 import time
 
 from absl import app
 from absl import flags
+
+import host_probe  # bench/host_probe.py, beside this file
 
 flags.DEFINE_string('model', 'ViT-B_16', 'Name in configs.models.MODEL_CONFIGS.')
 flags.DEFINE_integer('batch', 8, 'Images per step.')
@@ -21,6 +28,7 @@ flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
 flags.DEFINE_bool('train_step', True, 'Also time a train step (SGD + momentum).')
 flags.DEFINE_string('timm', '', 'timm model name to time too (needs --timm_python).')
 flags.DEFINE_string('timm_python', 'python3', 'Python interpreter that has torch and timm.')
+flags.DEFINE_integer('cpu_devices', -1, 'CPU devices as config.cpu_devices: -1 one per core, 0 JAX default (one).')
 FLAGS = flags.FLAGS
 
 
@@ -48,6 +56,14 @@ def bench_vit_jax():
   labels = jax.nn.one_hot(jnp.arange(FLAGS.batch) % FLAGS.num_classes, FLAGS.num_classes)
   params = jax.jit(lambda x: model.init(jax.random.PRNGKey(1), x, train=False))(images)
   params = params['params']
+  # Data-parallel over the CPU devices: the batch split, the parameters on every device.
+  devices = jax.device_count() if FLAGS.batch % jax.device_count() == 0 else 1
+  mesh = jax.make_mesh((devices,), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:devices])
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  images, labels = jax.device_put((images, labels), split)
+  print(f'vit_jax on {devices} CPU device(s), XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
 
   forward = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
   start = time.perf_counter()
@@ -119,7 +135,9 @@ def bench_timm():
 
 def main(argv):
   del argv
-  print(f'cpus: {os.cpu_count()}  load average: {os.getloadavg()}')
+  from vit_jax import host_runtime  # pylint: disable=g-import-not-at-top
+  host_runtime.set_cpu_devices(FLAGS.cpu_devices)  # before JAX starts
+  print(host_probe.line())
   bench_vit_jax()
   if FLAGS.timm:
     bench_timm()

@@ -105,3 +105,38 @@ def test_explicit_xla_flags_win_over_config():
 def test_bad_cpu_devices_is_a_clear_error(bad):
   with pytest.raises(ValueError, match=r'config.cpu_devices=.*-1 \(one per CPU core\)'):
     host_runtime.resolve_cpu_devices(bad)
+
+
+XLA_FLAGS_AND_DOT = textwrap.dedent('''
+    import os, sys
+    from vit_jax import host_runtime
+    import jax, jax.numpy as jnp
+    host_runtime.set_cpu_devices(int(sys.argv[1]))
+    hlo = jax.jit(lambda a: a @ a).lower(jnp.ones((256, 256))).compile().as_text()
+    print('FLAGS=' + os.environ.get('XLA_FLAGS', ''))
+    print('ynn' in hlo)
+''')
+
+
+def _flags_and_ynn(cpu_devices, xla_flags=None):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  if xla_flags:
+    env['XLA_FLAGS'] = xla_flags
+  out = subprocess.run([sys.executable, '-c', XLA_FLAGS_AND_DOT, str(cpu_devices)], env=env,
+                       cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       check=True).stdout.strip().splitlines()
+  return out[-2][len('FLAGS='):], out[-1] == 'True'
+
+
+def test_one_device_per_core_turns_off_ynnpack_and_intra_op_threads():
+  flags, ynn = _flags_and_ynn(-1)
+  if len(os.sched_getaffinity(0)) > 1:
+    assert set(host_runtime.ONE_DEVICE_PER_CORE_FLAGS) <= set(flags.split()) and not ynn
+  # An explicit device count keeps XLA's defaults (YNNPACK runs the matmul).
+  flags, ynn = _flags_and_ynn(3)
+  assert flags == '' and ynn
+  # Flags the user set win.
+  flags, _ = _flags_and_ynn(-1, '--xla_cpu_multi_thread_eigen=true')
+  assert '--xla_cpu_multi_thread_eigen=true' in flags.split()
+  assert '--xla_cpu_multi_thread_eigen=false' not in flags.split()

@@ -94,4 +94,25 @@ def set_cpu_devices(cpu_devices):
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_num_cpu_devices', count)
   logging.info('config.cpu_devices=%d: %d CPU devices', cpu_devices, count)
+  if cpu_devices == -1 and count > 1:
+    add_xla_flags(ONE_DEVICE_PER_CORE_FLAGS)
+
+
+# With one device per core, XLA:CPU's defaults cost time (PiT step on 2 cores, issue 16 in
+# the README's table): YNNPACK runs the attention's small batched matmuls at a fraction of
+# XLA's own dot speed, and intra-op threads make each device's ops wait for the other
+# device's core. These flags turn both off. Flags already in XLA_FLAGS win.
+ONE_DEVICE_PER_CORE_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=',
+                             '--xla_cpu_multi_thread_eigen=false')
+
+
+def add_xla_flags(flags):
+  """Appends each of `flags` to XLA_FLAGS unless XLA_FLAGS already names it; before JAX's
+  CPU backend starts."""
+  current = os.environ.get('XLA_FLAGS', '')
+  named = {f.split('=')[0] for f in current.split()}
+  added = [f for f in flags if f.split('=')[0] not in named]
+  if added:
+    os.environ['XLA_FLAGS'] = ' '.join([current] + added).strip()
+    logging.info('XLA_FLAGS += %s', ' '.join(added))
 
