@@ -11,6 +11,6 @@ def pipeline_config(**overrides):
       fashion_mnist_dir=FASHION_MNIST_DIR, batch=32, batch_eval=64, seed=0, prefetch=1,
       pp=dict(train='train', test='test', crop=14, resize=0, inception_crop=False, pad_crop=0,
               flip=True, mixup=0.0, randaugment=dict(num_layers=0, magnitude=0), channels=3,
-              skip_undecodable=False)))
+              skip_undecodable=False, on_device=False)))
   config.update_from_flattened_dict(overrides)
   return config

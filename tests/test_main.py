@@ -51,7 +51,8 @@ def test_corrupt_image_mid_run_finishes_the_pending_save_and_names_the_file(tmp_
        '--config.pp.crop=8', '--config.batch=8', '--config.batch_eval=8',
        '--config.model.hidden_size=16', '--config.model.transformer.mlp_dim=16',
        '--config.model.transformer.num_layers=1', '--config.total_steps=4',
-       '--config.warmup_steps=1', '--config.checkpoint_every=1', '--config.eval_every=0'],
+       '--config.warmup_steps=1', '--config.checkpoint_every=1', '--config.eval_every=0',
+       '--config.pp.on_device=False'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
   assert run.returncode == 2, run.stderr[-3000:]
   last = run.stderr.strip().splitlines()[-1]

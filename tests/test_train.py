@@ -15,6 +15,7 @@ from vit_jax.configs import vit as vit_configs
 from vit_jax import hlo_flops
 from vit_jax import metrics
 from vit_jax import model_flops
+from vit_jax import objectives
 from vit_jax import optim
 from vit_jax import parallel
 from vit_jax import state_checkpoint
@@ -124,7 +125,8 @@ def test_accumulated_steps_count_every_micro_batch():
 def test_trains_on_jpegs_read_by_index_from_array_record(jpeg_data_dir, tmp_path):
   config = tiny_config(jpeg_data_dir, dataset='generated_jpegs/tiny', **{
       'pp.channels': 3, 'batch_eval': 8, 'total_steps': 2, 'checkpoint_every': 2,
-      'pp.inception_crop': True, 'pp.randaugment.num_layers': 1, 'pp.mixup': 0.2})
+      'pp.inception_crop': True, 'pp.randaugment.num_layers': 1, 'pp.mixup': 0.2,
+      'pp.on_device': False})  # the host pipeline: on-device batches only flip
   result = train.train_and_evaluate(config, str(tmp_path / 'work'))
   assert result['eval_examples'] == 20 and np.isfinite(result['train_loss'])
 
@@ -355,3 +357,31 @@ def test_schedule_matches_closed_form():
   np.testing.assert_allclose(optim.make_schedule(config)(60),
                              0.1 * (1e-5 + (1 - 1e-5) * 0.5), rtol=1e-5)
   np.testing.assert_allclose(optim.make_schedule(config)(110), 0.1 * 1e-5, rtol=1e-5)
+
+
+def test_eval_flip_averages_each_image_with_its_mirror():
+  """config.eval_flip: correct counts of logits(x) + logits(mirror x), and of logits(x)."""
+  config = pit_configs.get_config('fashion_mnist')
+  config.unlock()
+  config.update_from_flattened_dict({'model.hidden_size': 16, 'model.transformer.mlp_dim': 32,
+                                     'model.transformer.num_layers': 1, 'eval_flip': True})
+  model = train.make_model(config, 10)
+  images = jax.random.normal(jax.random.PRNGKey(0), (64, 8, 8, 1))
+  params = model.init(jax.random.PRNGKey(1), images[:1], train=False)['params']
+  head = params['head']['kernel']  # zero-initialised: give the classes different logits
+  params['head']['kernel'] = jax.random.normal(jax.random.PRNGKey(2), head.shape)
+  apply = lambda x: np.asarray(model.apply({'params': params}, x, train=False))
+  single, mirrored = apply(images), apply(images[:, :, ::-1])
+  assert not np.allclose(single.argmax(-1), mirrored.argmax(-1))  # the mirror can disagree
+  # Labels that the averaged vote gets right where the single view may not, and a masked row.
+  label = (single + mirrored).argmax(-1)
+  mask = np.ones(64, np.float32)
+  mask[-1] = 0
+  batch = {'image': images, 'label': jax.nn.one_hot(label, 10), 'mask': mask}
+  sums, count = jax.jit(train.make_eval_step(model, config))(params, batch)
+  assert float(count) == 63
+  np.testing.assert_array_equal(sums, [63, np.sum((single.argmax(-1) == label) * mask)])
+  config.eval_flip = False
+  plain, _ = jax.jit(train.make_eval_step(model, config))(params, batch)
+  assert float(plain) == float(sums[1])
+  assert objectives.eval_metric_names(config) == ('accuracy',)

@@ -49,6 +49,8 @@ _RANGES = (
     ('pp.inception_crop', 'bool', None, ''),
     ('pp.flip', 'bool', None, ''),
     ('pp.skip_undecodable', 'bool', None, ''),
+    ('pp.on_device', 'bool', None, ''),
+    ('eval_flip', 'bool', None, ''),
     ('pretrained_strict', 'bool', None, ''),
     ('tfds_download', 'bool', None, ''),
     ('profile.first_step', 'int', 0, '0 turns profiling off'),

@@ -55,7 +55,11 @@ def main(argv):
           f'{status}. Run the same command to resume.')
     sys.exit(status)
   if 'eval_accuracy' in result:
-    print(f'Final test accuracy: {result["eval_accuracy"]:.4f} over '
+    how = ''
+    if 'eval_accuracy_single_view' in result:  # config.eval_flip
+      how = (f' (logits of each image and its mirror averaged; single view '
+             f'{result["eval_accuracy_single_view"]:.4f})')
+    print(f'Final test accuracy: {result["eval_accuracy"]:.4f}{how} over '
           f'{result["eval_examples"]} test images (step {result["step"]})')
   if 'eval_reconstruction_loss' in result:
     print(f'Final test reconstruction loss (masked tokens): '

@@ -29,6 +29,14 @@ def eval_metric(config):
   return EVAL_METRICS[objective(config)]
 
 
+def eval_metric_names(config):
+  """The names of the values the eval step sums, in order: the metric, and with
+  config.eval_flip its single-view accuracy."""
+  if objective(config) == 'classification' and config.get('eval_flip', False):
+    return ('accuracy', 'accuracy_single_view')
+  return (eval_metric(config),)
+
+
 def make_model(config, num_classes):
   """The model the objective trains; its parameters live where fine-tuning expects them."""
   dtypes = dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
@@ -86,8 +94,15 @@ def make_eval_step(model, config=None):
       return jnp.sum(per_example * batch['mask']), jnp.sum(batch['mask'])
     return mae_eval_step
 
+  flip = config is not None and config.get('eval_flip', False)
+
   def classification_eval_step(params, batch):
     logits = model.apply({'params': params}, batch['image'], train=False)
-    correct = jnp.argmax(logits, -1) == jnp.argmax(batch['label'], -1)
-    return jnp.sum(correct * batch['mask']), jnp.sum(batch['mask'])
+    label = jnp.argmax(batch['label'], -1)
+    count = lambda x: jnp.sum((jnp.argmax(x, -1) == label) * batch['mask'])
+    if not flip:
+      return count(logits), jnp.sum(batch['mask'])
+    # Flip test-time augmentation: the image and its mirror (width axis) vote together.
+    mirrored = model.apply({'params': params}, batch['image'][:, :, ::-1], train=False)
+    return jnp.stack([count(logits + mirrored), count(logits)]), jnp.sum(batch['mask'])
   return classification_eval_step

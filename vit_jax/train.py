@@ -1,7 +1,9 @@
 """train_and_evaluate(config, workdir): the train loop on jax.jit + NamedSharding.
 
 Everything is a deterministic function of (config, step): the data comes from
-`input_pipeline.get_data(start_step=step)`, the dropout rng is fold_in(seed, step). A run
+`input_pipeline.get_data(start_step=step)`, or with config.pp.on_device from the device copy
+of the train split, gathered inside the step (vit_jax/device_input.py); the dropout rng is
+fold_in(seed, step). A run
 killed at any point and restarted from its last checkpoint ends bitwise equal to one that was
 never interrupted.
 """
@@ -19,6 +21,7 @@ import optax
 
 from vit_jax import checkpoint
 from vit_jax import config_checks
+from vit_jax import device_input
 from vit_jax import dispatch
 from vit_jax import errors
 from vit_jax import input_pipeline
@@ -50,6 +53,7 @@ def _to_host(x):
 def validate_config(config, mesh):
   """Errors that would otherwise surface mid-compile or hours later; see config_checks.py."""
   config_checks.validate(config, mesh)
+  device_input.check(config)
   if config.pretrained_path and not paths.exists(config.pretrained_path):
     raise errors.MissingInputError(
         f'config.pretrained_path={config.pretrained_path!r} does not exist; fix the path or '
@@ -99,23 +103,36 @@ def make_train_step(model, tx, schedule, config, num_classes):
   return train_step
 
 
-def jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh):
-  """The train step under jax.jit: state and batch laid out on the mesh, the state donated."""
+def jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh,
+                   on_device=False):
+  """The train step under jax.jit: state and batch laid out on the mesh, the state donated.
+
+  With `on_device` (config.pp.on_device) it takes a third argument, the replicated
+  device_input.DeviceData, and gathers the step's images and labels from it itself.
+  """
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(make_train_step(model, tx, schedule, config, num_classes),
-                 in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                 out_shardings=(shardings, replicated), donate_argnums=0)
+  step_fn = make_train_step(model, tx, schedule, config, num_classes)
+  in_shardings = (shardings, parallel.batch_sharding(mesh))
+  if on_device:
+    def step_on_device(state, batch, data):
+      made = device_input.batch_at(config, data, state['step'], num_classes, mesh)
+      return step_fn(state, dict(batch, **made))
+    return jax.jit(step_on_device, in_shardings=in_shardings + (replicated,),
+                   out_shardings=(shardings, replicated), donate_argnums=0)
+  return jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(shardings, replicated),
+                 donate_argnums=0)
 
 
-def compile_train_step(jitted, state, batch):
-  """`jitted.lower(...).compile()` for the shapes, dtypes and shardings of (state, batch).
+def compile_train_step(jitted, state, batch, *more):
+  """`jitted.lower(...).compile()` for the shapes, dtypes and shardings of (state, batch)
+  (and the device data of an on-device step).
 
   The run calls the compiled object, so the program it counts FLOPs of (vit_jax/utilization.py)
   is the one it runs, compiled once.
   """
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding,
-                                     weak_type=x.weak_type), (state, batch))
+                                     weak_type=x.weak_type), (state, batch) + more)
   return jitted.lower(*abstract).compile()
 
 
@@ -169,14 +186,18 @@ def create_train_state(config, model, tx, shardings, image_shape):
 
 
 def evaluate(config, eval_step, params, mesh):
-  """(metric, examples) over every example of the test split (padded batches are masked):
-  the accuracy, or for config.objective='mae' the mean reconstruction loss."""
-  summed = total = 0.
+  """({'eval_<metric>': value, ...}, examples) over every example of the test split (padded
+  batches are masked): the accuracy, or for config.objective='mae' the mean reconstruction
+  loss. With config.eval_flip the accuracy averages each image's logits with its mirror's,
+  and the single-view accuracy is reported beside it (objectives.make_eval_step)."""
+  summed, total = 0., 0.
   for batch in input_pipeline.get_data(config, 'eval'):
     s, n = eval_step(params, parallel.global_batch(batch, mesh))
-    summed += float(_to_host(s))
+    summed = summed + np.asarray(_to_host(s), np.float64)
     total += float(_to_host(n))
-  return summed / max(total, 1.), int(total)
+  values = np.atleast_1d(summed / max(total, 1.))
+  names = objectives.eval_metric_names(config)
+  return {f'eval_{name}': float(v) for name, v in zip(names, values)}, int(total)
 
 
 def _write_config(config, workdir):
@@ -255,17 +276,23 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
       target['params'], include_stats=False, msg=f'{config.model.model_name} parameters')
 
   # --------------------------------------------------------------------------- steps
-  jitted_train_step = jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh)
+  on_device = device_input.enabled(config)
+  jitted_train_step = jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh,
+                                     on_device)
   train_step = step_flops = None  # compiled once, at the first step (see compile_train_step)
   eval_step = jit_eval_step(model, shardings, mesh, config)
-  metric = objectives.eval_metric(config)
 
   # ---------------------------------------------------------------------------- loop
   total, devices = config.total_steps, jax.device_count()
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=logger.writer,
                                            every_secs=None, every_steps=config.progress_every)
   profiler = profiling.StepProfiler(config.profile, workdir)
-  train_iter = input_pipeline.get_data(config, 'train', start_step=start_step)
+  if on_device:  # the step gathers its own batch; the host only sends the stop field
+    device_data = (device_input.load(config, mesh)[0],)
+    train_iter = iter(lambda: {}, None)
+  else:
+    device_data = ()
+    train_iter = input_pipeline.get_data(config, 'train', start_step=start_step)
   local_batch = config.batch // jax.process_count()
   logging.info('Training steps %d..%d of %s on %s', start_step + 1, total, config.dataset,
                dict(mesh.shape))
@@ -279,11 +306,11 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
       stop_array = parallel.global_batch({'stop': stop.batch_field(local_batch)}, mesh)['stop']
     batch = dict(parallel.global_batch(next(train_iter), mesh), stop=stop_array)
     if train_step is None:
-      train_step = compile_train_step(jitted_train_step, state, batch)
+      train_step = compile_train_step(jitted_train_step, state, batch, *device_data)
       step_flops = utilization.StepFlops(train_step, mesh.devices.flat)
       last_time = time.time()  # compiling is not a step
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      state, step_metrics = train_step(state, batch)
+      state, step_metrics = train_step(state, batch, *device_data)
     # Every process reads the same older step's agreed stop request here.
     for done in limit_dispatch(step_metrics):
       stopped_by = max(stopped_by, int(_to_host(done['stop'])))
@@ -311,10 +338,10 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
       result['train_loss'] = host['loss']
     if (config.eval_every and step % config.eval_every == 0) or step == total:
       with report.timed('eval'):
-        value, count = evaluate(config, eval_step, state['params'], mesh)
-      logging.info('Step %d: test %s %.4f over %d examples', step, metric, value, count)
-      record[f'eval_{metric}'] = value
-      result.update({f'eval_{metric}': value, 'eval_examples': count})
+        values, count = evaluate(config, eval_step, state['params'], mesh)
+      logging.info('Step %d: test %s over %d examples', step, values, count)
+      record.update(values)
+      result.update(values, eval_examples=count)
     if record:
       logger.write(step, **record)  # one metrics.jsonl object per logged step
       last_log, last_time = step, time.time()
@@ -328,8 +355,8 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
       break
   profiler.stop()
   if start_step == total:  # a finished run asked again: report its accuracy
-    result.update(zip((f'eval_{metric}', 'eval_examples'),
-                      evaluate(config, eval_step, state['params'], mesh)))
+    values, count = evaluate(config, eval_step, state['params'], mesh)
+    result.update(values, eval_examples=count)
   logger.flush()
   result['step'] = int(_to_host(state['step']))
   if objectives.objective(config) == 'mae' and result['step'] == total:

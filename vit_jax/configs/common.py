@@ -33,6 +33,9 @@ def get_config():
   # Image folders: an image that cannot be decoded stops the run with an error naming the
   # file (False), or becomes a zero image with weight 0 in its batch, logged with its path.
   config.pp.skip_undecodable = False
+  # Small TFDS train splits (Fashion-MNIST, CIFAR): kept on the devices, each batch gathered
+  # in the train step; only pp.flip is supported there (vit_jax/device_input.py).
+  config.pp.on_device = False
   config.batch = 512
   config.batch_eval = 512
   config.prefetch = 2
@@ -68,6 +71,9 @@ def get_config():
   config.layer_decay = 1.0
   config.accum_steps = 8
   config.label_smoothing = 0.0
+  # Eval: average the logits of each test image and its mirror image (flip test-time
+  # augmentation, for models trained with pp.flip); the single-view accuracy is logged too.
+  config.eval_flip = False
   # Loop.
   config.eval_every = 100
   config.progress_every = 10

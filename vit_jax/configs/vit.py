@@ -64,6 +64,8 @@ def model_config(name):
 def from_scratch_recipe(config):
   """AdamW from scratch, sized for small grayscale datasets on a CPU."""
   config.cpu_devices = -1  # one data-parallel device per core (see vit_jax/host_runtime.py)
+  config.pp.on_device = True  # batches gathered in the step (see vit_jax/device_input.py)
+  config.eval_flip = config.pp.flip  # eval averages each image with its mirror (flip TTA)
   config.optim = 'adamw'
   config.adam_b2 = 0.95
   config.weight_decay = 0.05

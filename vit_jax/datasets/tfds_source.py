@@ -161,13 +161,27 @@ def _in_memory(name, root, split, chunk=8192):
   return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
 
+def _fits_in_memory(found, n):
+  shape = found.info.features['image'].shape
+  return None not in shape and n * np.prod(shape) <= MAX_IN_MEMORY_BYTES
+
+
+def in_memory(config, split):
+  """(uint8 images [n, h, w, c], int64 labels [n], num_classes) of a small split of fixed
+  image shape, or None for a split that is not kept in memory (variable shape, over 2 GiB)."""
+  found, records = _records(config, split)
+  if not _fits_in_memory(found, len(records)):
+    return None
+  images, labels = _in_memory(config.dataset, data_dir(config), split)
+  return images, labels, found.info.features['label'].num_classes
+
+
 def source(config, split):
   """The split as a `Source` (vit_jax/datasets/source.py)."""
   found, records = _records(config, split)
   n, channels = len(records), _channels(found)
   num_classes = found.info.features['label'].num_classes
-  shape = found.info.features['image'].shape
-  if None not in shape and n * np.prod(shape) <= MAX_IN_MEMORY_BYTES:
+  if _fits_in_memory(found, n):
     images, labels = _in_memory(config.dataset, data_dir(config), split)
     images_t, labels_t = tf.constant(images), tf.constant(labels)
     return source_lib.Source(lambda index: (images_t[index], labels_t[index], None), n,
