@@ -3,9 +3,8 @@
 Everything is a deterministic function of (config, step): the data comes from
 `input_pipeline.get_data(start_step=step)`, or with config.pp.on_device from the device copy
 of the train split, gathered inside the step (vit_jax/device_input.py); the dropout rng is
-fold_in(seed, step). A run
-killed at any point and restarted from its last checkpoint ends bitwise equal to one that was
-never interrupted.
+fold_in(seed, step). A run killed at any point and restarted from its last checkpoint ends
+bitwise equal to one that was never interrupted.
 """
 import signal
 import time
@@ -186,10 +185,16 @@ def create_train_state(config, model, tx, shardings, image_shape):
 
 
 def evaluate(config, eval_step, params, mesh):
-  """({'eval_<metric>': value, ...}, examples) over every example of the test split (padded
-  batches are masked): the accuracy, or for config.objective='mae' the mean reconstruction
-  loss. With config.eval_flip the accuracy averages each image's logits with its mirror's,
-  and the single-view accuracy is reported beside it (objectives.make_eval_step)."""
+  """(metric, examples) over every example of the test split (padded batches are masked):
+  the accuracy, or for config.objective='mae' the mean reconstruction loss."""
+  values, count = evaluate_metrics(config, eval_step, params, mesh)
+  return values[f'eval_{objectives.eval_metric(config)}'], count
+
+
+def evaluate_metrics(config, eval_step, params, mesh):
+  """({'eval_<metric>': value, ...}, examples): `evaluate`'s metric and, with
+  config.eval_flip, the single-view accuracy beside the flip-averaged one
+  (objectives.make_eval_step)."""
   summed, total = 0., 0.
   for batch in input_pipeline.get_data(config, 'eval'):
     s, n = eval_step(params, parallel.global_batch(batch, mesh))
@@ -338,7 +343,7 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
       result['train_loss'] = host['loss']
     if (config.eval_every and step % config.eval_every == 0) or step == total:
       with report.timed('eval'):
-        values, count = evaluate(config, eval_step, state['params'], mesh)
+        values, count = evaluate_metrics(config, eval_step, state['params'], mesh)
       logging.info('Step %d: test %s over %d examples', step, values, count)
       record.update(values)
       result.update(values, eval_examples=count)
@@ -355,7 +360,7 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
       break
   profiler.stop()
   if start_step == total:  # a finished run asked again: report its accuracy
-    values, count = evaluate(config, eval_step, state['params'], mesh)
+    values, count = evaluate_metrics(config, eval_step, state['params'], mesh)
     result.update(values, eval_examples=count)
   logger.flush()
   result['step'] = int(_to_host(state['step']))
