@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from vit_jax import attention
 from vit_jax.models import attention_layer
+from vit_jax.models import dot_grad_layers
 from vit_jax.models import patch_embedding
 from vit_jax.models import posemb as posemb_lib
 from vit_jax.models import resnet as resnet_lib
@@ -59,7 +60,7 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, inputs, *, deterministic):
     out_dim = inputs.shape[-1] if self.out_dim is None else self.out_dim
-    dense = lambda features: nn.Dense(
+    dense = lambda features: dot_grad_layers.Dense(
         features, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6))
@@ -89,19 +90,18 @@ class Encoder1DBlock(nn.Module):
       raise ValueError(f'Encoder1DBlock expects [batch, length, width], got {inputs.shape}')
     impl = (self.attention or {}).get('impl', 'auto')
     inputs = attention.constrain_tokens(inputs, impl)
-    x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                     param_dtype=self.param_dtype)(inputs)
-    x = nn.MultiHeadDotProductAttention(
+    x = dot_grad_layers.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                                  param_dtype=self.param_dtype)(inputs)
+    x = dot_grad_layers.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
         deterministic=deterministic, dropout_rate=self.attention_dropout_rate,
         attention_fn=attention_layer.make_attention_fn(self.attention))(
-            x, x, mask=mask, sow_weights=self.sow_attention_weights)
+            x, mask=mask, sow_weights=self.sow_attention_weights)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
     x = x + inputs
 
-    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                     param_dtype=self.param_dtype)(x)
+    y = dot_grad_layers.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                                  param_dtype=self.param_dtype)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                  dropout_rate=self.dropout_rate,
                  gelu_approximate=self.gelu_approximate)(y, deterministic=deterministic)
@@ -153,7 +153,7 @@ class Encoder(nn.Module):
       x = keep_tokens(x, visible_tokens, num_prefix_tokens)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
     x = self._blocks(x, deterministic=not train)
-    return nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+    return dot_grad_layers.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
                         param_dtype=self.param_dtype, name='encoder_norm')(x)
 
   def _blocks(self, x, *, deterministic):
@@ -204,8 +204,8 @@ class MAPHead(nn.Module):
     x = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.xavier_uniform())(probe, x)
-    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                     param_dtype=self.param_dtype)(x)
+    y = dot_grad_layers.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                                  param_dtype=self.param_dtype)(x)
     x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                      dropout_rate=0.,
                      gelu_approximate=self.gelu_approximate)(y, deterministic=True)

@@ -1,0 +1,98 @@
+"""vit_jax/models/dot_grad_layers.py against the Flax layers it replaces: same parameters from
+the same rng, same outputs, and gradients equal to Flax's autodiff."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax.models import attention_layer
+from vit_jax.models import dot_grad_layers
+
+WIDTH, HEADS = 16, 2
+
+
+def _inputs(shape=(3, 7, WIDTH), seed=0):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _flax_attention(**kwargs):
+  return nn.MultiHeadDotProductAttention(
+      num_heads=HEADS, kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
+      attention_fn=attention_layer.make_attention_fn(), **kwargs)
+
+
+def _ours_attention(**kwargs):
+  return dot_grad_layers.MultiHeadDotProductAttention(
+      num_heads=HEADS, attention_fn=attention_layer.make_attention_fn(), **kwargs)
+
+
+PAIRS = {
+    'layer_norm': (lambda: nn.LayerNorm(epsilon=1e-6),
+                   lambda: dot_grad_layers.LayerNorm(epsilon=1e-6)),
+    'dense_wide': (lambda: nn.Dense(3 * WIDTH, kernel_init=nn.initializers.xavier_uniform(),
+                                    bias_init=nn.initializers.normal(1e-6)),
+                   lambda: dot_grad_layers.Dense(3 * WIDTH,
+                                                 kernel_init=nn.initializers.xavier_uniform(),
+                                                 bias_init=nn.initializers.normal(1e-6))),
+    'dense_narrow': (lambda: nn.Dense(4), lambda: dot_grad_layers.Dense(4)),
+    'attention': (_flax_attention, _ours_attention),
+}
+
+
+def _apply(module, params, x):
+  if isinstance(module, nn.MultiHeadDotProductAttention):
+    return module.apply(params, x, x)
+  return module.apply(params, x)
+
+
+@pytest.mark.parametrize('name', sorted(PAIRS))
+def test_same_parameters_outputs_and_gradients_as_flax(name):
+  make_flax, make_ours = PAIRS[name]
+  flax_layer, ours = make_flax(), make_ours()
+  x = _inputs()
+  rng = jax.random.key(1)
+  flax_params = flax_layer.init(rng, x, x) if name == 'attention' else flax_layer.init(rng, x)
+  params = ours.init(rng, x)
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, flax_params)
+  jax.tree.map(np.testing.assert_array_equal, params, flax_params)
+  # Non-trivial parameters, so that every gradient term matters.
+  params = jax.tree.map(lambda p: p + 0.3 * _inputs(p.shape, seed=p.size), params)
+  np.testing.assert_allclose(ours.apply(params, x), _apply(flax_layer, params, x),
+                             rtol=1e-5, atol=1e-5)
+  cotangent = _inputs(ours.apply(params, x).shape, seed=2)
+  loss = lambda layer, p, x: jnp.sum(_apply(layer, p, x) * cotangent)
+  got = jax.jit(jax.grad(lambda p, x: loss(ours, p, x), argnums=(0, 1)))(params, x)
+  want = jax.grad(lambda p, x: loss(flax_layer, p, x), argnums=(0, 1))(params, x)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-5)
+
+
+def test_bfloat16_compute_keeps_float32_parameter_gradients():
+  ours = dot_grad_layers.Dense(8, dtype=jnp.bfloat16)
+  x = _inputs((4, 5, WIDTH))
+  params = ours.init(jax.random.key(0), x)
+  grads = jax.grad(lambda p: jnp.sum(ours.apply(p, x).astype(jnp.float32)))(params)
+  assert jax.tree.map(lambda g: g.dtype, grads) == jax.tree.map(lambda p: p.dtype, params)
+  np.testing.assert_allclose(grads['params']['bias'], np.full(8, 20.), rtol=1e-2)
+  norm = dot_grad_layers.LayerNorm(dtype=jnp.bfloat16)
+  norm_params = norm.init(jax.random.key(0), x.astype(jnp.bfloat16))
+  y = norm.apply(norm_params, x.astype(jnp.bfloat16))
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(y.astype(jnp.float32), nn.LayerNorm().apply(norm_params, x),
+                             atol=3e-2)
+
+
+def test_sown_attention_weights_and_dropout_match_flax():
+  x = _inputs()
+  rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(5)}
+  flax_layer = _flax_attention(dropout_rate=0.3, deterministic=False)
+  ours = _ours_attention(dropout_rate=0.3, deterministic=False)
+  params = ours.init(rngs, x)
+  got, got_state = ours.apply(params, x, sow_weights=True, rngs={'dropout': rngs['dropout']},
+                              mutable=['intermediates'])
+  want, want_state = flax_layer.apply(params, x, x, sow_weights=True,
+                                      rngs={'dropout': rngs['dropout']},
+                                      mutable=['intermediates'])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  jax.tree.map(np.testing.assert_array_equal, got_state, want_state)
