@@ -25,6 +25,21 @@ def _masked_logits(q, k, mask, precision=None):
   return logits
 
 
+def _row_max(x, chunk=16):
+  """x.max(-1, keepdims=True), exactly: elementwise maxima of `chunk`-wide slices (the last
+  one overlapping, which cannot change a maximum), then a max over `chunk`. XLA:CPU turns a
+  plain max over more than 32 values into a reduce-window that ran about 8x slower (PiT's 144
+  keys: 0.88 vs 0.11 ms for [32, 1, 144, 144])."""
+  length = x.shape[-1]
+  if length <= 2 * chunk:
+    return x.max(-1, keepdims=True)
+  starts = list(range(0, length - chunk, chunk)) + [length - chunk]
+  peak = x[..., starts[0]:starts[0] + chunk]
+  for start in starts[1:]:
+    peak = jnp.maximum(peak, x[..., start:start + chunk])
+  return peak.max(-1, keepdims=True)
+
+
 def attention_weights(q, k, mask=None, precision=None):
   """Softmax attention weights [batch, heads, q_len, k_len] in float32."""
   return jax.nn.softmax(_masked_logits(q, k, mask, precision).astype(jnp.float32), axis=-1)
@@ -47,7 +62,7 @@ def dense_attention(q, k, v, mask=None, dropout_rng=None, dropout_rate=0.,
                      preferred_element_type=jnp.float32)
     return out.astype(q.dtype)
   logits = _masked_logits(q, k, mask, precision)
-  peak = jax.lax.stop_gradient(logits.max(-1, keepdims=True))
+  peak = jax.lax.stop_gradient(_row_max(logits))
   unnormalised = jnp.exp(logits.astype(jnp.float32) - peak.astype(jnp.float32))
   v_heads = jnp.swapaxes(v, 1, 2)  # [b, h, k, d]
   out = jnp.matmul(unnormalised.astype(v.dtype), v_heads, precision=precision,
