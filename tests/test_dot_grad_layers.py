@@ -96,3 +96,36 @@ def test_sown_attention_weights_and_dropout_match_flax():
                                       mutable=['intermediates'])
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   jax.tree.map(np.testing.assert_array_equal, got_state, want_state)
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_vit_with_grads_as_dots_equals_the_flax_layers_model(scan_layers):
+  """The whole model both ways: the same parameters from the same rng, the same logits, and
+  the same gradients of a training loss (dropout on), scanned or not."""
+  from vit_jax.configs import vit as vit_configs  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import vit  # pylint: disable=g-import-not-at-top
+  model_config = vit_configs.model_config('vit4').to_dict()
+  model_config['transformer'].update(num_layers=2, scan_layers=scan_layers,
+                                     dropout_rate=0.1, attention_dropout_rate=0.1)
+  images = _inputs((2, 8, 8, 1), seed=3)
+  models = {}
+  for grads_as_dots in (False, True):
+    config = dict(model_config, transformer=dict(model_config['transformer'],
+                                                 grads_as_dots=grads_as_dots))
+    models[grads_as_dots] = vit.VisionTransformer(num_classes=5, **config)
+  params = {k: m.init(jax.random.key(0), images, train=False) for k, m in models.items()}
+  jax.tree.map(np.testing.assert_array_equal, params[True], params[False])
+  params = jax.tree.map(lambda p: p + 0.1 * _inputs(p.shape, seed=p.size), params[False])
+
+  def loss(model, p):
+    logits = model.apply(p, images, train=True, rngs={'dropout': jax.random.key(7)})
+    return jnp.sum(jax.nn.log_softmax(logits)[:, 0])
+  np.testing.assert_allclose(models[True].apply(params, images, train=False),
+                             models[False].apply(params, images, train=False),
+                             rtol=1e-5, atol=1e-5)
+  for grads_as_dots, model in models.items():  # each model is the one it claims to be
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda p, m=model: loss(m, p)))(params))
+    assert ('optimization_barrier' in jaxpr) == grads_as_dots
+  got = jax.jit(jax.grad(lambda p: loss(models[True], p)))(params)
+  want = jax.jit(jax.grad(lambda p: loss(models[False], p)))(params)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-5), got, want)

@@ -165,6 +165,8 @@ def _check_model(config):
   _check_fields('model.transformer', transformer, _fields(vit.Encoder, _SET_BY_MODEL),
                 _SET_BY_MODEL)
   _check_type('model.transformer.scan_layers', transformer.get('scan_layers', False), 'bool')
+  _check_type('model.transformer.grads_as_dots', transformer.get('grads_as_dots', False),
+              'bool')
   _check_choice('model.transformer.remat', transformer.get('remat', 'none'), vit.REMAT)
   options = dict(transformer.get('attention') or {})
   unknown = sorted(set(options) - {'impl', 'block_size', 'kernel'})

@@ -56,11 +56,13 @@ class MlpBlock(nn.Module):
   out_dim: Optional[int] = None
   dropout_rate: float = 0.1
   gelu_approximate: bool = True
+  grads_as_dots: bool = False
 
   @nn.compact
   def __call__(self, inputs, *, deterministic):
     out_dim = inputs.shape[-1] if self.out_dim is None else self.out_dim
-    dense = lambda features: dot_grad_layers.Dense(
+    dense_cls = dot_grad_layers.Dense if self.grads_as_dots else nn.Dense
+    dense = lambda features: dense_cls(
         features, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6))
@@ -69,6 +71,13 @@ class MlpBlock(nn.Module):
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
     x = dense(out_dim)(x)
     return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+
+
+def _layer_norm(grads_as_dots, epsilon, dtype, param_dtype, name=None):
+  """flax.linen.LayerNorm, or with `grads_as_dots` its twin in dot_grad_layers.py (the same
+  parameters and forward; parameter gradients as matrix-vector products, for XLA:CPU)."""
+  cls = dot_grad_layers.LayerNorm if grads_as_dots else nn.LayerNorm
+  return cls(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 class Encoder1DBlock(nn.Module):
@@ -83,6 +92,7 @@ class Encoder1DBlock(nn.Module):
   attention: Optional[Mapping[str, Any]] = None
   sow_attention_weights: bool = False
   layer_norm_epsilon: float = 1e-6
+  grads_as_dots: bool = False
 
   @nn.compact
   def __call__(self, inputs, *, deterministic, mask=None):
@@ -90,21 +100,28 @@ class Encoder1DBlock(nn.Module):
       raise ValueError(f'Encoder1DBlock expects [batch, length, width], got {inputs.shape}')
     impl = (self.attention or {}).get('impl', 'auto')
     inputs = attention.constrain_tokens(inputs, impl)
-    x = dot_grad_layers.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                                  param_dtype=self.param_dtype)(inputs)
-    x = dot_grad_layers.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
-        deterministic=deterministic, dropout_rate=self.attention_dropout_rate,
-        attention_fn=attention_layer.make_attention_fn(self.attention))(
-            x, mask=mask, sow_weights=self.sow_attention_weights)
+    norm = lambda: _layer_norm(self.grads_as_dots, self.layer_norm_epsilon, self.dtype,
+                               self.param_dtype)
+    x = norm()(inputs)
+    attention_fn = attention_layer.make_attention_fn(self.attention)
+    if self.grads_as_dots:
+      x = dot_grad_layers.MultiHeadDotProductAttention(
+          num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+          deterministic=deterministic, dropout_rate=self.attention_dropout_rate,
+          attention_fn=attention_fn)(x, mask=mask, sow_weights=self.sow_attention_weights)
+    else:
+      x = nn.MultiHeadDotProductAttention(
+          num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+          kernel_init=nn.initializers.xavier_uniform(), broadcast_dropout=False,
+          deterministic=deterministic, dropout_rate=self.attention_dropout_rate,
+          attention_fn=attention_fn)(x, x, mask=mask, sow_weights=self.sow_attention_weights)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
     x = x + inputs
 
-    y = dot_grad_layers.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                                  param_dtype=self.param_dtype)(x)
+    y = norm()(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                 dropout_rate=self.dropout_rate,
-                 gelu_approximate=self.gelu_approximate)(y, deterministic=deterministic)
+                 dropout_rate=self.dropout_rate, gelu_approximate=self.gelu_approximate,
+                 grads_as_dots=self.grads_as_dots)(y, deterministic=deterministic)
     return attention.constrain_tokens(x + y, impl)
 
 
@@ -125,6 +142,9 @@ class Encoder(nn.Module):
   sown attention weights are stacked the same way. `remat` ('full', 'dots') recomputes the
   block's activations in the backward pass (see `remat_policy`). `visible_tokens` [batch, k]
   keeps only those patch tokens (and the prefix) after the position embedding (MAE).
+  `grads_as_dots=True` builds the blocks' Dense, LayerNorm and self-attention from
+  dot_grad_layers.py: the same parameters and forward, a backward written for XLA:CPU (the
+  CPU recipes set it; on TPU and GPU XLA fuses the reductions it replaces).
   """
   num_layers: int
   mlp_dim: int
@@ -141,6 +161,7 @@ class Encoder(nn.Module):
   layer_norm_epsilon: float = 1e-6
   scan_layers: bool = False
   remat: str = 'none'
+  grads_as_dots: bool = False
 
   @nn.compact
   def __call__(self, x, *, train, grid_shape: Optional[Sequence[int]] = None,
@@ -153,8 +174,8 @@ class Encoder(nn.Module):
       x = keep_tokens(x, visible_tokens, num_prefix_tokens)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
     x = self._blocks(x, deterministic=not train)
-    return dot_grad_layers.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name='encoder_norm')(x)
+    return _layer_norm(self.grads_as_dots, self.layer_norm_epsilon, self.dtype,
+                       self.param_dtype, name='encoder_norm')(x)
 
   def _blocks(self, x, *, deterministic):
     if self.remat not in REMAT:
@@ -167,7 +188,8 @@ class Encoder(nn.Module):
         attention_dropout_rate=self.attention_dropout_rate,
         gelu_approximate=self.gelu_approximate, attention=self.attention,
         sow_attention_weights=self.sow_attention_weights,
-        layer_norm_epsilon=self.layer_norm_epsilon, name=name)
+        layer_norm_epsilon=self.layer_norm_epsilon, grads_as_dots=self.grads_as_dots,
+        name=name)
 
     def run(module, x):  # `deterministic` is closed over: a Python bool, never traced
       return module(x, deterministic=deterministic)
@@ -204,8 +226,8 @@ class MAPHead(nn.Module):
     x = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.xavier_uniform())(probe, x)
-    y = dot_grad_layers.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
-                                  param_dtype=self.param_dtype)(x)
+    y = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                     param_dtype=self.param_dtype)(x)
     x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                      dropout_rate=0.,
                      gelu_approximate=self.gelu_approximate)(y, deterministic=True)
