@@ -150,13 +150,14 @@ def batch_at(config, data, step, num_classes, mesh=None):
   n = data.labels.shape[0]
   indices, positions = indices_at(config.seed, step.astype(jnp.int32) * config.batch,
                                   config.batch, n)
-  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _FLIP_STREAM)
-  flip = jax.vmap(lambda p: jax.random.bernoulli(jax.random.fold_in(key, p)))(positions)
-  if mesh is not None:
-    indices, flip = jax.lax.with_sharding_constraint((indices, flip),
-                                                     parallel.batch_sharding(mesh))
+  own_slice = lambda x: x if mesh is None else jax.lax.with_sharding_constraint(
+      x, parallel.batch_sharding(mesh))
+  indices = own_slice(indices)
   images = data.images[indices].astype(jnp.float32)
-  if config.pp.flip:
+  if config.pp.flip:  # flips drawn only when used
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _FLIP_STREAM)
+    flip = own_slice(
+        jax.vmap(lambda p: jax.random.bernoulli(jax.random.fold_in(key, p)))(positions))
     images = jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
   return {'image': (images - 127.5) / 127.5,
           'label': jax.nn.one_hot(data.labels[indices], num_classes)}
