@@ -150,6 +150,9 @@ def batch_at(config, data, step, num_classes, mesh=None):
   n = data.labels.shape[0]
   indices, positions = indices_at(config.seed, step.astype(jnp.int32) * config.batch,
                                   config.batch, n)
+  if mesh is not None:  # else sharding propagation partitions the walk's loop after all
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    indices, positions = jax.lax.with_sharding_constraint((indices, positions), replicated)
   own_slice = lambda x: x if mesh is None else jax.lax.with_sharding_constraint(
       x, parallel.batch_sharding(mesh))
   indices = own_slice(indices)
