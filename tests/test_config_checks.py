@@ -75,6 +75,11 @@ def test_presets_pass():
     ('model.transformer.scan_layers', 'yes', 'True or False'),
     ('model.transformer.remat', 'dot', "did you mean 'dots'"),
     ('model.transformer.remat', None, 'not one of'),
+    ('patch_dropout.rate', 1., '[0, 1)'),
+    ('patch_dropout.rate', -0.5, '[0, 1)'),
+    ('patch_dropout.rate', '0.5', 'must be a number'),
+    ('patch_dropout.steps', -1, '>= 0'),
+    ('patch_dropout.steps', 100.5, 'must be an integer'),
 ])
 def test_bad_value_names_field_and_value(field, value, expected):
   # A config written in Python (not --config overrides) can hold any type: type_safe=False.
@@ -90,6 +95,22 @@ def test_bad_value_names_field_and_value(field, value, expected):
   assert f'config.{field}=' in message, message
   assert repr(value) in message or str(value) in message, message
   assert expected in message, message
+
+
+def test_patch_dropout_is_for_classifiers_with_a_transformer():
+  from vit_jax.configs import mae as mae_configs
+  from vit_jax.configs import vit as vit_configs
+  drop = {'patch_dropout.rate': 0.5, 'patch_dropout.steps': 100}
+  _validate(_config(**drop))
+  _validate(_config(**{'patch_dropout.rate': 0.5, 'patch_dropout.steps': 0}))  # off
+  mae_config = mae_configs.get_config('fashion_mnist')
+  mae_config.update_from_flattened_dict(drop)
+  hybrid = vit_configs.get_config('r50_b16,cifar10')
+  hybrid.update_from_flattened_dict(drop)
+  for config, expected in [(mae_config, 'mask_ratio'), (hybrid, 'ResNet stem')]:
+    with pytest.raises(errors.UserInputError, match=r'config\.patch_dropout\.rate=0\.5') as error:
+      _validate(config)
+    assert expected in str(error.value)
 
 
 def test_errors_are_value_errors_and_missing_inputs_are_file_errors():

@@ -199,6 +199,28 @@ def _check_shapes(config, mesh):
         + '; change the crop size or the patch size.')
 
 
+def _check_patch_dropout(config):
+  """config.patch_dropout: a rate in [0, 1) for the first `steps` steps of a classifier."""
+  drop = config.get('patch_dropout')
+  if drop is None:
+    return
+  _check_type('patch_dropout.rate', drop.rate, 'number')
+  if not 0 <= drop.rate < 1:
+    raise _error('patch_dropout.rate', drop.rate, 'must be in [0, 1), the share of patch '
+                 'tokens left out in the first patch_dropout.steps steps; 0 turns it off')
+  _check_type('patch_dropout.steps', drop.steps, 'int')
+  if drop.steps < 0:
+    raise _error('patch_dropout.steps', drop.steps, 'must be >= 0; 0 turns it off')
+  if not objectives.patch_dropout_steps(config):
+    return
+  if objectives.objective(config) != 'classification':
+    raise _error('patch_dropout.rate', drop.rate, "is for config.objective='classification' "
+                 '(MAE masks tokens itself: config.mae.mask_ratio); set it to 0')
+  if config.model.get('transformer') is None or config.model.get('resnet') is not None:
+    raise _error('patch_dropout.rate', drop.rate, 'leaves out patch tokens of a ViT or PiT; '
+                 'this model has no transformer or a ResNet stem. Set it to 0')
+
+
 _MAE_DECODER = (('hidden_size', 'decoder width'), ('num_layers', 'decoder blocks'),
                 ('num_heads', 'decoder attention heads'), ('mlp_dim', 'decoder MLP width'))
 
@@ -248,5 +270,6 @@ def validate(config, mesh):
   _check_choice('objective', objectives.objective(config), objectives.OBJECTIVES)
   if objectives.objective(config) == 'mae':
     _check_mae(config)
+  _check_patch_dropout(config)
   _check_model(config)
   _check_shapes(config, mesh)

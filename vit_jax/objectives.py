@@ -19,6 +19,7 @@ from vit_jax.models import vit
 OBJECTIVES = ('classification', 'mae')
 # The eval metric each objective reports, logged as eval_<name>.
 EVAL_METRICS = {'classification': 'accuracy', 'mae': 'reconstruction_loss'}
+_PATCH_DROPOUT_STREAM = 0x70D  # folded into the step's key: token subsets apart from dropout
 
 
 def objective(config):
@@ -59,10 +60,20 @@ def _reconstruction_losses(model, config, params, images, *, train, rngs=None):
   return mae.per_example_loss(predictions, target, mask)
 
 
-def make_loss_fn(model, config, num_classes):
+def patch_dropout_steps(config):
+  """How many first train steps run with patch dropout (0: none; `config.patch_dropout`)."""
+  drop = config.get('patch_dropout')
+  return int(drop.steps) if drop is not None and drop.rate else 0
+
+
+def make_loss_fn(model, config, num_classes, patch_dropout=False):
   """loss_fn(params, images, labels, rng, scale=None) -> scalar train loss.
 
   `scale` holds per-example weights (skipped undecodable images weigh 0; see train.py).
+  `patch_dropout=True`: each image is classified from a random subset of its patch tokens,
+  a fraction `config.patch_dropout.rate` of them left out (its own draw per image and step;
+  the position embeddings go with the tokens kept). Training then costs about that fraction
+  less; the train step switches it off after `config.patch_dropout.steps` (train.py).
   """
   if objective(config) == 'mae':
     def mae_loss(params, images, labels, rng, scale=None):
@@ -74,7 +85,15 @@ def make_loss_fn(model, config, num_classes):
     return mae_loss
 
   def classification_loss(params, images, labels, rng, scale=None):
-    logits = model.apply({'params': params}, images, train=True, rngs={'dropout': rng})
+    subset = {}
+    if patch_dropout:
+      ph, pw = model.patches['size']
+      num_tokens = (images.shape[1] // ph) * (images.shape[2] // pw)
+      subset_rng = jax.random.fold_in(rng, _PATCH_DROPOUT_STREAM)
+      subset['token_subset'] = mae.random_masking(subset_rng, images.shape[0], num_tokens,
+                                                  config.patch_dropout.rate)[0]
+    logits = model.apply({'params': params}, images, train=True, rngs={'dropout': rng},
+                         **subset)
     if config.label_smoothing:
       labels = labels * (1. - config.label_smoothing) + config.label_smoothing / num_classes
     return _weighted_mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), labels),

@@ -73,12 +73,19 @@ def _example_scale(batch):
 
 def make_train_step(model, tx, schedule, config, num_classes):
   """Pure (state, batch) -> (state, metrics); gradients accumulated over accum_steps."""
-  grad_fn = jax.value_and_grad(objectives.make_loss_fn(model, config, num_classes))
+  full_grad_fn = jax.value_and_grad(objectives.make_loss_fn(model, config, num_classes))
+  dropout_steps = objectives.patch_dropout_steps(config)
   accum = config.accum_steps
 
   def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state['step'])
     params = state['params']
+    grad_fn = full_grad_fn
+    if dropout_steps:  # the first steps on fewer tokens: each branch its own fwd + bwd
+      dropout_grad_fn = jax.value_and_grad(
+          objectives.make_loss_fn(model, config, num_classes, patch_dropout=True))
+      grad_fn = lambda *args: jax.lax.cond(state['step'] < dropout_steps, dropout_grad_fn,
+                                           full_grad_fn, *args)
     if accum == 1:
       loss, grads = grad_fn(params, batch['image'], batch['label'], rng, *_example_scale(batch))
     else:
@@ -313,6 +320,12 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
     if train_step is None:
       train_step = compile_train_step(jitted_train_step, state, batch, *device_data)
       step_flops = utilization.StepFlops(train_step, mesh.devices.flat)
+      if objectives.patch_dropout_steps(config) > step:
+        logging.info('flops_per_step and MFU count the full-token step (a conditional counts '
+                     'its costliest branch): they overstate the first %d steps, which run '
+                     'on %.0f%% of the patch tokens (config.patch_dropout).',
+                     objectives.patch_dropout_steps(config),
+                     100 * (1 - config.patch_dropout.rate))
       last_time = time.time()  # compiling is not a step
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       state, step_metrics = train_step(state, batch, *device_data)

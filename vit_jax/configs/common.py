@@ -71,6 +71,9 @@ def get_config():
   config.layer_decay = 1.0
   config.accum_steps = 8
   config.label_smoothing = 0.0
+  # Patch dropout: the first `steps` train steps classify each image from a random subset of
+  # its patch tokens, a fraction `rate` left out (vit_jax/objectives.py); rate 0 turns it off.
+  config.patch_dropout = ml_collections.ConfigDict({'rate': 0.0, 'steps': 0})
   # Eval: average the logits of each test image and its mirror image (flip test-time
   # augmentation, for models trained with pp.flip); the single-view accuracy is logged too.
   config.eval_flip = False

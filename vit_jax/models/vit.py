@@ -244,6 +244,8 @@ class VisionTransformer(nn.Module):
   transformer on those tokens only, position embeddings taken for them, and returns the
   encoded tokens [batch, prefix + k, width] (prefix: the class token, if any) instead of
   pooled features or logits: the encoder of a masked autoencoder (vit_jax/models/mae.py).
+  `token_subset` [batch, k] runs the transformer on those tokens the same way and classifies
+  from them: patch dropout in training (`config.patch_dropout`, vit_jax/objectives.py).
   """
   num_classes: int
   patches: Any
@@ -283,8 +285,12 @@ class VisionTransformer(nn.Module):
           + '; resize the images or pick a model whose patch size divides them.')
 
   @nn.compact
-  def __call__(self, inputs, *, train, visible_tokens=None):
+  def __call__(self, inputs, *, train, visible_tokens=None, token_subset=None):
     self._validate(inputs)
+    if visible_tokens is not None and token_subset is not None:
+      raise ValueError('pass visible_tokens (encoded tokens out) or token_subset (logits '
+                       'from those tokens), not both')
+    subset = visible_tokens if token_subset is None else token_subset
     x = inputs.astype(self.dtype)
 
     stem_factor = resnet_lib.stem_downsampling(self.resnet)
@@ -312,11 +318,12 @@ class VisionTransformer(nn.Module):
                        **dict(self.transformer))(
                            x, train=train, grid_shape=(h, w),
                            num_prefix_tokens=num_prefix_tokens,
-                           visible_tokens=visible_tokens)
+                           visible_tokens=subset)
       if visible_tokens is not None:
         return x
-    elif visible_tokens is not None:
-      raise ValueError('visible_tokens needs a transformer (config.model.transformer)')
+    elif subset is not None:
+      raise ValueError('visible_tokens and token_subset need a transformer '
+                       '(config.model.transformer)')
 
     if self.classifier == 'token':
       x = x[:, 0]
