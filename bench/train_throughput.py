@@ -52,7 +52,8 @@ def main(argv):
   host_runtime.set_cpu_devices(FLAGS.config.cpu_devices)
   import itertools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import device_input, input_pipeline, optim, parallel, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vit_jax import device_input, input_pipeline, objectives, optim, parallel, train  # pylint: disable=g-import-not-at-top,g-multiple-import
   config = FLAGS.config
   print(f'devices: {jax.device_count()}  XLA_FLAGS: {os.environ.get("XLA_FLAGS", "")}')
 
@@ -96,6 +97,12 @@ def main(argv):
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / FLAGS.steps
     state, _ = _timed_steps(run_step, state, run_batches, 10, extra)  # warm-up
     state, run_s = _timed_steps(run_step, state, run_batches, FLAGS.steps, extra)
+    dropout_steps = objectives.patch_dropout_steps(config)
+    if dropout_steps:  # the rows above ran the first steps; now those from the switch on
+      state['step'] = jax.device_put(jnp.asarray(dropout_steps, state['step'].dtype),
+                                     state['step'].sharding)
+      state, _ = _timed_steps(run_step, state, run_batches, 10, extra)  # warm-up
+      state, full_s = _timed_steps(run_step, state, run_batches, FLAGS.steps, extra)
   fixed_rate = FLAGS.steps * config.batch / fixed_s
   run_rate = FLAGS.steps * config.batch / run_s
   print(f'{config.model.model_name} on {config.dataset} {config.pp.crop}x{config.pp.crop}, '
@@ -105,6 +112,11 @@ def main(argv):
   print(f'  train step, fixed batch: {fixed_rate:8.0f} examples/s ({faults:.0f} page faults/step)')
   print(f'  train step, as the run:  {run_rate:8.0f} examples/s '
         f'({"on-device batches" if on_device else "tf.data batches"}, compile {compile_s:.1f} s)')
+  if dropout_steps:
+    print(f'  (the rows above: steps 0..{dropout_steps - 1}, patch dropout, '
+          f'{100 * (1 - config.patch_dropout.rate):.0f} % of the patch tokens)')
+    print(f'  train step, as the run, every token (steps {dropout_steps}..): '
+          f'{FLAGS.steps * config.batch / full_s:8.0f} examples/s')
 
 
 if __name__ == '__main__':

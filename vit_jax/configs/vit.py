@@ -38,8 +38,8 @@ def small_vit(name, patch, width, depth, heads, mlp):
 
 
 def _vit4():
-  # Width 64 rather than 96 runs ~1.6x the examples/s on the 2-core CPU: 10 epochs (4,700
-  # steps) instead of 6.4 in the same time, which this under-fitting model needs.
+  # Width 64 rather than 96 runs ~1.6x the examples/s on the 2-core CPU: more epochs in the
+  # same time, which this under-fitting model needs.
   config = small_vit('ViT-4x4-small', 4, 64, 4, 2, 256)
   config.posemb = 'sincos2d'
   return config
@@ -99,7 +99,12 @@ def get_config(model_and_dataset='b16,cifar10'):
   config.model = model_config(model)
   apply_dataset_preset(config, dataset)
   if model == 'vit4':
-    config.total_steps = 4_700
+    # Patch dropout (12 of 49 tokens) for the first 4,500 steps, each about 3x cheaper, then
+    # 1,500 on every token: 90.20 % in 240 s against 89.01 % in 329-353 s for 4,700 full
+    # steps (Xeon host; the README's ViT/4 table has the other splits tried).
+    config.total_steps = 6_000
+    config.patch_dropout.rate = 0.75
+    config.patch_dropout.steps = 4_500
     config.eval_every = 0  # the final eval only: the 10-minute budget goes to training
     config.checkpoint_every = 1_000
     config.progress_every = 100
