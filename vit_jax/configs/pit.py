@@ -67,7 +67,9 @@ def _fashion_mnist(config, model, crop):
   # Measured here (2 cores): batch 64 beat 128 for the same examples (84.5 vs 83.7 %), and
   # sincos2d beat a learned position embedding (84.6 vs 83.7 % at batch 128, 3,000 steps).
   config.batch = 64
-  config.total_steps = 6_000
+  # 5,400 steps (was 6,000): 85.49 vs 85.69 % on the Xeon host, 10 % less time, so the main
+  # job stays inside 8 minutes on the slowest host seen (README, "CPU speed").
+  config.total_steps = 5_400
   config.warmup_steps = 200
   config.base_lr = 2e-3
   config.eval_every = 0  # the final eval only: the 10-minute budget goes to training
