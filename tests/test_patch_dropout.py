@@ -20,7 +20,8 @@ def _vit(classifier):
       num_classes=5, patches={'size': (4, 4)}, hidden_size=16, classifier=classifier,
       posemb='sincos2d', transformer=dict(num_layers=2, mlp_dim=32, num_heads=2,
                                           dropout_rate=0., attention_dropout_rate=0.))
-  params = model.init(jax.random.PRNGKey(1), _IMAGES[:1], train=False)['params']
+  params = jax.jit(lambda rng: model.init(rng, _IMAGES[:1], train=False))(
+      jax.random.PRNGKey(1))['params']
   # A non-zero head (it starts at zero) so that logits depend on the tokens.
   params['head']['kernel'] = jax.random.normal(jax.random.PRNGKey(2),
                                                params['head']['kernel'].shape)
@@ -30,9 +31,11 @@ def _vit(classifier):
 @pytest.mark.parametrize('classifier', ['gap', 'token'])
 def test_every_token_in_any_order_gives_the_full_models_logits(classifier):
   model, variables = _vit(classifier)
-  full = model.apply(variables, _IMAGES, train=False)
+  apply = jax.jit(lambda subset: model.apply(variables, _IMAGES, train=False,
+                                              token_subset=subset))
+  full = apply(None)
   orders = jnp.stack([jax.random.permutation(jax.random.PRNGKey(i), 9) for i in range(4)])
-  shuffled = model.apply(variables, _IMAGES, train=False, token_subset=orders)
+  shuffled = apply(orders)
   np.testing.assert_allclose(shuffled, full, atol=1e-5)
 
 
@@ -65,20 +68,22 @@ def test_train_step_drops_patches_for_the_first_steps_only():
   step = jax.jit(train.make_train_step(model, tx, schedule, config, 10))
   batch = {'image': images, 'label': labels}
 
-  def ce(logits):
-    return float(jnp.mean(-jnp.sum(labels * jax.nn.log_softmax(logits), -1)))
+  @jax.jit
+  def ce_of(subset=None):
+    logits = model.apply({'params': params}, images, train=False, token_subset=subset)
+    return jnp.mean(-jnp.sum(labels * jax.nn.log_softmax(logits), -1))
 
   def loss_at(s):
     state = {'step': jnp.asarray(s, jnp.int32), 'params': params, 'opt_state': tx.init(params)}
     return float(step(state, batch)[1]['loss'])
 
-  full = ce(model.apply({'params': params}, images, train=False))
+  full = float(ce_of())
   for s in (0, 1):  # each step its own subsets: the step's key, the patch-dropout stream
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), s),
                              objectives._PATCH_DROPOUT_STREAM)
     subset = mae.random_masking(key, 8, 64, 0.75)[0]
     assert subset.shape == (8, 16)
-    expected = ce(model.apply({'params': params}, images, train=False, token_subset=subset))
+    expected = float(ce_of(subset))
     np.testing.assert_allclose(loss_at(s), expected, rtol=1e-5)
     assert abs(expected - full) > 1e-3
   for s in (2, 5):  # from patch_dropout.steps on, every token
