@@ -74,6 +74,8 @@ def _example_scale(batch):
 def make_train_step(model, tx, schedule, config, num_classes):
   """Pure (state, batch) -> (state, metrics); gradients accumulated over accum_steps."""
   full_grad_fn = jax.value_and_grad(objectives.make_loss_fn(model, config, num_classes))
+  dropout_grad_fn = jax.value_and_grad(
+      objectives.make_loss_fn(model, config, num_classes, patch_dropout=True))
   dropout_steps = objectives.patch_dropout_steps(config)
   accum = config.accum_steps
 
@@ -82,8 +84,6 @@ def make_train_step(model, tx, schedule, config, num_classes):
     params = state['params']
     grad_fn = full_grad_fn
     if dropout_steps:  # the first steps on fewer tokens: each branch its own fwd + bwd
-      dropout_grad_fn = jax.value_and_grad(
-          objectives.make_loss_fn(model, config, num_classes, patch_dropout=True))
       grad_fn = lambda *args: jax.lax.cond(state['step'] < dropout_steps, dropout_grad_fn,
                                            full_grad_fn, *args)
     if accum == 1:
@@ -320,12 +320,12 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
     if train_step is None:
       train_step = compile_train_step(jitted_train_step, state, batch, *device_data)
       step_flops = utilization.StepFlops(train_step, mesh.devices.flat)
-      if objectives.patch_dropout_steps(config) > step:
+      dropout_steps = objectives.patch_dropout_steps(config)
+      if dropout_steps > step:
         logging.info('flops_per_step and MFU count the full-token step (a conditional counts '
                      'its costliest branch): they overstate the first %d steps, which run '
                      'on %.0f%% of the patch tokens (config.patch_dropout).',
-                     objectives.patch_dropout_steps(config),
-                     100 * (1 - config.patch_dropout.rate))
+                     dropout_steps, 100 * (1 - config.patch_dropout.rate))
       last_time = time.time()  # compiling is not a step
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       state, step_metrics = train_step(state, batch, *device_data)
