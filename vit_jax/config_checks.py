@@ -14,7 +14,7 @@ from vit_jax import attention
 from vit_jax import errors
 from vit_jax import objectives
 from vit_jax import optim
-from vit_jax import parallel
+from vit_jax.runtime import partitioning
 from vit_jax.models import resnet
 from vit_jax.models import vit
 
@@ -181,14 +181,14 @@ def _check_model(config):
 
 def _check_shapes(config, mesh):
   """Batch and crop sizes that the mesh and the patch size can divide."""
-  parallel.validate_batch(config.batch, mesh, 'config.batch')
-  parallel.validate_batch(config.batch_eval, mesh, 'config.batch_eval')
+  partitioning.validate_batch(config.batch, mesh, 'config.batch')
+  partitioning.validate_batch(config.batch_eval, mesh, 'config.batch_eval')
   micro = config.batch // config.accum_steps
-  if config.batch % config.accum_steps or micro % parallel.data_parallel_size(mesh):
+  if config.batch % config.accum_steps or micro % partitioning.data_parallel_size(mesh):
     raise errors.UserInputError(
         f'config.batch={config.batch} / config.accum_steps={config.accum_steps} '
         f'must give a whole micro-batch divisible by the '
-        f'{parallel.data_parallel_size(mesh)} data-parallel devices.')
+        f'{partitioning.data_parallel_size(mesh)} data-parallel devices.')
   ph, pw = config.model.patches.size
   stem = resnet.stem_downsampling(config.model.get('resnet'))
   if config.pp.crop % (ph * stem) or config.pp.crop % (pw * stem):

@@ -19,9 +19,9 @@ from PIL import Image
 from vit_jax.configs import models as model_configs
 from vit_jax import errors
 from vit_jax import checkpoint
-from vit_jax import checkpoint_architecture
-from vit_jax import checkpoint_hf
-from vit_jax import labels as labels_lib
+from vit_jax.checkpoints import architecture
+from vit_jax.checkpoints import hf_format
+from vit_jax.datasets import class_names as labels_lib
 from vit_jax import paths
 from vit_jax.models import VisionTransformer
 from vit_jax.models import layer_stack
@@ -59,7 +59,7 @@ def _model_config(params, fmt, hf, model_name, exact_gelu):
   elif hf is not None:
     config = hf.model_config
   else:
-    config, _ = checkpoint_architecture.model_config_from_params(params)
+    config, _ = architecture.model_config_from_params(params)
   transformer = dict(config['transformer'])
   if hf is not None:
     transformer['layer_norm_epsilon'] = hf.model_config['transformer']['layer_norm_epsilon']
@@ -79,8 +79,8 @@ def checkpoint_description(checkpoint_path, model_name=None):
   fmt, params = checkpoint.load_with_format(local, num_heads=heads)
   hf = None
   if fmt == 'Hugging Face':
-    hf_json = checkpoint_hf.config_for(local)
-    hf = checkpoint_hf.model_config_from_hf(hf_json, params) if hf_json else None
+    hf_json = hf_format.config_for(local)
+    hf = hf_format.model_config_from_hf(hf_json, params) if hf_json else None
   return fmt, params, hf
 
 

@@ -13,7 +13,7 @@ reached any process and every process stopped after saving a checkpoint at the s
 
 On start the process re-executes itself with tcmalloc preloaded when it is installed
 (VIT_JAX_TCMALLOC=0 disables this) and creates `config.cpu_devices` CPU devices; see
-vit_jax/host_runtime.py.
+vit_jax/host_setup.py.
 """
 import json
 import sys
@@ -23,7 +23,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vit_jax import errors
-from vit_jax import host_runtime
+from vit_jax.runtime import host_setup
 
 config_flags.DEFINE_config_file('config', None, 'Training config file:arg.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go; resumes from it.')
@@ -37,13 +37,13 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  host_runtime.reexec_with_tcmalloc('vit_jax.main')
-  host_runtime.set_cpu_devices(FLAGS.config.cpu_devices)  # before JAX's backends start
+  host_setup.reexec_with_tcmalloc('vit_jax.main')
+  host_setup.set_cpu_devices(FLAGS.config.cpu_devices)  # before JAX's backends start
   # Imported here so that the flags above parse before TensorFlow and JAX start.
-  from vit_jax import parallel  # pylint: disable=g-import-not-at-top
-  from vit_jax import preemption  # pylint: disable=g-import-not-at-top
+  from vit_jax.runtime import partitioning  # pylint: disable=g-import-not-at-top
+  from vit_jax.runtime import preemption  # pylint: disable=g-import-not-at-top
   from vit_jax import train  # pylint: disable=g-import-not-at-top
-  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+  partitioning.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                   FLAGS.process_id)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # tf.data only; the accelerators are JAX's

@@ -34,7 +34,7 @@ def get_config():
   # file (False), or becomes a zero image with weight 0 in its batch, logged with its path.
   config.pp.skip_undecodable = False
   # Small TFDS train splits (Fashion-MNIST, CIFAR): kept on the devices, each batch gathered
-  # in the train step; only pp.flip is supported there (vit_jax/device_input.py).
+  # in the train step; only pp.flip is supported there (vit_jax/datasets/device_input.py).
   config.pp.on_device = False
   config.batch = 512
   config.batch_eval = 512

@@ -63,11 +63,11 @@ def model_config(name):
 
 def from_scratch_recipe(config):
   """AdamW from scratch, sized for small grayscale datasets on a CPU."""
-  config.cpu_devices = -1  # one data-parallel device per core (see vit_jax/host_runtime.py)
-  config.pp.on_device = True  # batches gathered in the step (see vit_jax/device_input.py)
+  config.cpu_devices = -1  # one data-parallel device per core (see vit_jax/runtime/host_setup.py)
+  config.pp.on_device = True  # batches gathered in the step (see vit_jax/datasets/device_input.py)
   config.eval_flip = config.pp.flip  # eval averages each image with its mirror (flip TTA)
   if config.model.get('transformer') is not None:
-    # The backward written for XLA:CPU (vit_jax/models/dot_grad_layers.py): ViT/4 step 1.3x.
+    # The backward written for XLA:CPU (vit_jax/models/cpu_backward_layers.py): ViT/4 step 1.3x.
     config.model.transformer.grads_as_dots = True
   config.optim = 'adamw'
   config.adam_b2 = 0.95
