@@ -18,7 +18,7 @@ def get_config(name_and_dataset='B_16'):
   name_or_file, _, dataset = name_and_dataset.partition(',')
   model = os.path.basename(name_or_file).split('-')[0]
   if model not in models.AUGREG_CONFIGS:
-    raise ValueError(f'unknown AugReg model {model!r}; one of {sorted(models.AUGREG_CONFIGS)}')
+    raise vit.unknown_name('AugReg model', model, list(models.AUGREG_CONFIGS))
   config = common.get_config()
   config.model = ml_collections.ConfigDict(models.AUGREG_CONFIGS[model].to_dict())
   vit.apply_dataset_preset(config, dataset or 'cifar100')
