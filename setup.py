@@ -31,6 +31,7 @@ TEST_REQUIRES = [
     'nbclient>=0.10',
     'nbformat>=5.9',
     'pytest>=8',
+    'pytest-xdist>=3.5',  # the suite runs on every core (pytest.ini)
 ]
 
 # Accelerator plugins matching the jax pin: `pip install '.[tpu]'` or `'.[cuda12]'`.
