@@ -13,7 +13,7 @@ reached any process and every process stopped after saving a checkpoint at the s
 
 On start the process re-executes itself with tcmalloc preloaded when it is installed
 (VIT_JAX_TCMALLOC=0 disables this) and creates `config.cpu_devices` CPU devices; see
-vit_jax/host_setup.py.
+vit_jax/runtime/host_setup.py.
 """
 import json
 import sys
