@@ -230,5 +230,5 @@ def test_recipes_build():
   assert mae_configs.get_config('pit_s_finetune').layer_decay == 0.75
   assert mae_configs.get_config('pit_b').model.hidden_size == 768
   assert isinstance(mae_configs.get_config('vit_s2').mae, ml_collections.ConfigDict)
-  with pytest.raises(ValueError, match='unknown recipe'):
+  with pytest.raises(ValueError, match='unknown MAE recipe'):
     mae_configs.get_config('pit_x')

@@ -20,15 +20,15 @@ import flax
 import numpy as np
 
 from vit_jax.checkpoints import file_readers
-from vit_jax.checkpoints import hf_config
+from vit_jax.checkpoints import hf_model_config
 from vit_jax.checkpoints import timm_format
 from vit_jax import errors
 from vit_jax import paths
 from vit_jax.models import layer_stack
 
-POSEMB = hf_config.POSEMB
-HfConfig = hf_config.HfConfig
-model_config_from_hf = hf_config.from_hf
+POSEMB = hf_model_config.POSEMB
+HfConfig = hf_model_config.HfConfig
+model_config_from_hf = hf_model_config.from_hf
 ATTN = 'MultiHeadDotProductAttention_0/'
 # HF module path (no `vit.` prefix) -> (our path, kind). Kinds say how tensors are laid out.
 _TOP = {
@@ -121,7 +121,7 @@ def hf_to_flat(state_dict, hf_config=None, *, num_heads=None):
   come from `num_heads` or the standard widths. Checkpoints without q/k/v biases get zeros.
   """
   if hf_config is not None:
-    hf_config.check_vit(hf_config)
+    hf_model_config.check_vit(hf_config)
     num_heads = hf_config.get('num_attention_heads', 12)
   located = {k: _locate(k) for k in state_dict}
   cls = [k for k, loc in located.items() if loc and loc[0] == 'cls']
@@ -296,7 +296,7 @@ def read_folder(folder):
   Weights are read from the first of WEIGHT_FILES present (safetensors preferred).
   """
   config = read_config(folder)
-  hf_config.check_vit(config, paths.join(folder, 'config.json'))
+  hf_model_config.check_vit(config, paths.join(folder, 'config.json'))
   names = set(paths.listdir(folder))
   for name in WEIGHT_FILES:
     if name in names:
@@ -315,7 +315,7 @@ def export(params, model_config, folder, class_names=None, image_size=None):
   params = layer_stack.unstack(flax.core.unfreeze(params))
   flat = {'/'.join(k): np.asarray(v) for k, v in
           flax.traverse_util.flatten_dict(params).items()}
-  config = hf_config.to_hf(flat, model_config, class_names, image_size)
+  config = hf_model_config.to_hf(flat, model_config, class_names, image_size)
   from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
   # transformers reads the 'format' metadata to tell PyTorch files from TF and Flax ones.
   paths.write_bytes(paths.join(folder, 'model.safetensors'),
