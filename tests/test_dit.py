@@ -4,6 +4,7 @@ Fidelity fixtures (tests/fixtures/dit/, written by make_fixtures.py with faceboo
 hold a tiny DiT's perturbed state dict and the original's outputs; no torch at test time.
 """
 
+import json
 import os
 
 import flax
@@ -16,6 +17,7 @@ from vit_jax import errors
 from vit_jax.configs import models as model_configs
 from vit_jax.models import dit
 from vit_jax.models import dit_checkpoint
+from vit_jax.models import dit_layers
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'dit')
 TINY = dict(hidden_size=64, depth=2, num_heads=4)
@@ -259,3 +261,93 @@ def test_clear_errors_before_compiling():
     model.apply({'params': params}, x[:3], t[:3], y[:3], 2.0, method=dit.DiT.forward_with_cfg)
   with pytest.raises(errors.UserInputError, match='the null class'):
     dit.check_labels(np.array([3, 10]), 10, allow_null=False)
+
+
+def _rel_diff(got, want):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return np.abs(got - want).max() / np.abs(want).max()
+
+
+# Heads of the fixture models (a state dict does not store them; released sizes are known).
+FIXTURE_HEADS = {'p2_sigma': 4, 'p1_nosigma': 2}
+
+
+def _fixture_model(name):
+  params, config = dit_checkpoint.load(os.path.join(FIXTURES, f'{name}.safetensors'))
+  kwargs = {
+      k: config[k]
+      for k in (
+          'patch_size',
+          'hidden_size',
+          'depth',
+          'mlp_ratio',
+          'class_dropout_prob',
+          'learn_sigma',
+      )
+  }
+  model = dit.DiT(num_classes=config['num_classes'], num_heads=FIXTURE_HEADS[name], **kwargs)
+  return model, params, config
+
+
+def _forward_diffs(name):
+  """Max relative differences of forward and forward_with_cfg to the original's outputs."""
+  model, params, config = _fixture_model(name)
+  io = np.load(os.path.join(FIXTURES, f'{name}_io.npz'))
+  assert config['input_size'] == io['x'].shape[1] and config['num_classes'] == 10
+  out = jax.jit(lambda p, x, t, y: model.apply({'params': p}, x, t, y, train=False))(
+      params, io['x'], io['t'], io['y']
+  )
+  assert out.shape == io['out'].shape
+  cfg = model.apply(
+      {'params': params},
+      io['x'],
+      io['t'],
+      io['cfg_y'],
+      io['cfg_scale'],
+      method=dit.DiT.forward_with_cfg,
+  )
+  return _rel_diff(out, io['out']), _rel_diff(cfg, io['cfg_out'])
+
+
+@pytest.mark.parametrize('name', ['p2_sigma', 'p1_nosigma'])
+def test_matches_the_original_forward(name, monkeypatch):
+  """Within 1e-5 of the output scale (measured about 2e-6), given the float32 timestep
+  frequencies the original computed: its CPU exp rounds 2 of 128 one ulp off the nearest
+  float, which at t = 999 moves the phase by ~3e-5 (see the next test)."""
+  freqs = np.load(os.path.join(FIXTURES, f'{name}_io.npz'))['timestep_freqs']
+  monkeypatch.setattr(dit_layers, 'timestep_frequencies', lambda dim, max_period=1e4: freqs)
+  forward, guided = _forward_diffs(name)
+  assert forward < 1e-5 and guided < 1e-5
+
+
+@pytest.mark.parametrize('name', ['p2_sigma', 'p1_nosigma'])
+def test_matches_the_original_forward_with_rounded_frequencies(name):
+  """Our frequencies are exp rounded to nearest; with them, within 2e-5 of the output scale
+  (measured 5e-6 to 1.0e-5, from t = 500 and 999)."""
+  forward, guided = _forward_diffs(name)
+  assert forward < 2e-5 and guided < 2e-5
+
+
+def test_timestep_frequencies_within_one_ulp_of_the_original():
+  want = np.load(os.path.join(FIXTURES, 'p2_sigma_io.npz'))['timestep_freqs']
+  ours = dit_layers.timestep_frequencies(256)
+  ulps = np.abs(ours.view(np.int32) - want.view(np.int32))
+  assert ours.dtype == np.float32 and ulps.max() <= 1 and ulps.sum() <= 4
+
+
+def test_matches_the_original_scanned():
+  model, params, _ = _fixture_model('p2_sigma')
+  io = np.load(os.path.join(FIXTURES, 'p2_sigma_io.npz'))
+  scanned = model.clone(scan_layers=True)
+  stacked = dit_checkpoint.to_layout(params, scan_layers=True)
+  out = scanned.apply({'params': stacked}, io['x'], io['t'], io['y'], train=False)
+  assert _rel_diff(out, io['out']) < 2e-5
+
+
+def test_parameter_counts_match_the_pytorch_original():
+  with open(os.path.join(FIXTURES, 'param_counts.json')) as f:
+    counts = json.load(f)
+  assert len(counts) >= 3
+  for name, count in counts.items():
+    model = dit.DiT(num_classes=1000, **model_configs.MODEL_CONFIGS[name])
+    assert dit.parameter_count(model, (1, 32, 32, 4)) == count, name

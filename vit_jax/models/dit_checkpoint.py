@@ -53,6 +53,16 @@ def _require_dit(keys):
   )
 
 
+def reject_in_vit_loader(keys):
+  """For the ViT loaders: a clear error when given a DiT state dict (call before converting)."""
+  if is_dit(keys):
+    raise errors.UserInputError(
+        'this is a DiT (diffusion transformer) checkpoint (x_embedder / t_embedder keys), not '
+        'a ViT one; load it with vit_jax.models.dit_checkpoint.load and build '
+        'vit_jax.models.dit.DiT.'
+    )
+
+
 def _num_heads(width):
   return _STANDARD_HEADS.get(width, max(width // 64, 1))
 
