@@ -10,7 +10,9 @@ sampler does).
 """
 
 import argparse
+import contextlib
 import os
+import pickle
 import re
 
 import flax
@@ -286,8 +288,15 @@ def _read_torch(path):
         'safetensors.torch.save_file(torch.load(path), "dit.safetensors").'
     ) from e
   # DiT's training checkpoints also hold their argparse.Namespace of arguments.
-  with torch.serialization.safe_globals([argparse.Namespace]):
-    sd = torch.load(path, map_location='cpu', weights_only=True)
+  safe = getattr(torch.serialization, 'safe_globals', None)  # torch >= 2.5
+  with safe([argparse.Namespace]) if safe else contextlib.nullcontext():
+    try:
+      sd = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+      raise errors.UserInputError(
+          f'{path!r} holds objects other than tensors, which are not unpickled (weights_only)'
+          f'; save its state dict alone (torch.save(model.state_dict(), ...)). ({e})'
+      ) from e
   if isinstance(sd, dict) and 'ema' in sd:  # a train.py checkpoint: sample from the EMA
     sd = sd['ema']
   elif isinstance(sd, dict) and 'model' in sd and isinstance(sd['model'], dict):
