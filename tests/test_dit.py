@@ -221,14 +221,21 @@ def test_scan_and_remat_give_the_same_numbers():
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
-def test_attention_schedules_agree():
+@pytest.mark.parametrize('impl,seq', [('blockwise', 1), ('ring', 2)])
+def test_attention_schedules_agree(impl, seq):
+  """Every vit_jax.attention schedule serves DiT; ring shards the 16 tokens over a mesh."""
   x, t, y = _inputs()
   model = _tiny()
   params = _perturbed_params(model, x, t, y)
   want = model.apply({'params': params}, x, t, y, train=False)
-  got = _tiny(attention={'impl': 'blockwise', 'block_size': 4}).apply(
-      {'params': params}, x, t, y, train=False
-  )
+  auto = jax.sharding.AxisType.Auto
+  mesh = jax.make_mesh((8 // seq, seq), ('data', 'seq'), axis_types=(auto, auto))
+  with jax.set_mesh(mesh):
+    got = jax.jit(
+        lambda p: _tiny(attention={'impl': impl, 'block_size': 4}).apply(
+            {'params': p}, x, t, y, train=False
+        )
+    )(params)
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 
