@@ -281,18 +281,8 @@ FIXTURE_HEADS = {'p2_sigma': 4, 'p1_nosigma': 2}
 
 def _fixture_model(name):
   params, config = dit_checkpoint.load(os.path.join(FIXTURES, f'{name}.safetensors'))
-  kwargs = {
-      k: config[k]
-      for k in (
-          'patch_size',
-          'hidden_size',
-          'depth',
-          'mlp_ratio',
-          'class_dropout_prob',
-          'learn_sigma',
-      )
-  }
-  model = dit.DiT(num_classes=config['num_classes'], num_heads=FIXTURE_HEADS[name], **kwargs)
+  kwargs = dict(dit_checkpoint.model_kwargs(config), num_heads=FIXTURE_HEADS[name])
+  model = dit.DiT(**kwargs)
   return model, params, config
 
 

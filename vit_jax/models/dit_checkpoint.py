@@ -103,6 +103,23 @@ def config_from_state_dict(sd, class_dropout_prob=0.1):
   return config
 
 
+MODEL_FIELDS = (
+    'num_classes',
+    'patch_size',
+    'hidden_size',
+    'depth',
+    'num_heads',
+    'mlp_ratio',
+    'class_dropout_prob',
+    'learn_sigma',
+)
+
+
+def model_kwargs(config):
+  """The `DiT(...)` keyword arguments of a config_from_state_dict result."""
+  return {k: config[k] for k in MODEL_FIELDS}
+
+
 def flax_path(key):
   """'blocks.3.attn.qkv.weight' -> ('blocks_3', 'attn', 'qkv', 'kernel') (leaf renamed)."""
   parts = []
