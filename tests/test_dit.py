@@ -16,7 +16,7 @@ import pytest
 from vit_jax import errors
 from vit_jax.configs import models as model_configs
 from vit_jax.models import dit
-from vit_jax.models import dit_checkpoint
+from vit_jax.checkpoints import dit_format
 from vit_jax.models import dit_layers
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'dit')
@@ -113,8 +113,8 @@ def test_parameter_names_are_the_state_dict_names():
       'final_layer/adaLN_modulation_1/kernel',
   } <= paths
   flat = flax.traverse_util.flatten_dict(params['params'])
-  assert {dit_checkpoint.torch_key(k) for k in flat} == _original_names(2)
-  assert all(dit_checkpoint.flax_path(dit_checkpoint.torch_key(k)) == k for k in flat)
+  assert {dit_format.torch_key(k) for k in flat} == _original_names(2)
+  assert all(dit_format.flax_path(dit_format.torch_key(k)) == k for k in flat)
 
 
 def test_initialisation_follows_the_original():
@@ -207,7 +207,7 @@ def test_scan_and_remat_give_the_same_numbers():
   model = _tiny()
   params = _perturbed_params(model, x, t, y)
   want = model.apply({'params': params}, x, t, y, train=False)
-  stacked = dit_checkpoint.to_layout(params, scan_layers=True)
+  stacked = dit_format.to_layout(params, scan_layers=True)
   for kwargs, p in (
       ({'scan_layers': True}, stacked),
       ({'remat': 'full'}, params),
@@ -280,8 +280,8 @@ FIXTURE_HEADS = {'p2_sigma': 4, 'p1_nosigma': 2}
 
 
 def _fixture_model(name):
-  params, config = dit_checkpoint.load(os.path.join(FIXTURES, f'{name}.safetensors'))
-  kwargs = dict(dit_checkpoint.model_kwargs(config), num_heads=FIXTURE_HEADS[name])
+  params, config = dit_format.load(os.path.join(FIXTURES, f'{name}.safetensors'))
+  kwargs = dict(dit_format.model_kwargs(config), num_heads=FIXTURE_HEADS[name])
   model = dit.DiT(**kwargs)
   return model, params, config
 
@@ -336,7 +336,7 @@ def test_matches_the_original_scanned():
   model, params, _ = _fixture_model('p2_sigma')
   io = np.load(os.path.join(FIXTURES, 'p2_sigma_io.npz'))
   scanned = model.clone(scan_layers=True)
-  stacked = dit_checkpoint.to_layout(params, scan_layers=True)
+  stacked = dit_format.to_layout(params, scan_layers=True)
   out = scanned.apply({'params': stacked}, io['x'], io['t'], io['y'], train=False)
   assert _rel_diff(out, io['out']) < 2e-5
 

@@ -77,6 +77,10 @@ def checkpoint_description(checkpoint_path, model_name=None):
     heads = model_configs.MODEL_CONFIGS[model_name].transformer.num_heads
   local = paths.local_copy(checkpoint_path)  # https:// and hf:// fetched once for both reads
   fmt, params = checkpoint.load_with_format(local, num_heads=heads)
+  if fmt == 'DiT':
+    raise errors.UserInputError(
+        f'{checkpoint_path} is a DiT (diffusion transformer) checkpoint, not a classifier: '
+        'generate images from it with python -m vit_jax.sample --checkpoint=...')
   hf = None
   if fmt == 'Hugging Face':
     hf_json = hf_format.config_for(local)

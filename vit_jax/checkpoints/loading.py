@@ -20,6 +20,7 @@ import numpy as np
 import scipy.ndimage
 
 from vit_jax import errors
+from vit_jax.checkpoints import dit_format
 from vit_jax.checkpoints import file_readers
 from vit_jax.checkpoints import hf_format
 from vit_jax.checkpoints import timm_format
@@ -84,14 +85,17 @@ def _normalise_names(flat):
   return out
 
 
-def _load_flat(path, num_heads=None):
-  """(format name, flat {'a/b': float32 array} in the original layout) of a checkpoint."""
+def _read(path):
+  """(local path, flat {name: array} as stored, a Hugging Face folder's config.json or None)."""
   path = paths.local_copy(path)  # https:// and hf:// once into their caches; others as given
-  hf_config = None
   if hf_format.handles(path):  # a Hugging Face model folder or a Flax .msgpack
-    flat, hf_config = hf_format.read(path)
-  else:
-    flat = file_readers.read(path)
+    return (path, *hf_format.read(path))
+  return path, file_readers.read(path), None
+
+
+def _vit_flat(path, flat, hf_config, num_heads):
+  """(format name, flat {'a/b': float32 array} in the original layout) of a ViT checkpoint."""
+  dit_format.reject_in_vit_loader(flat)
   if hf_format.is_hf(flat):
     fmt, flat = 'Hugging Face', hf_format.hf_to_flat(
         flat, hf_config or hf_format.config_beside(path), num_heads=num_heads)
@@ -104,15 +108,26 @@ def _load_flat(path, num_heads=None):
   return fmt, {k: _to_float32(k, v) for k, v in _normalise_names(flat).items()}
 
 
+def _load_flat(path, num_heads=None):
+  """(format name, flat ViT parameters in the original layout); a DiT file is refused."""
+  return _vit_flat(*_read(path), num_heads)
+
+
 def load_with_format(path, *, num_heads=None, scan_layers=False):
-  """(format name, VisionTransformer parameter tree) of any supported checkpoint."""
-  fmt, flat = _load_flat(path, num_heads)
+  """(format name, parameter tree) of any supported checkpoint: a VisionTransformer tree, or
+  for a facebookresearch/DiT state dict ('DiT') the tree of `vit_jax.models.dit.DiT`."""
+  path, flat, hf_config = _read(path)
+  if dit_format.is_dit(flat):
+    return 'DiT', dit_format.state_dict_to_params(
+        {k: np.asarray(v, np.float32) for k, v in flat.items()}, scan_layers=scan_layers)
+  fmt, flat = _vit_flat(path, flat, hf_config, num_heads)
   tree = flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
   return fmt, layer_stack.to_layout(tree, scan_layers)
 
 
 def load(path, *, num_heads=None, scan_layers=False):
-  """Reads any supported checkpoint file into the VisionTransformer parameter tree.
+  """Reads any supported checkpoint file into its parameter tree (VisionTransformer, or DiT
+  for a facebookresearch/DiT state dict).
 
   `num_heads` is only needed for timm files of non-standard widths (timm does not store it);
   `scan_layers=True` stacks the blocks for a model with transformer.scan_layers=True.

@@ -6,7 +6,7 @@
 `rngs={'dropout': key}` for the label dropout of classifier-free guidance. `forward_with_cfg`
 (via `method=DiT.forward_with_cfg`) runs the guided forward pass of the original's sampler.
 
-Layers and parameter names: dit_layers.py; released checkpoints: dit_checkpoint.py. The
+Layers and parameter names: dit_layers.py; released checkpoints: dit_format.py. The
 position embedding is a constant (the original's frozen buffer), not a parameter.
 `scan_layers=True` runs one block under nn.scan (parameters `blocks/...` with a leading
 [depth] axis, compile time independent of depth); `remat` ('full', 'dots') recomputes block

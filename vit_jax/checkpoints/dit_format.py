@@ -9,10 +9,6 @@ DiT training checkpoint {'model', 'ema', ...} gives its EMA weights, as the orig
 sampler does).
 """
 
-import argparse
-import contextlib
-import os
-import pickle
 import re
 
 import flax
@@ -20,6 +16,8 @@ import jax
 import numpy as np
 
 from vit_jax import errors
+from vit_jax import paths
+from vit_jax.checkpoints import file_readers
 from vit_jax.models import dit_layers
 from vit_jax.models.dit import SCANNED_BLOCK
 
@@ -28,7 +26,6 @@ DIT_MARKERS = ('x_embedder.proj.weight', 't_embedder.mlp.0.weight')
 _VIT_MARKERS = ('cls_token', 'patch_embed.', 'vit.', 'Transformer/', 'embedding/kernel', 'cls')
 # Heads of the released sizes (DiT-XL: 1152 = 16 heads of 72); otherwise width // 64.
 _STANDARD_HEADS = {384: 6, 768: 12, 1024: 16, 1152: 16}
-TORCH_SUFFIXES = ('.pt', '.pth', '.bin', '.ckpt')
 
 
 def is_dit(keys):
@@ -60,8 +57,8 @@ def reject_in_vit_loader(keys):
   if is_dit(keys):
     raise errors.UserInputError(
         'this is a DiT (diffusion transformer) checkpoint (x_embedder / t_embedder keys), not '
-        'a ViT one; load it with vit_jax.models.dit_checkpoint.load and build '
-        'vit_jax.models.dit.DiT.'
+        'a ViT one: generate from it with python -m vit_jax.sample, or load it with '
+        'vit_jax.checkpoints.dit_format.load and build vit_jax.models.dit.DiT.'
     )
 
 
@@ -272,53 +269,10 @@ def to_layout(params, scan_layers):
 
 
 def read_state_dict(path):
-  """{name: float32 numpy array} of a DiT `.safetensors`, `.npz` or (with torch) `.pt` file."""
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    raise errors.MissingInputError(f'DiT checkpoint {path!r} does not exist')
-  if path.endswith(TORCH_SUFFIXES):
-    sd = _read_torch(path)
-  elif path.endswith('.npz'):
-    with np.load(path, allow_pickle=False) as data:
-      sd = dict(data)
-  else:
-    with open(path, 'rb') as f:
-      head = f.read(9)
-    if head[8:9] != b'{':
-      raise errors.UserInputError(
-          f'{path!r} is neither .safetensors, .npz nor a PyTorch file (.pt / .pth); give one '
-          'of those.'
-      )
-    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
-
-    sd = safetensors_numpy.load_file(path)
+  """{name: float32 numpy array} of a DiT `.safetensors`, `.npz` or (with torch) `.pt` file,
+  local, gs://, https:// or hf:// (a training checkpoint gives its EMA weights)."""
+  sd = file_readers.read(paths.local_copy(path))
   return {k: np.asarray(v, np.float32) for k, v in sd.items()}
-
-
-def _read_torch(path):
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise errors.UserInputError(
-        f'{path!r} is a PyTorch pickle; reading it needs torch, which is not installed. '
-        '`pip install torch`, or convert it where torch is available: '
-        'safetensors.torch.save_file(torch.load(path), "dit.safetensors").'
-    ) from e
-  # DiT's training checkpoints also hold their argparse.Namespace of arguments.
-  safe = getattr(torch.serialization, 'safe_globals', None)  # torch >= 2.5
-  with safe([argparse.Namespace]) if safe else contextlib.nullcontext():
-    try:
-      sd = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-      raise errors.UserInputError(
-          f'{path!r} holds objects other than tensors, which are not unpickled (weights_only)'
-          f'; save its state dict alone (torch.save(model.state_dict(), ...)). ({e})'
-      ) from e
-  if isinstance(sd, dict) and 'ema' in sd:  # a train.py checkpoint: sample from the EMA
-    sd = sd['ema']
-  elif isinstance(sd, dict) and 'model' in sd and isinstance(sd['model'], dict):
-    sd = sd['model']
-  return {k: v.float().numpy() for k, v in sd.items()}
 
 
 def load(path, *, expected=None, learn_sigma=None, scan_layers=False):
