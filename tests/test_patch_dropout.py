@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import objectives
 from vit_jax import optim
 from vit_jax import train
 from vit_jax.configs import pit as pit_configs
 from vit_jax.models import mae
+from vit_jax.objectives import classification
 from vit_jax.models import vit
 
 _IMAGES = jax.random.normal(jax.random.PRNGKey(0), (4, 12, 12, 1))  # 3x3 = 9 patch tokens
@@ -80,7 +80,7 @@ def test_train_step_drops_patches_for_the_first_steps_only():
   full = float(ce_of())
   for s in (0, 1):  # each step its own subsets: the step's key, the patch-dropout stream
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), s),
-                             objectives._PATCH_DROPOUT_STREAM)
+                             classification.PATCH_DROPOUT_STREAM)
     subset = mae.random_masking(key, 8, 64, 0.75)[0]
     assert subset.shape == (8, 16)
     expected = float(ce_of(subset))

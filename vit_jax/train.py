@@ -72,12 +72,17 @@ def _example_scale(batch):
 
 
 def make_train_step(model, tx, schedule, config, num_classes):
-  """Pure (state, batch) -> (state, metrics); gradients accumulated over accum_steps."""
-  full_grad_fn = jax.value_and_grad(objectives.make_loss_fn(model, config, num_classes))
-  dropout_grad_fn = jax.value_and_grad(
-      objectives.make_loss_fn(model, config, num_classes, patch_dropout=True))
+  """Pure (state, batch) -> (state, metrics); gradients accumulated over accum_steps.
+
+  The metrics are the loss, the objective's loss terms (train_<name>), the gradient norm and
+  the learning rate. With config.ema_decay the state's `ema_params` follow the parameters.
+  """
+  loss_fn = lambda dropout: objectives.make_loss_fn(model, config, num_classes, dropout)
+  full_grad_fn = jax.value_and_grad(loss_fn(False), has_aux=True)
+  dropout_grad_fn = jax.value_and_grad(loss_fn(True), has_aux=True)
   dropout_steps = objectives.patch_dropout_steps(config)
   accum = config.accum_steps
+  ema_decay = config.get('ema_decay', 0.)
 
   def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state['step'])
@@ -87,23 +92,30 @@ def make_train_step(model, tx, schedule, config, num_classes):
       grad_fn = lambda *args: jax.lax.cond(state['step'] < dropout_steps, dropout_grad_fn,
                                            full_grad_fn, *args)
     if accum == 1:
-      loss, grads = grad_fn(params, batch['image'], batch['label'], rng, *_example_scale(batch))
+      (loss, terms), grads = grad_fn(params, batch['image'], batch['label'], rng,
+                                     *_example_scale(batch))
     else:
       split = lambda x: x.reshape((-1, accum) + x.shape[1:]).swapaxes(0, 1)
       images, labels = split(batch['image']), split(batch['label'])
       scales = [split(x) for x in _example_scale(batch)]
 
       def micro_step(carry, i):
-        loss, grads = grad_fn(params, images[i], labels[i], jax.random.fold_in(rng, i),
-                              *[x[i] for x in scales])
-        return jax.tree.map(jnp.add, carry, (loss, grads)), None
-      zeros = (jnp.zeros([], jnp.float32), jax.tree.map(jnp.zeros_like, params))
-      (loss, grads), _ = jax.lax.scan(micro_step, zeros, jnp.arange(accum))
-      loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
+        out = grad_fn(params, images[i], labels[i], jax.random.fold_in(rng, i),
+                      *[x[i] for x in scales])
+        return jax.tree.map(jnp.add, carry, out), None
+      zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
+          grad_fn, params, images[0], labels[0], rng, *[x[0] for x in scales]))
+      ((loss, terms), grads), _ = jax.lax.scan(micro_step, zeros, jnp.arange(accum))
+      loss, terms, grads = jax.tree.map(lambda x: x / accum, (loss, terms, grads))
     updates, opt_state = tx.update(grads, state['opt_state'], params)
-    new_state = dict(state, step=state['step'] + 1, params=optax.apply_updates(params, updates),
-                     opt_state=opt_state)
-    return new_state, {'loss': loss, 'grad_norm': optax.global_norm(grads),
+    new_params = optax.apply_updates(params, updates)
+    new_state = dict(state, step=state['step'] + 1, params=new_params, opt_state=opt_state)
+    if ema_decay:
+      new_state['ema_params'] = jax.tree.map(
+          lambda e, p: e * ema_decay + p.astype(e.dtype) * (1 - ema_decay),
+          state['ema_params'], new_params)
+    return new_state, {'loss': loss, **{f'train_{k}': v for k, v in terms.items()},
+                       'grad_norm': optax.global_norm(grads),
                        'learning_rate': schedule(state['step']),
                        'stop': jnp.max(batch['stop']) if 'stop' in batch else 0}
   return train_step
@@ -155,15 +167,23 @@ def make_eval_step(model, config=None):
   return objectives.make_eval_step(model, config)
 
 
-def _state_from(tx, params):
-  return {'step': jnp.zeros([], jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+def _state_from(config, tx, params):
+  state = {'step': jnp.zeros([], jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+  if config.get('ema_decay', 0.):
+    state['ema_params'] = jax.tree.map(jnp.copy, params)
+  return state
+
+
+def _init_params(config, model, rng, image_shape):
+  inputs = objectives.get(config).init_inputs(config, image_shape)
+  return model.init(rng, *inputs, train=False)['params']
 
 
 def abstract_train_state(config, model, tx, mesh, image_shape):
   """Shapes, dtypes and shardings of the train state, nothing allocated."""
   def init():
-    return _state_from(tx, model.init(jax.random.PRNGKey(config.seed),
-                                      jnp.zeros((1,) + image_shape), train=False)['params'])
+    return _state_from(config, tx, _init_params(config, model, jax.random.PRNGKey(config.seed),
+                                                image_shape))
   abstract = jax.eval_shape(init)
   shardings = partitioning.param_shardings(abstract, mesh)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -179,8 +199,7 @@ def _patch_grid(config, image_shape):
 
 def create_train_state(config, model, tx, shardings, image_shape):
   """Initial state created already sharded (jit of init with out_shardings)."""
-  def init(rng):
-    return model.init(rng, jnp.zeros((1,) + image_shape), train=False)['params']
+  init = lambda rng: _init_params(config, model, rng, image_shape)
   params = jax.jit(init, out_shardings=shardings['params'])(jax.random.PRNGKey(config.seed))
   if config.pretrained_path:
     params = checkpoint.load_pretrained(
@@ -188,7 +207,7 @@ def create_train_state(config, model, tx, shardings, image_shape):
         init_params=multihost_utils.process_allgather(params, tiled=True),
         model_config=config.model, model_grid=_patch_grid(config, image_shape),
         strict=config.pretrained_strict)
-  return jax.jit(lambda p: _state_from(tx, p), out_shardings=shardings)(params)
+  return jax.jit(lambda p: _state_from(config, tx, p), out_shardings=shardings)(params)
 
 
 def evaluate(config, eval_step, params, mesh):

@@ -86,7 +86,8 @@ FIELDS = (
           why='batches prepared ahead'),
     Field('objective', 'classification', 'choice', 'What the run trains for: labels with '
           'cross-entropy, or masked-autoencoder pre-training (the fields of config.mae, '
-          '`configs/mae.py`).', choices=('classification', 'mae')),
+          '`configs/mae.py`), or denoising diffusion with a DiT (the fields of '
+          'config.diffusion, `configs/dit.py`).', choices=('classification', 'mae', 'diffusion')),
     # Model.
     Field('model', {}, 'dict', 'The model: a `configs/models.py` entry '
           '(`MODEL_CONFIGS[name]`), checked against the module\'s own fields.'),
@@ -132,6 +133,9 @@ FIELDS = (
           high=1, high_open=True, why='0 turns it off'),
     Field('patch_dropout.steps', 0, 'int', 'Train steps that use patch dropout (from the '
           'first).', low=0, why='0 turns it off'),
+    Field('ema_decay', 0.0, 'number', 'Exponential moving average of the parameters, kept in '
+          'the train state and checkpointed, used for evaluation and sampling (DiT: 0.9999); '
+          '0 turns it off.', low=0, high=1, high_open=True, why='0 turns it off'),
     Field('eval_flip', False, 'bool', 'Eval averages the logits of each image and its mirror '
           '(flip test-time augmentation); the single-view accuracy is logged too.'),
     # Loop.
