@@ -156,8 +156,9 @@ def _any_process(flag):
   return bool(np.any(multihost_utils.process_allgather(np.array(flag, np.bool_))))
 
 
-def load_params(directory, step=None):
-  """The `params` of a saved train state (newest step by default) as numpy arrays.
+def load_params(directory, step=None, prefer_ema=False):
+  """The `params` of a saved train state (newest step by default) as numpy arrays; with
+  `prefer_ema` its `ema_params` where the run kept them (config.ema_decay).
 
   Works in any process layout: a checkpoint written by a multi-host run is read onto this
   process's first device (its stored shardings name devices this process does not have).
@@ -171,4 +172,5 @@ def load_params(directory, step=None):
                         manager.item_metadata(step).tree)
   state = manager.restore(step, args=ocp.args.StandardRestore(target))
   manager.close()
-  return jax.tree.map(np.asarray, state['params'])
+  key = 'ema_params' if prefer_ema and 'ema_params' in state else 'params'
+  return jax.tree.map(np.asarray, state[key])

@@ -14,6 +14,7 @@ accuracy (`eval_fid_classifier_features`, `eval_conditional_accuracy`). The last
 also reports the test split's own distance to the train split, the floor for that number.
 """
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -104,9 +105,10 @@ class Diffusion(base.Objective):
     return diffusion_eval_step
 
   # ------------------------------------------------------------------------------- sampling
-  def generate(self, config, params, labels, seed, mesh):
-    """Samples [n, H, W, C] in [-1, 1]-ish for int `labels` [n], in chunks laid out on the
-    mesh's data axes; the same for a seed and device count."""
+  def generate(self, config, params, labels, seed, mesh, progress=None):
+    """Samples [n, H, W, C] (images clipped to [-1, 1]) for int `labels` [n], generated in
+    chunks of config.diffusion.sample_batch laid out over the mesh's data axes; the same for
+    a seed and device count. `progress(done, total)` is called after each chunk."""
     num_classes = num_classes_of(config, params)
     model = self.make_model(config, num_classes)
     d = config.diffusion
@@ -124,8 +126,12 @@ class Diffusion(base.Objective):
     out = []
     for i in range(0, len(padded), chunk):
       key = jax.random.fold_in(jax.random.PRNGKey(seed), i // chunk)
-      part = jax.device_put(padded[i:i + chunk], sharding)
-      out.append(np.asarray(jax.device_get(sample(params, part, key))))
+      part = padded[i:i + chunk]
+      part = jax.make_array_from_callback(part.shape, sharding, lambda index, p=part: p[index])
+      images = sample(params, part, key)
+      out.append(np.asarray(multihost_utils.process_allgather(images, tiled=True)))
+      if progress:
+        progress(min(i + chunk, len(labels)), len(labels))
     return np.concatenate(out)[:len(labels)]
 
   def _reference_features(self, config, network, split):
