@@ -15,6 +15,12 @@ class MissingInputError(UserInputError, FileNotFoundError):
   """A file or folder the config names does not exist."""
 
 
+def one_line(error):
+  """`error: <message> <notes>` on one line (the notes say e.g. which step is saved)."""
+  text = ' '.join([str(error)] + list(getattr(error, '__notes__', ())))
+  return 'error: ' + ' '.join(text.split())
+
+
 def reporting_user_errors(main):
   """main(argv), with a UserInputError as one line `error: ...` on stderr and exit status 2.
 
@@ -25,6 +31,6 @@ def reporting_user_errors(main):
       return main(argv)
     except UserInputError as e:
       sys.stdout.flush()
-      print('error: ' + ' '.join(str(e).split()), file=sys.stderr, flush=True)
+      print(one_line(e), file=sys.stderr, flush=True)
       sys.exit(2)
   return run

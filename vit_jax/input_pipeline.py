@@ -60,6 +60,32 @@ def get_dataset_info(config, split):
   return tfds_source.dataset_info(config, split)
 
 
+def check_splits(config):
+  """The train split's `get_dataset_info`, after checking that both splits the run reads
+  exist and hold examples: a missing split (pp.test='validation' of a dataset without one)
+  or a bad slice ('train[:200%]') is an error at start, in seconds, not after training."""
+  infos = []
+  for field, split in (('pp.train', config.pp.train), ('pp.test', config.pp.test)):
+    try:
+      info = get_dataset_info(config, split)
+    except errors.UserInputError:
+      raise
+    except (ValueError, KeyError, AssertionError) as e:
+      reason = str(e).split(' See format at')[0]
+      if '__len__' in reason:  # tfds' words for a slice whose end is before its start
+        reason = 'the slice is empty'
+      raise errors.UserInputError(
+          f'config.{field}={split!r} cannot be read from config.dataset={config.dataset!r} '
+          f"({reason}); name one of its splits, optionally sliced: 'train', 'test', "
+          "'train[:90%]', 'train[1000:]'.") from e
+    if info['num_examples'] < 1:
+      raise errors.UserInputError(
+          f'config.{field}={split!r} of config.dataset={config.dataset!r} has no examples; '
+          'widen the slice.')
+    infos.append(info)
+  return infos[0]
+
+
 def _source(config, split):
   """The split's examples by index (vit_jax/datasets/source.py)."""
   if _is_folder(config):

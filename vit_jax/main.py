@@ -30,6 +30,8 @@ flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go; resumes 
 flags.DEFINE_string('coordinator_address', None, 'jax.distributed coordinator host:port.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process runs).')
 flags.DEFINE_integer('process_id', None, 'This process index (multi-process runs).')
+flags.DEFINE_bool('force_unlock', False, 'Take over the workdir lock of a run that is gone '
+                  '(one that is not recognised as stale by itself: another host, recently).')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -47,7 +49,7 @@ def main(argv):
                                   FLAGS.process_id)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # tf.data only; the accelerators are JAX's
-  result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.force_unlock)
   if result.get('stopped_by_signal'):
     status = preemption.exit_status(result['stopped_by_signal'])
     print(json.dumps(result))

@@ -150,8 +150,39 @@ def append_bytes(path, data):
     f.write(data)
 
 
+def create_exclusive(path, data):
+  """Writes a new file whole, only if `path` does not exist yet; whether it did.
+
+  Atomic against another writer: local files with O_EXCL, Cloud Storage objects with the
+  precondition ifGenerationMatch=0 (two writers: exactly one succeeds).
+  """
+  p = as_path(path)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  if is_remote(path):
+    import fsspec  # pylint: disable=g-import-not-at-top
+    try:
+      fsspec.filesystem(os.fspath(path).split('://', 1)[0]).pipe_file(
+          os.fspath(path), data, mode='create')
+    except FileExistsError:
+      return False
+    return True
+  try:
+    fd = os.open(os.fspath(p), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+  except FileExistsError:
+    return False
+  with os.fdopen(fd, 'wb') as f:
+    f.write(data)
+  return True
+
+
 def remove(path):
   as_path(path).unlink()
+
+
+def remove_empty_dir(path):
+  """Removes a folder that holds nothing (object stores have no empty folders)."""
+  if not is_remote(path):
+    as_path(path).rmdir()
 
 
 def move(src, dst):
