@@ -26,6 +26,7 @@ fixed function of (seed, step), and the iterator counts (`.skipped`) and logs ea
 """
 import functools
 import os
+import re
 
 from absl import logging
 import jax
@@ -71,8 +72,8 @@ def check_splits(config):
     except errors.UserInputError:
       raise
     except (ValueError, KeyError, AssertionError) as e:
-      reason = str(e).split(' See format at')[0]
-      if '__len__' in reason:  # tfds' words for a slice whose end is before its start
+      reason = ' '.join(re.sub(r'See format at: \S+', '', str(e)).split())
+      if '__len__' in reason or '0 length' in reason:  # tfds' words for an empty slice
         reason = 'the slice is empty'
       raise errors.UserInputError(
           f'config.{field}={split!r} cannot be read from config.dataset={config.dataset!r} '
@@ -81,7 +82,7 @@ def check_splits(config):
     if info['num_examples'] < 1:
       raise errors.UserInputError(
           f'config.{field}={split!r} of config.dataset={config.dataset!r} has no examples; '
-          'widen the slice.')
+          'widen the slice.')  # (an image folder's split with no images)
     infos.append(info)
   return infos[0]
 

@@ -4,6 +4,7 @@
 step 900 of a run that checkpoints every 1,000 steps then costs nothing), and
 `note_saved_step` ends the error's message with the step a rerun resumes from.
 """
+
 from absl import logging
 import jax
 import numpy as np

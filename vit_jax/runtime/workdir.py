@@ -18,6 +18,7 @@ takes over any lock but one held by a live process on this host.
 In a multi-process run only process 0 checks and locks; it tells the others (a broadcast
 every process joins, also when it failed), so they all stop with the same line or all go on.
 """
+
 import contextlib
 import json
 import os
@@ -53,17 +54,23 @@ def refuse_unless_ours(workdir):
   if not paths.exists(workdir):
     return
   if not paths.isdir(workdir):
-    raise errors.UserInputError(f'--workdir={workdir!r} is a file, not a folder; pass a folder '
-                                '(it is created if missing).')
+    raise errors.UserInputError(
+        f'--workdir={workdir!r} is a file, not a folder; pass a folder '
+        '(it is created if missing).'
+    )
   names = paths.listdir(workdir)
   if not names or names == [LOCK] or _run_config(workdir):
     return
   shown = ', '.join(names[:5]) + (f' and {len(names) - 5} more' if len(names) > 5 else '')
-  why = (f'its {CONFIG} was not written by vit_jax (e.g. a Hugging Face model folder)'
-         if CONFIG in names else f'it has no {CONFIG} of a vit_jax run')
+  why = (
+      f'its {CONFIG} was not written by vit_jax (e.g. a Hugging Face model folder)'
+      if CONFIG in names
+      else f'it has no {CONFIG} of a vit_jax run'
+  )
   raise errors.UserInputError(
       f'--workdir={workdir!r} holds files that are not a vit_jax run ({shown}): {why}. '
-      'Nothing was written to it. Pass a new or empty folder as --workdir.')
+      'Nothing was written to it. Pass a new or empty folder as --workdir.'
+  )
 
 
 def _process_start(pid):
@@ -100,9 +107,11 @@ def owner_alive(owner, now=None):
 def describe(owner, now=None):
   now = time.time() if now is None else now
   started = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(owner.get('started', 0)))
-  return (f"pid {owner.get('pid')} on host {owner.get('host')!r}, started {started}, last "
-          f"heartbeat {now - float(owner.get('heartbeat', 0)):.0f} s ago, command: "
-          f"{owner.get('command', '?')}")
+  return (
+      f"pid {owner.get('pid')} on host {owner.get('host')!r}, started {started}, last "
+      f"heartbeat {now - float(owner.get('heartbeat', 0)):.0f} s ago, command: "
+      f"{owner.get('command', '?')}"
+  )
 
 
 class Lock:
@@ -112,9 +121,14 @@ class Lock:
     self.workdir = workdir
     self.path = paths.join(workdir, LOCK)
     pid = os.getpid()
-    self._owner = {'host': socket.gethostname(), 'pid': pid, 'pid_start': _process_start(pid),
-                   'token': uuid.uuid4().hex, 'started': time.time(),
-                   'command': ' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])[:500]}
+    self._owner = {
+        'host': socket.gethostname(),
+        'pid': pid,
+        'pid_start': _process_start(pid),
+        'token': uuid.uuid4().hex,
+        'started': time.time(),
+        'command': ' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])[:500],
+    }
     self._stop = threading.Event()
     self._thread = None
 
@@ -148,15 +162,22 @@ class Lock:
       if owner and owner_alive(owner):
         local = owner.get('host') == socket.gethostname()
         if not force or local:
-          hint = (f'that process is alive on this host; stop it first (kill {owner.get("pid")})'
-                  if force else 'if that run is gone, rerun with --force_unlock')
+          hint = (
+              f'that process is alive on this host; stop it first (kill {owner.get("pid")})'
+              if force
+              else 'if that run is gone, rerun with --force_unlock'
+          )
           raise errors.UserInputError(
               f'--workdir={self.workdir!r} is in use by another run ({describe(owner)}); one '
               f'workdir takes one run at a time. Wait for it to end or pass another --workdir; '
-              f'{hint}.')
-      logging.warning('Taking over the lock %s of %s (%s).', self.path,
-                      describe(owner) if owner else 'an unreadable lock',
-                      'forced' if force and owner_alive(owner) else 'stale')
+              f'{hint}.'
+          )
+      logging.warning(
+          'Taking over the lock %s of %s (%s).',
+          self.path,
+          describe(owner) if owner else 'an unreadable lock',
+          'forced' if force and owner_alive(owner) else 'stale',
+      )
       paths.remove(self.path)
       if paths.create_exclusive(self.path, self._contents()):
         return self._start_heartbeat()
@@ -164,11 +185,11 @@ class Lock:
     except OSError as e:
       raise errors.UserInputError(
           f'--workdir={self.workdir!r} cannot be written ({type(e).__name__}: {e}); pass a '
-          'folder you can write to.') from e
+          'folder you can write to.'
+      ) from e
 
   def _start_heartbeat(self):
-    self._thread = threading.Thread(target=self._beat, name='vit_jax workdir lock',
-                                    daemon=True)
+    self._thread = threading.Thread(target=self._beat, name='vit_jax workdir lock', daemon=True)
     self._thread.start()
 
   def _beat(self):
@@ -176,8 +197,11 @@ class Lock:
       try:
         owner = self.read_owner()
         if not owner or owner.get('token') != self._owner['token']:
-          logging.error('The workdir lock %s was taken by %s; this run no longer holds it.',
-                        self.path, describe(owner) if owner else 'nobody')
+          logging.error(
+              'The workdir lock %s was taken by %s; this run no longer holds it.',
+              self.path,
+              describe(owner) if owner else 'nobody',
+          )
           return
         paths.write_bytes(self.path, self._contents())
       except Exception as e:  # pylint: disable=broad-except
@@ -209,13 +233,15 @@ class Claim:
 def _agree(problem):
   """Process 0's `problem` (a string, '' for none), on every process."""
   import jax  # pylint: disable=g-import-not-at-top
+
   if jax.process_count() == 1:
     return problem
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   data = np.zeros(4096, np.uint8)
   encoded = problem.encode('utf-8')[:4096]
-  data[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+  data[: len(encoded)] = np.frombuffer(encoded, np.uint8)
   data = np.asarray(multihost_utils.broadcast_one_to_all(data))
   return bytes(data).rstrip(b'\0').decode('utf-8', 'replace')
 
@@ -228,6 +254,7 @@ def claim(workdir, force_unlock=False):
   so a refused run leaves nothing behind; the lock is released in any case.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   lock, created, problem, unexpected = None, False, '', None
   if jax.process_index() == 0:
     try:
@@ -238,7 +265,12 @@ def claim(workdir, force_unlock=False):
     except errors.UserInputError as e:
       problem, created, lock = str(e), False, None
     except Exception as e:  # pylint: disable=broad-except
-      problem, unexpected, created, lock = f'process 0 failed: {type(e).__name__}: {e}', e, False, None
+      problem, unexpected, created, lock = (
+          f'process 0 failed: {type(e).__name__}: {e}',
+          e,
+          False,
+          None,
+      )
   problem = _agree(problem)
   if unexpected is not None:
     raise unexpected
