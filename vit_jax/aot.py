@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from vit_jax import cli
 from vit_jax import errors
 
 FLAGS = flags.FLAGS
@@ -231,4 +232,4 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(errors.reporting_user_errors(main))
+  cli.run(main)

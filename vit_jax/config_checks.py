@@ -263,6 +263,46 @@ def _check_mae(config):
                  "encoder.npz it writes with config.objective='classification'")
 
 
+RANDAUGMENT_MAX = 10  # preprocessing.randaugment's top level
+
+
+def _check_together(config):
+  """Fields that only act together with another, checked together: a value that would be
+  ignored, clamped or never reached is an error, not a silent no-op."""
+  drop = config.get('patch_dropout')
+  if drop is not None and bool(drop.rate) != bool(drop.steps):
+    field, value, other = (('patch_dropout.rate', drop.rate, 'patch_dropout.steps=0')
+                           if drop.rate else ('patch_dropout.steps', drop.steps,
+                                              'patch_dropout.rate=0'))
+    raise _error(field, value, f'has no effect with config.{other}; set both (e.g. '
+                 '--config.patch_dropout.rate=0.5 --config.patch_dropout.steps=1000) or '
+                 'neither')
+  ra = config.pp.randaugment
+  if not 0 <= ra.magnitude <= RANDAUGMENT_MAX:
+    raise _error('pp.randaugment.magnitude', ra.magnitude, f'must be in [0, '
+                 f'{RANDAUGMENT_MAX}] (the strength of each op; 9 is the usual choice)')
+  if ra.magnitude and not ra.num_layers:
+    raise _error('pp.randaugment.magnitude', ra.magnitude, 'has no effect with '
+                 'config.pp.randaugment.num_layers=0; set num_layers (e.g. 2) or magnitude 0')
+  first = config.profile.first_step
+  if first > config.total_steps:
+    raise _error('profile.first_step', first, f'is past config.total_steps='
+                 f'{config.total_steps}: nothing would be profiled; pick a step in [1, '
+                 f'{config.total_steps}] or 0 (off)')
+  if config.pp.resize and config.pp.resize <= config.pp.crop:
+    raise _error('pp.resize', config.pp.resize, f'must be 0 (off) or larger than config.pp.crop='
+                 f'{config.pp.crop}: eval resizes the shorter side to it, then crops the center')
+  _check_type('pretrained_required', config.get('pretrained_required', False), 'bool')
+  if config.get('pretrained_required') and not config.pretrained_path:
+    raise errors.UserInputError(
+        f'config.pretrained_path is not set, and this recipe ({config.model.get("model_name")})'
+        ' fine-tunes a pretrained checkpoint: pass --config.pretrained_path=<the .npz file> '
+        '(or configs/augreg.py:<file.npz>)')
+  if not config.pretrained_strict and not config.pretrained_path:
+    raise _error('pretrained_strict', False, 'has no effect without config.pretrained_path; '
+                 'remove it or set the path')
+
+
 def validate(config, mesh):
   """Raises errors.UserInputError for the first bad field; types, then ranges, then shapes."""
   _check_ranges(config)
@@ -271,5 +311,6 @@ def validate(config, mesh):
   if objectives.objective(config) == 'mae':
     _check_mae(config)
   _check_patch_dropout(config)
+  _check_together(config)
   _check_model(config)
   _check_shapes(config, mesh)

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from vit_jax.configs import models as model_configs
+from vit_jax import cli
 from vit_jax import errors
 from vit_jax import checkpoint
 from vit_jax import checkpoint_architecture
@@ -196,4 +197,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(errors.reporting_user_errors(main))
+  cli.run(main)

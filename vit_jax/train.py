@@ -23,6 +23,7 @@ from vit_jax import config_checks
 from vit_jax import device_input
 from vit_jax import dispatch
 from vit_jax import errors
+from vit_jax import gcs_credentials
 from vit_jax import input_pipeline
 from vit_jax import metrics
 from vit_jax import objectives
@@ -55,10 +56,21 @@ def validate_config(config, mesh):
   """Errors that would otherwise surface mid-compile or hours later; see config_checks.py."""
   config_checks.validate(config, mesh)
   device_input.check(config)
+  for field, value in _flat_items(config.to_dict()):  # TensorFlow reads some of them itself
+    if isinstance(value, str) and value.startswith('gs://'):
+      gcs_credentials.check(f'config.{field}={value}')
   if config.pretrained_path and not paths.exists(config.pretrained_path):
     raise errors.MissingInputError(
         f'config.pretrained_path={config.pretrained_path!r} does not exist; fix the path or '
         'set it to None to train from scratch.')
+
+
+def _flat_items(tree, prefix=''):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flat_items(value, f'{prefix}{key}.')
+    else:
+      yield prefix + key, value
 
 
 def _example_scale(batch):

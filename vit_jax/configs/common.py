@@ -3,6 +3,8 @@
 Every field is read: data fields by vit_jax/input_pipeline.py, optimizer fields by
 vit_jax/optim.py, the rest by vit_jax/train.py.
 """
+import difflib
+
 import ml_collections
 
 
@@ -45,6 +47,9 @@ def get_config():
   # Model (a configs/models.py entry) and pretrained weights.
   config.model = ml_collections.ConfigDict()
   config.pretrained_path = ml_collections.config_dict.placeholder(str)
+  # Fine-tuning recipes (configs/augreg.py) set this: a run without pretrained_path is then
+  # an error, not a silent run from scratch.
+  config.pretrained_required = False
   # Every parameter but the head must come from pretrained_path (False: partial loads).
   config.pretrained_strict = True
   config.dtype = 'float32'  # compute dtype of activations
@@ -86,3 +91,11 @@ def get_config():
   # WORKDIR/plugins/profile (TensorBoard's profile tab); first_step 0: off.
   config.profile = ml_collections.ConfigDict({'first_step': 0, 'num_steps': 5})
   return config
+
+
+def unknown_choice(kind, value, choices, usage=''):
+  """A ValueError for an unknown name in a config string, naming the closest choice."""
+  close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+  hint = f"did you mean '{close[0]}'? " if close else ''
+  return ValueError(f'unknown {kind} {value!r}; {hint}one of {sorted(choices)}' +
+                    (f'. {usage}' if usage else ''))

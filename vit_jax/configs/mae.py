@@ -119,6 +119,5 @@ def get_config(recipe='fashion_mnist'):
     _fashion_mnist(config, base, finetune)
   else:
     names = sorted(_IMAGENET) + ['fashion_mnist', 'fashion_mnist_vit2']
-    raise ValueError(f'unknown recipe {recipe!r}; one of {names}, each also as '
-                     '<recipe>_finetune')
+    raise common.unknown_choice('recipe', recipe, names + [f'{n}_finetune' for n in names])
   return config.lock()

@@ -92,6 +92,6 @@ def get_config(recipe='fashion_mnist'):
   elif recipe == 'fashion_mnist_vit2':
     _fashion_mnist(config, vit2_baseline(fashion_mnist_pit()), crop=24)
   else:
-    raise ValueError(f'unknown recipe {recipe!r}; one of {sorted(_PAPER)}, their *_vit2 '
-                     'baselines, fashion_mnist, fashion_mnist_vit2')
+    raise common.unknown_choice('recipe', recipe, list(_PAPER) + [
+        f'{r}_vit2' for r in _PAPER] + ['fashion_mnist', 'fashion_mnist_vit2'])
   return config.lock()

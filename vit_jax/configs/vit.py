@@ -56,9 +56,15 @@ def model_config(name):
     return SMALL_MODELS[name]()
   getter = getattr(models, f'get_{name}_config', None)
   if getter is None:
-    raise ValueError(f'unknown model {name!r}; use a configs/models.py getter name (b16, '
-                     f'ti16, r50_b16, ...) or one of {sorted(SMALL_MODELS)}')
+    raise common.unknown_choice('model', name, model_names())
   return getter()
+
+
+def model_names():
+  """The <model> names of `configs/vit.py:<model>,<dataset>`."""
+  getters = [n[len('get_'):-len('_config')] for n in dir(models)
+             if n.startswith('get_') and n.endswith('_config')]
+  return sorted(getters + list(SMALL_MODELS))
 
 
 def from_scratch_recipe(config):
@@ -84,7 +90,8 @@ def from_scratch_recipe(config):
 def apply_dataset_preset(config, dataset):
   """Sets dataset, pp and total_steps (and the from-scratch recipe for MNIST-likes)."""
   if dataset not in DATASET_PRESETS:
-    raise ValueError(f'unknown dataset preset {dataset!r}; one of {sorted(DATASET_PRESETS)}')
+    raise common.unknown_choice('dataset preset', dataset, DATASET_PRESETS,
+                                'Other datasets: set --config.dataset after a preset')
   config.dataset = dataset
   preset = DATASET_PRESETS[dataset]
   config.total_steps = preset['total_steps']
@@ -94,7 +101,11 @@ def apply_dataset_preset(config, dataset):
 
 
 def get_config(model_and_dataset='b16,cifar10'):
-  model, dataset = model_and_dataset.split(',')
+  parts = model_and_dataset.split(',')
+  if len(parts) != 2:
+    raise ValueError(f'configs/vit.py takes <model>,<dataset>, e.g. b16,cifar10, not '
+                     f'{model_and_dataset!r}')
+  model, dataset = parts
   config = common.get_config()
   config.model = model_config(model)
   apply_dataset_preset(config, dataset)
