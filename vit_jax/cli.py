@@ -9,6 +9,7 @@ the fix>`, and exit status 2:
   app.UsageError.
 Any other exception is a bug and keeps its traceback.
 """
+
 import difflib
 import os
 import re
@@ -99,8 +100,9 @@ def _explain_config(name, argv):
   except (ValueError, TypeError, KeyError) as e:
     cause = e.__context__ or e  # config_flags re-raises with the traceback as text
     return f'--{name}={value}: {cause}'
-  if isinstance(config, config_flags._ErrorConfig):  # pylint: disable=protected-access
-    return f'--{name}={value}: the config file cannot be loaded ({config._error})'  # pylint: disable=protected-access
+  failed = getattr(config, '_error', None)  # config_flags' stand-in for a file that failed
+  if failed is not None:
+    return f'--{name}={value}: the config file cannot be loaded ({failed})'
   return _unknown_override(name, config, argv)
 
 

@@ -7,6 +7,7 @@ login`, a Cloud VM's or TPU's service account) once per process, and turns their
 one line saying how to authenticate. With STORAGE_EMULATOR_HOST set (an emulator, as in the
 tests) nothing is checked.
 """
+
 import os
 
 from vit_jax import errors

@@ -91,6 +91,9 @@ def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None, scan_
   Class names come from a Hugging Face checkpoint's id2label. Clear errors if it does not fit.
   `scan_layers=True` builds the scanned model and stacks the blocks after the checks.
   """
+  if image_size < 0:
+    raise errors.UserInputError(f'--image_size={image_size} must be > 0, or 0 for the '
+                                "checkpoint's own")
   fmt, params, hf = checkpoint_description(checkpoint_path, model_name)
   config = _model_config(params, fmt, hf, model_name, exact_gelu)
   config['transformer']['scan_layers'] = scan_layers
@@ -102,6 +105,11 @@ def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None, scan_
   channels = first.shape[2] if first is not None else 3
   if not image_size:
     image_size = hf.image_size[0] if hf else _size_from_posemb(model, params)
+  step = model.patches['size'][0] * resnet.stem_downsampling(model.resnet)
+  if image_size % step:
+    raise errors.UserInputError(
+        f'--image_size={image_size} is not a multiple of the model\'s {step}-pixel patches; '
+        f'pick e.g. {max(step, image_size // step * step)}')
   abstract = jax.eval_shape(lambda: layer_stack.unstack(model.init(  # the file's layout
       jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, channels)),
       train=False)['params']))
@@ -147,17 +155,30 @@ def load_images(image_paths, image_size, channels, patch):
 
 
 def classify(model, params, images, class_names, top_k=5):
-  """Top-k (name, probability) lists per image."""
+  """Top-k (name, probability) lists per image (all classes when top_k exceeds them).
+
+  `class_names`: one per class of the head, or None for 'class <i>'.
+  """
+  if top_k < 1:
+    raise errors.UserInputError(f'--top_k={top_k} must be >= 1 (classes printed per image)')
+  num_classes = model.num_classes
+  if class_names is None:
+    class_names = [f'class {i}' for i in range(num_classes)]
+  if len(class_names) != num_classes:
+    raise errors.UserInputError(
+        f'{len(class_names)} class names for a head of {num_classes} classes; give --labels '
+        f'with {num_classes} names (a file: one per line) or omit it')
   logits = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(params, images)
   probs = np.asarray(jax.nn.softmax(logits.astype(jnp.float32)))
-  if len(class_names) != probs.shape[1]:
-    class_names = [f'class {i}' for i in range(probs.shape[1])]
   top = np.argsort(-probs, axis=1)[:, :top_k]
   return [[(class_names[i], float(p[i])) for i in row] for row, p in zip(top, probs)]
 
 
 def benchmark(model, params, batch, image_size, channels, steps):
   """(images/s, compile seconds) timing exactly `steps` forward passes after a warm-up."""
+  for flag, value in (('batch', batch), ('steps', steps)):
+    if value < 1:
+      raise errors.UserInputError(f'--{flag}={value} must be >= 1 for --benchmark')
   x = jnp.zeros((batch, image_size, image_size, channels))
   start = time.perf_counter()
   forward = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False)).lower(
@@ -171,10 +192,25 @@ def benchmark(model, params, batch, image_size, channels, steps):
   return steps * batch / (time.perf_counter() - start), compile_s
 
 
+def _check_flags(image_paths):
+  """The flags' own errors, before a checkpoint is read."""
+  if FLAGS.top_k < 1:
+    raise errors.UserInputError(f'--top_k={FLAGS.top_k} must be >= 1 (classes printed per '
+                                'image)')
+  if FLAGS.benchmark:
+    for flag in ('batch', 'steps'):
+      if FLAGS[flag].value < 1:
+        raise errors.UserInputError(f'--{flag}={FLAGS[flag].value} must be >= 1 for '
+                                    '--benchmark')
+  elif not image_paths:
+    raise app.UsageError('give image paths, or --benchmark')
+
+
 def main(argv):
   image_paths = argv[1:]
   if not FLAGS.checkpoint:
     raise app.UsageError('--checkpoint is required')
+  _check_flags(image_paths)
   model, params, size, channels, own_names = build(
       FLAGS.checkpoint, FLAGS.model, FLAGS.image_size, FLAGS.exact_gelu, FLAGS.scan_layers)
   if FLAGS.benchmark:
@@ -183,13 +219,15 @@ def main(argv):
     print(f'{name} {size}x{size} batch {FLAGS.batch}: {rate:.2f} images/s over '
           f'{FLAGS.steps} timed steps (compile {compile_s:.1f} s)')
     return
-  if not image_paths:
-    raise app.UsageError('give image paths, or --benchmark')
   images = load_images(image_paths, size, channels, model.patches['size'][0])
   if FLAGS.labels:
     names = labels_lib.get_labels(FLAGS.labels)
+  elif own_names:
+    names = own_names
+  elif model.num_classes == 1000:
+    names = labels_lib.get_labels('imagenet1k')
   else:
-    names = own_names or labels_lib.get_labels('imagenet1k')
+    names = None  # 'class <i>'
   for path, top in zip(image_paths, classify(model, params, images, names, FLAGS.top_k)):
     print(path)
     for name, prob in top:

@@ -10,8 +10,10 @@ multi-host Cloud TPU slice without them, jax.distributed.initialize() finds its 
 Exit status: 0 when the run finished; 2 for a mistake in the flags, the config, the data
 or the workdir (one line `error: ...`, before anything is written); 128 + N when signal N
 (SIGTERM: 143, SIGINT: 130) reached any process and every process stopped after saving a
-checkpoint at the same step (rerun the same command to resume); 1 on another error. A run that fails after it started
-keeps its last state saved and ends its message with the step saved.
+checkpoint at the same step (rerun the same command to resume); 1 on another error. A run
+that fails after it started keeps its last state saved and ends its message with that step.
+One workdir takes one run at a time (a lock; --force_unlock takes over one left by a run on
+another host that is gone).
 
 On start the process re-executes itself with tcmalloc preloaded when it is installed
 (VIT_JAX_TCMALLOC=0 disables this) and creates `config.cpu_devices` CPU devices; see

@@ -5,11 +5,12 @@ JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables) before a
 starts: a missing count, an index out of range or an address without a port is one line.
 
 `initialize` runs jax.distributed.initialize under a watchdog thread: while the coordinator
-(process 0) or the other processes are not there yet it says so every WAIT_REPORT_SECONDS,
+(process 0) or the other processes are not there yet it says so (after 2 s, then every 10 s),
 and after `timeout` seconds it prints one line and ends the process with status 2. The
 watchdog, not JAX's own timeout, decides: a JAX client whose peers never come up may abort
 the process (no exception to catch), so JAX's timeout is set beyond it.
 """
+
 import os
 import sys
 import threading
@@ -19,6 +20,7 @@ from absl import logging
 
 from vit_jax import errors
 
+FIRST_REPORT_SECONDS = 2
 WAIT_REPORT_SECONDS = 10
 
 
@@ -43,8 +45,8 @@ def resolve(coordinator_address=None, num_processes=None, process_id=None, envir
   if not address:
     if count is not None or index is not None:
       raise errors.UserInputError(
-          f'--num_processes={count} / --process_id={index} need --coordinator_address=HOST:PORT'
-          ' (process 0 listens there; the same address for every process)'
+          '--num_processes and --process_id need --coordinator_address=HOST:PORT (process 0 '
+          'listens there; the same address for every process)'
       )
     return None
   host, _, port = address.rpartition(':')
@@ -90,9 +92,10 @@ def initialize(address, count, index, timeout):
   what = _waiting_for(address, count, index)
 
   def watch():
+    every = FIRST_REPORT_SECONDS
     while True:
       left = timeout - (time.time() - start)
-      if done.wait(min(WAIT_REPORT_SECONDS, max(left, 0))):
+      if done.wait(min(every, max(left, 0))):
         return
       waited = time.time() - start
       if waited >= timeout:
@@ -114,6 +117,7 @@ def initialize(address, count, index, timeout):
           file=sys.stderr,
           flush=True,
       )
+      every = WAIT_REPORT_SECONDS
 
   watchdog = threading.Thread(target=watch, name='vit_jax coordinator wait', daemon=True)
   watchdog.start()
