@@ -3,6 +3,10 @@
   python -m vit_jax.inference --checkpoint=ViT-B_16.npz cat.jpg dog.png
   python -m vit_jax.inference --checkpoint=hf://google/vit-base-patch16-224 cat.jpg
   python -m vit_jax.inference --checkpoint=ViT-B_16.npz --model=ViT-B_16 --benchmark
+  python -m vit_jax.inference --checkpoint=/tmp/vit shoe.png   # a training workdir
+
+A training workdir (local or gs://) classifies with its newest checkpoint (or --step), the
+model and class names of its config.json (vit_jax/workdir_model.py), at its crop size.
 
 Resolution follows the checkpoint (its position-embedding grid times the patch size) unless
 --image_size is given; images are resized to it and scaled to [-1, 1] as in training.
@@ -11,6 +15,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,12 +29,15 @@ from vit_jax import checkpoint_architecture
 from vit_jax import checkpoint_hf
 from vit_jax import labels as labels_lib
 from vit_jax import paths
+from vit_jax import workdir_model
 from vit_jax.models import VisionTransformer
 from vit_jax.models import layer_stack
 from vit_jax.models import resnet
 
-flags.DEFINE_string('checkpoint', None, 'npz / safetensors / msgpack file or Hugging Face '
-                    'folder: local, gs://, https:// or hf://ORG/NAME.')
+flags.DEFINE_string('checkpoint', None, 'npz / safetensors / msgpack file, Hugging Face '
+                    'folder or training workdir: local, gs://, https:// or hf://ORG/NAME.')
+flags.DEFINE_integer('step', None, 'The checkpoint step of a training workdir; default: its '
+                     'newest.')
 flags.DEFINE_string('model', None, 'A configs/models.py name; default: the model the '
                     'checkpoint implies (its config.json, or its parameter shapes).')
 flags.DEFINE_integer('image_size', 0, 'Input resolution; 0 = from the checkpoint.')
@@ -85,12 +93,20 @@ def checkpoint_description(checkpoint_path, model_name=None):
   return fmt, params, hf
 
 
-def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None, scan_layers=False):
+def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None, scan_layers=False,
+          step=None):
   """(model, params, image_size, channels, class names or None) for a checkpoint.
 
-  Class names come from a Hugging Face checkpoint's id2label. Clear errors if it does not fit.
-  `scan_layers=True` builds the scanned model and stacks the blocks after the checks.
+  Class names come from a Hugging Face checkpoint's id2label, or a training workdir's
+  config.json (`step`: its checkpoint step, default the newest). Clear errors if it does not
+  fit. `scan_layers=True` builds the scanned model and stacks the blocks after the checks.
   """
+  if workdir_model.is_run(checkpoint_path):
+    return _build_from_workdir(checkpoint_path, model_name, image_size, exact_gelu,
+                               scan_layers, step)
+  if step is not None:
+    raise errors.UserInputError(f'--step={step} is for a training workdir; '
+                                f'{checkpoint_path} is a checkpoint file or folder')
   if image_size < 0:
     raise errors.UserInputError(f'--image_size={image_size} must be > 0, or 0 for the '
                                 "checkpoint's own")
@@ -121,6 +137,21 @@ def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None, scan_
                                 f'{missing[:5]}, unexpected {extra[:5]}')
   params = layer_stack.to_layout(params, scan_layers)
   return model, params, image_size, channels, (hf.class_names if hf else None)
+
+
+def _build_from_workdir(workdir, model_name, image_size, exact_gelu, scan_layers, step):
+  given = [f'--{flag}={value}' for flag, value in (('model', model_name),
+                                                    ('exact_gelu', exact_gelu)) if value]
+  if given:
+    raise errors.UserInputError(f'{" and ".join(given)}: {workdir} is a training workdir, '
+                                'whose config.json sets the model; omit them')
+  run = workdir_model.load(workdir, step)
+  model, params, size, channels = workdir_model.classifier(run, scan_layers)
+  if image_size and image_size != size:
+    raise errors.UserInputError(f'--image_size={image_size}: the run in {workdir} trained at '
+                                f'{size}x{size} (config.pp.crop); omit --image_size')
+  logging.info('%s: step %d of a training run', workdir, run.step)
+  return model, params, size, channels, run.class_names
 
 
 def _size_from_posemb(model, params):
@@ -212,7 +243,8 @@ def main(argv):
     raise app.UsageError('--checkpoint is required')
   _check_flags(image_paths)
   model, params, size, channels, own_names = build(
-      FLAGS.checkpoint, FLAGS.model, FLAGS.image_size, FLAGS.exact_gelu, FLAGS.scan_layers)
+      FLAGS.checkpoint, FLAGS.model, FLAGS.image_size, FLAGS.exact_gelu, FLAGS.scan_layers,
+      FLAGS.step)
   if FLAGS.benchmark:
     rate, compile_s = benchmark(model, params, FLAGS.batch, size, channels, FLAGS.steps)
     name = FLAGS.model or paths.basename(FLAGS.checkpoint)

@@ -6,6 +6,7 @@ of the train split, gathered inside the step (vit_jax/device_input.py); the drop
 fold_in(seed, step). A run killed at any point and restarted from its last checkpoint ends
 bitwise equal to one that was never interrupted.
 """
+import json
 import signal
 import time
 
@@ -226,10 +227,13 @@ def evaluate_metrics(config, eval_step, params, mesh):
   return {f'eval_{name}': float(v) for name, v in zip(names, values)}, int(total)
 
 
-def _write_config(config, workdir):
-  """WORKDIR/config.json: the resolved config of this run (process 0), as big_vision does."""
+def _write_config(config, workdir, class_names):
+  """WORKDIR/config.json: the resolved config of this run (process 0), as big_vision does,
+  and the dataset's `class_names` (for inference and export from the workdir)."""
   if jax.process_index() == 0:
-    paths.write_text(paths.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+    saved = json.loads(config.to_json_best_effort())
+    saved['class_names'] = [str(n) for n in class_names or []] or None
+    paths.write_text(paths.join(workdir, 'config.json'), json.dumps(saved, indent=2))
 
 
 def _first_restorable(ckpt, target, config, workdir):
@@ -273,12 +277,13 @@ def train_and_evaluate(config, workdir, force_unlock=False):
   try:
     with workdir_lib.claim(workdir, force_unlock) as held, jax.set_mesh(mesh):
       return _run(config, held, mesh, model, tx, schedule, num_classes, image_shape, stop,
-                  started)
+                  started, info.get('class_names'))
   finally:
     stop.uninstall()
 
 
-def _run(config, held, mesh, model, tx, schedule, num_classes, image_shape, stop, started):
+def _run(config, held, mesh, model, tx, schedule, num_classes, image_shape, stop, started,
+         class_names):
   """Restores or creates the state (nothing written yet), then trains in the workdir."""
   workdir = held.workdir
   target, shardings = abstract_train_state(config, model, tx, mesh, image_shape)
@@ -291,7 +296,7 @@ def _run(config, held, mesh, model, tx, schedule, num_classes, image_shape, stop
       state = create_train_state(config, model, tx, shardings, image_shape)
     held.started()  # sure to start: from here on the run writes into the workdir
     ckpt = ckpt or _checkpointer(config, workdir)
-    _write_config(config, workdir)
+    _write_config(config, workdir, class_names)
     result = _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, target,
                          shardings, state, start_step, ckpt, stop, started)
   except BaseException as e:

@@ -40,7 +40,7 @@ STALE_SECONDS = 600
 _RUN_CONFIG_KEYS = ('model', 'pp', 'total_steps')
 
 
-def _run_config(workdir):
+def is_run_config(workdir):
   """Whether WORKDIR/config.json is a config a vit_jax run wrote."""
   try:
     saved = json.loads(paths.read_text(paths.join(workdir, CONFIG)))
@@ -59,7 +59,7 @@ def refuse_unless_ours(workdir):
         '(it is created if missing).'
     )
   names = paths.listdir(workdir)
-  if not names or names == [LOCK] or _run_config(workdir):
+  if not names or names == [LOCK] or is_run_config(workdir):
     return
   shown = ', '.join(names[:5]) + (f' and {len(names) - 5} more' if len(names) > 5 else '')
   why = (
