@@ -1,4 +1,5 @@
-"""Inference and export from what training wrote: a workdir classifies and exports as trained.
+"""Inference and export from what training wrote: a workdir (local or gs://, against the GCS
+emulator) classifies and exports as trained.
 
 One tiny ViT run (4x4 patches on 8x8 Fashion-MNIST, class token, learned position
 embedding: a model every export format can hold), checkpoints at steps 1 and 2.
@@ -19,10 +20,13 @@ from vit_jax import errors
 from vit_jax import export
 from vit_jax import inference
 from vit_jax import labels
+from vit_jax import paths
 from vit_jax import state_checkpoint
 from vit_jax import train
 from vit_jax.models import layer_stack
 
+from test_gcs import BUCKET
+from test_gcs import gcs  # pylint: disable=unused-import  (the GCS emulator fixture)
 from test_train import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,3 +157,26 @@ def test_the_export_command_and_its_mistakes(run, tmp_path):
     lines = refused.stderr.strip().splitlines()
     assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
     assert lines[0].startswith('error: ') and expected in lines[0], lines[0]
+
+
+def test_a_workdir_in_a_bucket_classifies_and_exports(gcs, run, tmp_path):  # pylint: disable=redefined-outer-name
+  del gcs
+  local, pngs = run
+  remote = f'gs://{BUCKET}/trained'
+  for root, _, files in os.walk(local):  # the run's files, copied as they are
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        paths.write_bytes(f'{remote}/{os.path.relpath(path, local)}', f.read())
+  want_model, want_params, size, channels, names = inference.build(local)
+  model, params, _, _, remote_names = inference.build(remote)
+  assert remote_names == names
+  images = inference.load_images(pngs, size, channels, 4)
+  np.testing.assert_array_equal(
+      model.apply({'params': params}, images, train=False),
+      want_model.apply({'params': want_params}, images, train=False),
+  )
+  out = f'gs://{BUCKET}/exported/vit.npz'
+  assert export.export(remote, out, 'npz').endswith(f'-> {out} (npz)')
+  assert paths.exists(out)
+  del tmp_path

@@ -21,9 +21,12 @@ import tensorflow as tf
 
 from vit_jax import errors
 from vit_jax import metrics
+from vit_jax import paths
 from vit_jax import train
 from vit_jax.runtime import workdir as workdir_lib
 
+from test_gcs import BUCKET
+from test_gcs import gcs  # pylint: disable=unused-import  (the GCS emulator fixture)
 from test_train import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -279,3 +282,23 @@ def test_an_error_after_step_one_keeps_the_last_state(
   ), line
   assert sorted(os.listdir(workdir / 'checkpoints')) == [str(saved_step)]
   assert not (workdir / workdir_lib.LOCK).exists()
+
+
+def test_the_lock_in_a_bucket_takes_one_run(gcs, tmp_path):  # pylint: disable=redefined-outer-name
+  del gcs
+  workdir = f'gs://{BUCKET}/locked'
+  first = workdir_lib.Lock(workdir)
+  first.acquire()
+  assert paths.exists(f'{workdir}/{workdir_lib.LOCK}')
+  with pytest.raises(errors.UserInputError, match=f'in use by another run \\(pid {os.getpid()}'):
+    workdir_lib.Lock(workdir).acquire()
+  first.release()
+  assert not paths.exists(f'{workdir}/{workdir_lib.LOCK}')
+  second = workdir_lib.Lock(workdir)
+  second.acquire()
+  second.release()
+  # A foreign folder in a bucket is refused like a local one.
+  paths.write_text(f'gs://{BUCKET}/hf/config.json', '{"model_type": "vit"}')
+  with pytest.raises(errors.UserInputError, match='not a vit_jax run'):
+    workdir_lib.refuse_unless_ours(f'gs://{BUCKET}/hf')
+  del tmp_path
