@@ -68,10 +68,20 @@ def test_fields_that_act_together_pass_together():
           'patch_dropout.steps': 100,
           'profile.first_step': 5400,
           'pp.resize': 14,
-      }
+      },
   )
   _validate(vit_configs.get_config('vit4,fashion_mnist'))  # patch dropout in the preset
   _validate(pit_configs.get_config('cifar100_pit_t'))  # RandAugment 2 x 9 in the preset
+
+
+def test_classifier_fields_are_refused_with_a_masked_autoencoder():
+  from vit_jax.configs import mae as mae_configs  # pylint: disable=import-outside-toplevel
+
+  _validate(mae_configs.get_config('fashion_mnist'))
+  _validate(mae_configs.get_config('fashion_mnist_finetune'), label_smoothing=0.1)
+  for field, value in (('label_smoothing', 0.1), ('eval_flip', True)):
+    with pytest.raises(errors.UserInputError, match=f'config.{field}={value} is for classifiers'):
+      _validate(mae_configs.get_config('fashion_mnist'), **{field: value})
 
 
 def test_a_fine_tuning_recipe_without_its_checkpoint_is_refused():

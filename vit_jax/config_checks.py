@@ -298,6 +298,12 @@ def _check_together(config):
         f'config.pretrained_path is not set, and this recipe ({config.model.get("model_name")})'
         ' fine-tunes a pretrained checkpoint: pass --config.pretrained_path=<the .npz file> '
         '(or configs/augreg.py:<file.npz>)')
+  if objectives.objective(config) == 'mae':
+    for field in ('label_smoothing', 'eval_flip'):
+      if config[field]:
+        raise _error(field, config[field], "is for classifiers; config.objective='mae' "
+                     'reconstructs pixels and has no labels. Turn it off for pre-training '
+                     '(fine-tuning uses it)')
   if not config.pretrained_strict and not config.pretrained_path:
     raise _error('pretrained_strict', False, 'has no effect without config.pretrained_path; '
                  'remove it or set the path')

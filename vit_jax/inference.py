@@ -233,8 +233,19 @@ def _check_flags(image_paths):
       if FLAGS[flag].value < 1:
         raise errors.UserInputError(f'--{flag}={FLAGS[flag].value} must be >= 1 for '
                                     '--benchmark')
-  elif not image_paths:
-    raise app.UsageError('give image paths, or --benchmark')
+    ignored = [f for f in ('top_k', 'labels') if FLAGS[f].present] + (
+        ['image paths'] if image_paths else [])
+    if ignored:
+      raise errors.UserInputError(f'--benchmark times the model and classifies nothing: '
+                                  f'{", ".join(ignored)} would be ignored; drop them or '
+                                  '--benchmark')
+  else:
+    given = [f'--{f}' for f in ('batch', 'steps') if FLAGS[f].present]
+    if given:
+      raise errors.UserInputError(f'{" and ".join(given)} only act with --benchmark; add it '
+                                  'or drop them')
+    if not image_paths:
+      raise app.UsageError('give image paths, or --benchmark')
 
 
 def main(argv):
