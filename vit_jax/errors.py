@@ -1,7 +1,8 @@
 """Error types for problems the user can fix: a bad config value, bad data, a missing file.
 
-`python -m vit_jax.main` prints these as one line `error: <message>` and exits with status 2
-(no traceback); any other exception is a bug and keeps its traceback. Both are ValueErrors,
+The commands (main, inference, aot, export: vit_jax/cli.py) print these as one line
+`error: <message> <notes>` and exit with status 2 (no traceback); any other exception is a bug
+and keeps its traceback. Both are ValueErrors,
 so code and tests catching ValueError (or FileNotFoundError) keep working.
 """
 import sys
