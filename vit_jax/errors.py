@@ -2,8 +2,8 @@
 
 The commands (main, inference, aot, export: vit_jax/cli.py) print these as one line
 `error: <message> <notes>` and exit with status 2 (no traceback); any other exception is a bug
-and keeps its traceback. Both are ValueErrors,
-so code and tests catching ValueError (or FileNotFoundError) keep working.
+and keeps its traceback. Both are ValueErrors, so code and tests catching ValueError (or
+FileNotFoundError) keep working.
 """
 import sys
 
