@@ -178,7 +178,10 @@ class Lock:
           describe(owner) if owner else 'an unreadable lock',
           'forced' if force and owner_alive(owner) else 'stale',
       )
-      paths.remove(self.path)
+      try:
+        paths.remove(self.path)
+      except FileNotFoundError:  # another run took over first; create_exclusive decides
+        pass
       if paths.create_exclusive(self.path, self._contents()):
         return self._start_heartbeat()
       return self.acquire(False)  # another run took it in between: its line
