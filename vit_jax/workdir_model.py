@@ -91,15 +91,20 @@ def model_config(run, scan_layers=None):
 def classifier(run, scan_layers=False):
   """(model, params in its layout, image size, channels) of a Run."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vit_jax import attention  # pylint: disable=g-import-not-at-top
   from vit_jax.models import VisionTransformer  # pylint: disable=g-import-not-at-top
   from vit_jax.models import layer_stack  # pylint: disable=g-import-not-at-top
 
-  num_classes = run.params['head']['bias'].shape[0]
+  config = model_config(run, scan_layers)
+  transformer = config.get('transformer') or {}
+  if (transformer.get('attention') or {}).get('impl') in attention.SHARDED:
+    # A schedule over the training mesh's 'seq' axis; one host computes the same numbers.
+    config['transformer'] = dict(transformer, attention=dict(transformer['attention'], impl='auto'))
   model = VisionTransformer(
-      num_classes=num_classes,
+      num_classes=run.params['head']['bias'].shape[0],
       dtype=jnp.dtype(run.config.dtype),
       param_dtype=jnp.dtype(run.config.param_dtype),
-      **model_config(run, scan_layers),
+      **config,
   )
   params = layer_stack.to_layout(run.params, scan_layers)
   return model, params, run.config.pp.crop, run.config.pp.channels
