@@ -95,6 +95,11 @@ CASES = [
         ['--workdir=gs://bucket/run', PIT],
         'gs://bucket/run is on Cloud Storage and no Google Cloud credentials were found',
     ),
+    (
+        'main',
+        ['--workdir=W', PIT, '--config.momentum=0.5'],
+        "config.momentum=0.5 has no effect here: it acts only with config.optim='sgd'",
+    ),
     ('aot', [PIT, '--topology=v5e:2x2', '--num_slices=0'], '--num_slices=0 must be >= 1'),
     ('aot', [PIT, '--topology=v5e:2x2', '--num_classes=0'], '--num_classes=0 must be >= 1'),
     ('inference', ['--checkpoint=x.npz', '--top_k=0', 'a.png'], '--top_k=0 must be >= 1'),

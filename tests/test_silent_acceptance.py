@@ -4,6 +4,8 @@ A field that only acts together with another is checked together with it; counts
 be positive are; class names must match the head; a shape mismatch names its real cause.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,6 +84,27 @@ def test_classifier_fields_are_refused_with_a_masked_autoencoder():
   for field, value in (('label_smoothing', 0.1), ('eval_flip', True)):
     with pytest.raises(errors.UserInputError, match=f'config.{field}={value} is for classifiers'):
       _validate(mae_configs.get_config('fashion_mnist'), **{field: value})
+
+
+@pytest.mark.parametrize(
+    'field,value,partner',
+    [
+        ('momentum', 0.5, "config.optim='sgd'"),
+        ('adam_b2', 0.99, None),  # the preset's optimizer is AdamW: acts
+        ('linear_end', 0.0, "config.decay_type='linear'"),
+        ('profile.num_steps', 3, 'config.profile.first_step > 0'),
+        ('pretrained_strict', False, 'config.pretrained_path'),
+    ],
+)
+def test_a_field_given_where_it_does_nothing_is_refused(field, value, partner):
+  config = pit_configs.get_config('fashion_mnist')
+  if partner is None:
+    config_checks.check_overrides(config, [field])
+    return
+  with pytest.raises(
+      errors.UserInputError, match=f'has no effect here: it acts only with ' f'{re.escape(partner)}'
+  ):
+    config_checks.check_overrides(config, [field])
 
 
 def test_a_fine_tuning_recipe_without_its_checkpoint_is_refused():

@@ -51,8 +51,10 @@ def main(argv):
   if FLAGS.workdir.startswith('gs://'):
     gcs_credentials.check(f'--workdir={FLAGS.workdir}')
   host_runtime.reexec_with_tcmalloc('vit_jax.main')
-  host_runtime.set_cpu_devices(FLAGS.config.cpu_devices)  # before JAX's backends start
   # Imported here so that the flags above parse before TensorFlow and JAX start.
+  from vit_jax import config_checks  # pylint: disable=g-import-not-at-top
+  config_checks.check_overrides(FLAGS.config, config_flags.get_override_values(FLAGS['config']))
+  host_runtime.set_cpu_devices(FLAGS.config.cpu_devices)  # before JAX's backends start
   from vit_jax import parallel  # pylint: disable=g-import-not-at-top
   from vit_jax import preemption  # pylint: disable=g-import-not-at-top
   from vit_jax import train  # pylint: disable=g-import-not-at-top
