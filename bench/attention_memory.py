@@ -30,7 +30,7 @@ def _rss_gib():
 
 
 def memory_tables():
-  from vit_jax.attention import memory  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import attention_memory  # pylint: disable=g-import-not-at-top
   lengths = [int(x) for x in FLAGS.lengths]
   impls = ('dense', 'blockwise', 'ring', 'allgather', 'ulysses')
   print('\nForward+backward temporary memory per device (GiB), batch 1, 3 heads x 64, '
@@ -39,7 +39,7 @@ def memory_tables():
   print('|---' * (len(impls) + 2) + '|')
   previous = None
   for length in lengths:
-    row = [memory.fwd_bwd_temp_bytes(impl, length, block_size=FLAGS.block_size)
+    row = [attention_memory.fwd_bwd_temp_bytes(impl, length, block_size=FLAGS.block_size)
            for impl in impls]
     growth = f'x{row[1] / previous:.2f}' if previous else ''
     previous = row[1]
@@ -52,11 +52,11 @@ def memory_tables():
   print('|---|---|---|---|')
   base = None
   for devices in (1, 2, 4, 8):
-    ring = memory.fwd_bwd_temp_bytes('ring', length, devices=devices,
+    ring = attention_memory.fwd_bwd_temp_bytes('ring', length, devices=devices,
                                      block_size=FLAGS.block_size)
-    gather = memory.fwd_bwd_temp_bytes('allgather', length, devices=devices,
+    gather = attention_memory.fwd_bwd_temp_bytes('allgather', length, devices=devices,
                                        block_size=FLAGS.block_size)
-    ulysses = memory.fwd_bwd_temp_bytes('ulysses', length, heads=24, head_dim=8,
+    ulysses = attention_memory.fwd_bwd_temp_bytes('ulysses', length, heads=24, head_dim=8,
                                         devices=devices, block_size=FLAGS.block_size)
     base = base or ring
     print(f'| {devices} | {ring / GIB:.3f} ({ring / base:.3f} of 1 device) | '
@@ -67,7 +67,7 @@ def timing_table():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp
   from vit_jax import attention
-  from vit_jax.attention import memory
+  from vit_jax.perf import attention_memory
   length = FLAGS.timing_length
   q = jax.random.normal(jax.random.PRNGKey(0), (1, length, 3, 64))
   print(f'\nForward+backward time at L = {length} (3 heads x 64), 8 simulated devices share '
@@ -78,7 +78,7 @@ def timing_table():
                         ('ulysses', 1)):
     grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attention.dot_product_attention(
         q, k, v, impl=impl, block_size=FLAGS.block_size)), argnums=(0, 1, 2)))
-    with jax.set_mesh(memory.seq_mesh(devices)):
+    with jax.set_mesh(attention_memory.seq_mesh(devices)):
       jax.block_until_ready(grad(q, q, q))
       start = time.perf_counter()
       jax.block_until_ready(grad(q, q, q))
@@ -91,7 +91,7 @@ def pit_step(impl):
   import jax.numpy as jnp
   import optax
   from vit_jax.configs import models as model_configs
-  from vit_jax.attention import memory
+  from vit_jax.perf import attention_memory
   from vit_jax.models import VisionTransformer
   config = model_configs.MODEL_CONFIGS['PiT-T'].to_dict()
   config['transformer']['attention'] = {'impl': impl, 'block_size': FLAGS.block_size}
@@ -100,7 +100,7 @@ def pit_step(impl):
   image = jnp.ones((1, 224, 224, 3))
   label = jax.nn.one_hot(jnp.array([3]), 1000)
   tx = optax.adamw(1e-3)
-  with jax.set_mesh(memory.seq_mesh(devices)):
+  with jax.set_mesh(attention_memory.seq_mesh(devices)):
     params = jax.jit(lambda: model.init(jax.random.PRNGKey(0), image, train=False))()['params']
     opt_state = tx.init(params)
 

@@ -8,7 +8,7 @@ interpreter with torch and timm installed; they are never dependencies of vit_ja
 
 Both sides use every core: torch with one intra-op thread per core, vit_jax as it trains on a
 CPU host, one device per core (`--cpu_devices=-1`, config.cpu_devices; with its XLA flags,
-vit_jax/host_runtime.py) and the batch split over them. `--cpu_devices=0` times one device
+vit_jax/runtime/host_setup.py) and the batch split over them. `--cpu_devices=0` times one device
 using all cores instead.
 """
 import os
@@ -135,8 +135,8 @@ def bench_timm():
 
 def main(argv):
   del argv
-  from vit_jax import host_runtime  # pylint: disable=g-import-not-at-top
-  host_runtime.set_cpu_devices(FLAGS.cpu_devices)  # before JAX starts
+  from vit_jax.runtime import host_setup  # pylint: disable=g-import-not-at-top
+  host_setup.set_cpu_devices(FLAGS.cpu_devices)  # before JAX starts
   print(host_probe.line())
   bench_vit_jax()
   if FLAGS.timm:

@@ -34,8 +34,8 @@ FLAGS = flags.FLAGS
 def _timed_steps(step, state, batches, steps, extra=()):
   """Runs `steps` steps as the train loop does (at most 8 in flight); (state, seconds)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import dispatch  # pylint: disable=g-import-not-at-top
-  limit_dispatch = dispatch.DispatchLimiter()  # as the train loop: unbounded can deadlock
+  from vit_jax.runtime import step_queue  # pylint: disable=g-import-not-at-top
+  limit_dispatch = step_queue.DispatchLimiter()  # as the train loop: unbounded can deadlock
   start = time.perf_counter()
   for _ in range(steps):
     state, metrics = step(state, next(batches), *extra)
@@ -46,10 +46,10 @@ def _timed_steps(step, state, batches, steps, extra=()):
 
 def main(argv):
   del argv
-  from vit_jax import host_runtime  # pylint: disable=g-import-not-at-top
-  host_runtime.reexec_with_tcmalloc()
+  from vit_jax.runtime import host_setup  # pylint: disable=g-import-not-at-top
+  host_setup.reexec_with_tcmalloc()
   print(host_probe.line())
-  host_runtime.set_cpu_devices(FLAGS.config.cpu_devices)
+  host_setup.set_cpu_devices(FLAGS.config.cpu_devices)
   import itertools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -107,7 +107,7 @@ def main(argv):
   run_rate = FLAGS.steps * config.batch / run_s
   print(f'{config.model.model_name} on {config.dataset} {config.pp.crop}x{config.pp.crop}, '
         f'batch {config.batch}, {jax.device_count()} devices, tcmalloc '
-        f'{"on" if host_runtime.tcmalloc_loaded() else "off"}:')
+        f'{"on" if host_setup.tcmalloc_loaded() else "off"}:')
   print(f'  input pipeline alone:   {pipeline_rate:9.0f} examples/s')
   print(f'  train step, fixed batch: {fixed_rate:8.0f} examples/s ({faults:.0f} page faults/step)')
   print(f'  train step, as the run:  {run_rate:8.0f} examples/s '

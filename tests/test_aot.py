@@ -8,8 +8,8 @@ import jax
 import pytest
 
 from vit_jax import aot
-from vit_jax import hlo_flops
-from vit_jax import model_flops
+from vit_jax.perf import hlo_flops
+from vit_jax.perf import model_flops
 from vit_jax.configs import pit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

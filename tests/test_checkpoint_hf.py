@@ -2,7 +2,7 @@
 
 `_hf_forward` re-implements ViTModel / ViTForImageClassification in numpy (float64) from the
 transformers semantics, independently of vit_jax; the key layout and shapes are written out
-here from that source, not taken from vit_jax.checkpoint_hf.
+here from that source, not taken from vit_jax.checkpoints.hf_format.
 """
 import hashlib
 import json
@@ -19,7 +19,7 @@ import scipy.special
 from safetensors import numpy as st
 
 from vit_jax import checkpoint
-from vit_jax import checkpoint_hf
+from vit_jax.checkpoints import hf_format
 from vit_jax import errors
 from vit_jax import inference
 from vit_jax.models import VisionTransformer
@@ -175,8 +175,8 @@ def test_safetensors_folder_gives_transformers_logits(tmp_path):
   sd, config = _random_state_dict(), _config()
   with_mask = dict(sd, **{'vit.embeddings.mask_token': np.ones((1, 1, WIDTH), np.float32)})
   params = checkpoint.load(_save(tmp_path / 'hf', with_mask, config))
-  hf = checkpoint_hf.model_config_from_hf(config, params)
-  assert hf == checkpoint_hf.model_config_from_hf(config)
+  hf = hf_format.model_config_from_hf(config, params)
+  assert hf == hf_format.model_config_from_hf(config)
   assert (hf.num_classes, hf.image_size, hf.num_channels) == (CLASSES, (IMAGE, IMAGE), 3)
   assert hf.class_names == [f'class_{i}' for i in range(CLASSES)]
   assert hf.model_config['transformer']['gelu_approximate'] is False
@@ -241,8 +241,8 @@ def test_hub_paths_load_offline(tmp_path, monkeypatch):
   params = checkpoint.load(_save(tmp_path / 'local', sd, config))
   param_trees.assert_same_params(params, checkpoint.load('hf://org/vit'))
   param_trees.assert_same_params(params, checkpoint.load('hf://org/vit/model.safetensors'))
-  assert checkpoint_hf.config_for('hf://org/vit') == config
-  assert checkpoint_hf.config_for('hf://org/vit/model.safetensors') == config
+  assert hf_format.config_for('hf://org/vit') == config
+  assert hf_format.config_for('hf://org/vit/model.safetensors') == config
 
 
 def test_qkv_bias_false_gives_zero_biases(tmp_path):
@@ -252,7 +252,7 @@ def test_qkv_bias_false_gives_zero_biases(tmp_path):
   params = checkpoint.load(_save(tmp_path / 'hf', sd, config))
   key_bias = params['Transformer']['encoderblock_0']['MultiHeadDotProductAttention_0']['key']
   np.testing.assert_array_equal(key_bias['bias'], np.zeros((HEADS, WIDTH // HEADS)))
-  hf = checkpoint_hf.model_config_from_hf(config, params)
+  hf = hf_format.model_config_from_hf(config, params)
   np.testing.assert_allclose(_apply(params, hf), _reference(sd, config), atol=1e-5, rtol=1e-5)
 
 
@@ -262,8 +262,8 @@ def test_vit_model_pooler_is_pre_logits(tmp_path):
   sd = _random_state_dict(prefix='', head=False, pooler=True)
   params = checkpoint.load(_save(tmp_path / 'hf', sd, config))
   assert 'pre_logits' in params and 'head' not in params
-  hf = checkpoint_hf.model_config_from_hf(config, params)
-  assert hf == checkpoint_hf.model_config_from_hf(config)
+  hf = hf_format.model_config_from_hf(config, params)
+  assert hf == hf_format.model_config_from_hf(config)
   assert (hf.num_classes, hf.class_names) == (0, None)
   assert hf.model_config['representation_size'] == WIDTH
   np.testing.assert_allclose(_apply(params, hf), _reference(sd, config, 'pooled', prefix=''),
@@ -272,14 +272,14 @@ def test_vit_model_pooler_is_pre_logits(tmp_path):
   sd = _random_state_dict(pooler=True)
   params = checkpoint.load(_save(tmp_path / 'both', sd, _config()))
   assert 'pre_logits' not in params
-  hf = checkpoint_hf.model_config_from_hf(_config(), params)
+  hf = hf_format.model_config_from_hf(_config(), params)
   np.testing.assert_allclose(_apply(params, hf), _reference(sd, _config()), atol=1e-5, rtol=1e-5)
 
 
 def test_export_writes_the_published_layout(tmp_path):
   sd, config = _random_state_dict(), _config()
   params = checkpoint.load(_save(tmp_path / 'hf', sd, config))
-  hf = checkpoint_hf.model_config_from_hf(config, params)
+  hf = hf_format.model_config_from_hf(config, params)
   out = tmp_path / 'export'
   names = [f'label {i}' for i in range(CLASSES)]
   checkpoint.export_hf(params, hf.model_config, out, class_names=names)
@@ -315,13 +315,13 @@ def test_export_tanh_gelu_and_default_epsilon(tmp_path):
   params = flax.traverse_util.unflatten_dict(
       {tuple(k.split('/')): (0.3 * rng.standard_normal(v.shape)).astype(np.float32)
        for k, v in shapes.items()})
-  config = checkpoint_hf.export(params, model_config, tmp_path / 'export')
+  config = hf_format.export(params, model_config, tmp_path / 'export')
   assert (config['hidden_act'], config['layer_norm_eps']) == ('gelu_pytorch_tanh', 1e-6)
   assert config['id2label'] == {str(i): f'LABEL_{i}' for i in range(CLASSES)}
   logits = np.asarray(model.apply({'params': params}, images, train=False))
   exported = st.load((tmp_path / 'export' / 'model.safetensors').read_bytes())
   np.testing.assert_allclose(_reference(exported, config), logits, atol=1e-5, rtol=1e-5)
-  hf = checkpoint_hf.model_config_from_hf(config)
+  hf = hf_format.model_config_from_hf(config)
   assert hf.model_config['transformer']['gelu_approximate'] is True
   assert hf.model_config['transformer']['layer_norm_epsilon'] == 1e-6
   np.testing.assert_allclose(_apply(checkpoint.load(tmp_path / 'export'), hf), logits,
@@ -332,7 +332,7 @@ def test_export_tanh_gelu_and_default_epsilon(tmp_path):
 def test_other_architectures_are_clear_errors(tmp_path, model_type):
   config = _config(model_type=model_type)
   with pytest.raises(errors.UserInputError, match=f"model_type '{model_type}'"):
-    checkpoint_hf.model_config_from_hf(config)
+    hf_format.model_config_from_hf(config)
   with pytest.raises(errors.UserInputError, match=f"model_type '{model_type}'"):
     checkpoint.load(_save(tmp_path / 'hf', _random_state_dict(), config))
 
@@ -346,7 +346,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
   with pytest.raises(errors.UserInputError, match=r'vit\.encoder\.layer\.1\.output\.dense\.bias'):
     checkpoint.load(_save(tmp_path / 'incomplete', incomplete, _config()))
   with pytest.raises(errors.UserInputError, match="hidden_act='relu'"):
-    checkpoint_hf.model_config_from_hf(_config(hidden_act='relu'))
+    hf_format.model_config_from_hf(_config(hidden_act='relu'))
   (tmp_path / 'empty').mkdir()
   with pytest.raises(errors.MissingInputError, match='no config.json'):
     checkpoint.load(tmp_path / 'empty')
@@ -364,7 +364,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
 ])
 def test_export_refuses_what_vit_for_image_classification_lacks(tmp_path, change, match):
   params = checkpoint.load(_save(tmp_path / 'hf', _random_state_dict(), _config()))
-  model_config = dict(checkpoint_hf.model_config_from_hf(_config(), params).model_config)
+  model_config = dict(hf_format.model_config_from_hf(_config(), params).model_config)
   if change is None:
     del params['head']
   else:

@@ -11,7 +11,7 @@ import pytest
 from safetensors import numpy as st
 
 from vit_jax import checkpoint
-from vit_jax import checkpoint_architecture
+from vit_jax.checkpoints import architecture
 from vit_jax import errors
 from vit_jax.models import VisionTransformer
 from vit_jax.models import layer_stack
@@ -155,12 +155,12 @@ def test_writers_take_scanned_params_and_write_the_file_layout(tmp_path):
 @pytest.mark.parametrize('name', ['repr', 'gap'])
 def test_architecture_is_read_from_a_scanned_tree(name):
   _, init = _init(_model_config(name, scan_layers=True))
-  config, num_classes = checkpoint_architecture.model_config_from_params(init)
+  config, num_classes = architecture.model_config_from_params(init)
   assert num_classes == 5
   assert config['transformer']['num_layers'] == 2 and config['transformer']['scan_layers']
   assert (config['transformer']['num_heads'], config['transformer']['mlp_dim']) == (2, 128)
   _, rebuilt = _init(config)
   assert jax.tree.map(np.shape, rebuilt) == jax.tree.map(np.shape, init)
   _, unscanned = _init(_model_config(name))
-  assert not checkpoint_architecture.model_config_from_params(unscanned)[0]['transformer'][
+  assert not architecture.model_config_from_params(unscanned)[0]['transformer'][
       'scan_layers']

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIT = '--config=configs/pit.py:fashion_mnist'
 
@@ -23,7 +25,7 @@ CASES = [
     (
         'main',
         ['--workdir=W', '--config=configs/pit.py:imagenet_pit_x'],
-        "unknown recipe 'imagenet_pit_x'; did you mean 'imagenet_pit_s'",
+        "unknown PiT recipe 'imagenet_pit_x'; did you mean 'imagenet_pit_s'",
     ),
     (
         'main',
@@ -33,7 +35,7 @@ CASES = [
     (
         'main',
         ['--workdir=W', '--config=configs/vit.py:testing'],
-        'configs/vit.py takes <model>,<dataset>',
+        'configs/vit.py:testing is not <model>,<dataset>',
     ),
     (
         'main',
@@ -130,6 +132,7 @@ def _env(**extra):
   return env
 
 
+@pytest.mark.slow
 def test_each_mistake_is_one_line_and_status_2(tmp_path):
   procs = []
   for module, args, _ in CASES:
@@ -161,6 +164,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_a_process_whose_peers_never_come_says_so_and_gives_up(tmp_path):
   """Process 1 without a coordinator, and a coordinator without process 1 (at once)."""
   start = time.time()

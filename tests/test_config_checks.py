@@ -7,7 +7,7 @@ import pytest
 from vit_jax.configs import pit as pit_configs
 from vit_jax import config_checks
 from vit_jax import errors
-from vit_jax import parallel
+from vit_jax.runtime import partitioning
 
 
 def _config(**overrides):
@@ -18,7 +18,7 @@ def _config(**overrides):
 
 
 def _validate(config):
-  config_checks.validate(config, parallel.create_mesh(config.mesh))
+  config_checks.validate(config, partitioning.create_mesh(config.mesh))
 
 
 def test_presets_pass():
@@ -122,7 +122,7 @@ def test_errors_are_value_errors_and_missing_inputs_are_file_errors():
 
 def test_mesh_and_batch_errors_are_user_input_errors():
   with pytest.raises(errors.UserInputError, match='needs 3 devices'):
-    parallel.create_mesh({'data': 3})
+    partitioning.create_mesh({'data': 3})
   with pytest.raises(errors.UserInputError, match='config.batch=12 is not divisible'):
     _validate(_config(batch=12))
 

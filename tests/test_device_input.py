@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from tests import pipeline_configs
-from vit_jax import device_input
+from vit_jax.datasets import device_input
 from vit_jax import errors
 from vit_jax import input_pipeline
-from vit_jax import parallel
+from vit_jax.runtime import partitioning
 
 
 @pytest.mark.parametrize('n', [1, 2, 7, 1000, 60_000, 65_537])
@@ -37,7 +37,7 @@ def test_batches_are_the_host_preprocessing_shuffled_and_flipped(fashion_mnist_d
   # The host pipeline's eval batches: the same split, same resize and channels, in order.
   reference = next(input_pipeline.get_data(config, 'eval', process_index=0, process_count=1))
   assert reference['mask'].sum() == 600
-  mesh = parallel.create_mesh({'data': -1})  # 8 simulated devices
+  mesh = partitioning.create_mesh({'data': -1})  # 8 simulated devices
   data, num_classes = device_input.load(config, mesh)
   n = data.labels.shape[0]
   assert n == 600 and num_classes == 10

@@ -27,10 +27,9 @@ from vit_jax.configs import pit as pit_configs
 from vit_jax import checkpoint
 from vit_jax import inference
 from vit_jax import input_pipeline
-from vit_jax import labels
+from vit_jax.datasets import class_names
 from vit_jax import metrics
-from vit_jax import state_checkpoint
-from vit_jax import tensorboard_events
+from vit_jax.checkpoints import orbax_state
 from vit_jax import train
 from vit_jax.models import VisionTransformer
 
@@ -109,13 +108,13 @@ def test_inference_reads_checkpoint_labels_and_image_from_the_bucket(gcs, tmp_pa
   image = np.random.RandomState(0).randint(0, 255, (40, 40, 3), np.uint8)
   Image.fromarray(image).save(tmp_path / 'local.png')
   _upload(gcs, 'images/a.png', (tmp_path / 'local.png').read_bytes())
-  _upload(gcs, 'labels.txt', b'cat\ndog\nbird\n')
+  _upload(gcs, 'class_names.txt', b'cat\ndog\nbird\n')
   assert 'models/testing.npz' in _objects(gcs, 'models/')
 
   built, loaded, size, channels, _ = inference.build(f'gs://{BUCKET}/models/testing.npz',
                                                   'testing')
   images = inference.load_images([f'gs://{BUCKET}/images/a.png'], size, channels, 16)
-  names = labels.get_labels(f'gs://{BUCKET}/labels.txt')
+  names = class_names.get_labels(f'gs://{BUCKET}/class_names.txt')
   assert names == ['cat', 'dog', 'bird']
   top = inference.classify(built, loaded, images, names, top_k=3)[0]
   local = inference.load_images([str(tmp_path / 'local.png')], size, channels, 16)
@@ -204,8 +203,8 @@ def test_train_in_bucket_killed_and_resumed_equals_uninterrupted_local_run(
   assert done.returncode == 0, done.stderr[-3000:]
   assert 'Restored checkpoint at step' in done.stderr
 
-  expected = _flat(state_checkpoint.load_params(os.path.join(reference, 'checkpoints'), 30))
-  got = _flat(state_checkpoint.load_params(f'{workdir}/checkpoints', 30))
+  expected = _flat(orbax_state.load_params(os.path.join(reference, 'checkpoints'), 30))
+  got = _flat(orbax_state.load_params(f'{workdir}/checkpoints', 30))
   assert sorted(got) == sorted(expected)
   for key in expected:
     np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
@@ -219,7 +218,7 @@ def test_train_in_bucket_killed_and_resumed_equals_uninterrupted_local_run(
   assert config['pretrained_path'] == pretrained and config['total_steps'] == 30
   steps = [r['step'] for r in metrics.read_jsonl(workdir) if 'train_loss' in r]
   assert steps == list(range(1, 31))
-  loss_steps = sorted(s for s, tag, _ in tensorboard_events.read_scalars(workdir)
+  loss_steps = sorted(s for s, tag, _ in metrics.read_scalars(workdir)
                       if tag == 'train_loss')
   assert loss_steps == list(range(1, 31))
   reference_losses = [r['train_loss'] for r in metrics.read_jsonl(reference)]

@@ -5,7 +5,7 @@ import jax
 from jax.experimental import topologies
 import pytest
 
-from vit_jax import hardware
+from vit_jax.perf import hardware
 
 for _key, _value in (('TPU_SKIP_MDS_QUERY', '1'), ('TPU_WORKER_HOSTNAMES', 'localhost'),
                      ('TPU_ACCELERATOR_TYPE', 'v5litepod-4')):

@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
-from vit_jax import hlo_flops
+from vit_jax.perf import hlo_flops
 
 for _key, _value in (('TPU_SKIP_MDS_QUERY', '1'), ('TPU_WORKER_HOSTNAMES', 'localhost'),
                      ('TPU_ACCELERATOR_TYPE', 'v5litepod-4')):

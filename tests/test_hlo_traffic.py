@@ -2,7 +2,7 @@
 import jax
 import jax.numpy as jnp
 
-from vit_jax import hlo_traffic
+from vit_jax.perf import hlo_traffic
 
 
 def _compiled(fn, *args):

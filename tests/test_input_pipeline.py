@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from vit_jax import errors
 from vit_jax import input_pipeline
-from vit_jax import preprocessing
+from vit_jax.datasets import preprocessing
 
 from pipeline_configs import FASHION_MNIST_DIR, pipeline_config
 

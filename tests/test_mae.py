@@ -13,8 +13,8 @@ from vit_jax import checkpoint
 from vit_jax import config_checks
 from vit_jax import errors
 from vit_jax import metrics
-from vit_jax import parallel
-from vit_jax import state_checkpoint
+from vit_jax.runtime import partitioning
+from vit_jax.checkpoints import orbax_state
 from vit_jax import train
 from vit_jax.configs import mae as mae_configs
 from vit_jax.configs import models as model_configs
@@ -116,7 +116,7 @@ def test_pretrained_encoder_loads_into_a_classifier_with_no_missing_keys(tmp_pat
 @functools.lru_cache(maxsize=None)
 def _mae_loss_and_grads(impl):
   """Masked-reconstruction loss and gradients of a PiT MAE (8 devices: data 2 x seq 4)."""
-  mesh = parallel.create_mesh({'data': 2, 'seq': 4})
+  mesh = partitioning.create_mesh({'data': 2, 'seq': 4})
   images = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
   target = mae.reconstruction_target(images, (1, 1), norm_pix_loss=True)
   model = mae.MaskedAutoencoder(encoder=_pit('token', heads=4, impl=impl), decoder=_DECODER)
@@ -160,7 +160,7 @@ def test_mae_run_resumes_bitwise_and_exports_an_encoder_that_fine_tuning_loads(
                                     str(tmp_path / 'straight'))
   assert result['step'] == 4 and result['eval_examples'] == 10_000
   assert 0 < result['eval_reconstruction_loss'] < 2 and 'eval_accuracy' not in result
-  straight = state_checkpoint.load_params(str(tmp_path / 'straight' / 'checkpoints'), 4)
+  straight = orbax_state.load_params(str(tmp_path / 'straight' / 'checkpoints'), 4)
   # Killed after its step-2 checkpoint (the later one and the export lost) and restarted:
   # the same state at step 4, bit for bit, and the same exported encoder.
   shutil.copytree(tmp_path / 'straight', tmp_path / 'resumed')
@@ -169,7 +169,7 @@ def test_mae_run_resumes_bitwise_and_exports_an_encoder_that_fine_tuning_loads(
   again = train.train_and_evaluate(tiny_mae_config(fashion_mnist_data_dir),
                                    str(tmp_path / 'resumed'))
   assert again['eval_reconstruction_loss'] == result['eval_reconstruction_loss']
-  resumed = state_checkpoint.load_params(str(tmp_path / 'resumed' / 'checkpoints'), 4)
+  resumed = orbax_state.load_params(str(tmp_path / 'resumed' / 'checkpoints'), 4)
   step_2 = [[r for r in metrics.read_jsonl(str(tmp_path / run)) if r['step'] == 2]
             for run in ('straight', 'resumed')]
   assert step_2[0] == step_2[1]  # kept from before the restart: it resumed at step 2
@@ -182,7 +182,7 @@ def test_mae_run_resumes_bitwise_and_exports_an_encoder_that_fine_tuning_loads(
   encoder = result['encoder_checkpoint']
   config = tiny_mae_config(fashion_mnist_data_dir, 'fashion_mnist_finetune', total_steps=2,
                            pretrained_path=encoder)
-  mesh = parallel.create_mesh(config.mesh)
+  mesh = partitioning.create_mesh(config.mesh)
   model = train.make_model(config, 10)
   tx, _ = train.optim.make_optimizer(config)
   _, shardings = train.abstract_train_state(config, model, tx, mesh, (8, 8, 1))
@@ -204,7 +204,7 @@ def test_mae_run_resumes_bitwise_and_exports_an_encoder_that_fine_tuning_loads(
 ])
 def test_bad_mae_config_is_one_clear_error(overrides, message):
   config = tiny_mae_config('/nonexistent', **overrides)
-  mesh = parallel.create_mesh(config.mesh)
+  mesh = partitioning.create_mesh(config.mesh)
   with pytest.raises(errors.UserInputError, match=message):
     config_checks.validate(config, mesh)
 
@@ -214,7 +214,7 @@ def test_mae_objective_without_its_fields_is_a_clear_error():
   config.unlock()
   config.objective = 'mae'
   with pytest.raises(errors.UserInputError, match='needs the config.mae fields'):
-    config_checks.validate(config, parallel.create_mesh(config.mesh))
+    config_checks.validate(config, partitioning.create_mesh(config.mesh))
 
 
 def test_recipes_build():
@@ -226,9 +226,9 @@ def test_recipes_build():
     assert pretrain.model.patches.size == ((2, 2) if 'vit' in recipe else (1, 1))
     assert pretrain.mae.mask_ratio == 0.75
     for config in (pretrain, finetune):  # every recipe passes the config checks
-      config_checks.validate(config, parallel.create_mesh(config.mesh))
+      config_checks.validate(config, partitioning.create_mesh(config.mesh))
   assert mae_configs.get_config('pit_s_finetune').layer_decay == 0.75
   assert mae_configs.get_config('pit_b').model.hidden_size == 768
   assert isinstance(mae_configs.get_config('vit_s2').mae, ml_collections.ConfigDict)
-  with pytest.raises(ValueError, match='unknown recipe'):
+  with pytest.raises(ValueError, match='unknown MAE recipe'):
     mae_configs.get_config('pit_x')

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from vit_jax import hlo_flops
-from vit_jax import model_flops
+from vit_jax.perf import hlo_flops
+from vit_jax.perf import model_flops
 from vit_jax.configs import models
 from vit_jax.models import VisionTransformer
 

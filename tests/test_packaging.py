@@ -23,7 +23,7 @@ def installed(tmp_path_factory):
   source = tmp / 'source'
   ignore = shutil.ignore_patterns('__pycache__', '*.egg-info')
   shutil.copytree(ROOT / 'vit_jax', source / 'vit_jax', ignore=ignore)
-  for name in ('setup.py', 'LICENSE', 'README.md'):
+  for name in ('pyproject.toml', 'LICENSE', 'README.md'):
     shutil.copy(ROOT / name, source / name)
   subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps',
                   '--no-build-isolation', '-w', str(tmp / 'wheel'), str(source)],

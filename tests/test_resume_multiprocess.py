@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from vit_jax import metrics
-from vit_jax import state_checkpoint
+from vit_jax.checkpoints import orbax_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +36,7 @@ def _env(devices, **extra):
 
 
 def _final_params(workdir, step):
-  params = state_checkpoint.load_params(os.path.join(workdir, 'checkpoints'), step)
+  params = orbax_state.load_params(os.path.join(workdir, 'checkpoints'), step)
   return {'/'.join(str(k.key) for k in path): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
 

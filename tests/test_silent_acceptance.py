@@ -16,8 +16,8 @@ from vit_jax import checkpoint
 from vit_jax import config_checks
 from vit_jax import errors
 from vit_jax import inference
-from vit_jax import labels
-from vit_jax import parallel
+from vit_jax.datasets import class_names as labels
+from vit_jax.runtime import partitioning
 from vit_jax.configs import augreg as augreg_configs
 from vit_jax.configs import models as model_configs
 from vit_jax.configs import pit as pit_configs
@@ -28,7 +28,7 @@ from vit_jax.models import VisionTransformer
 def _validate(config, **overrides):
   config.unlock()
   config.update_from_flattened_dict(overrides)
-  config_checks.validate(config, parallel.create_mesh(config.mesh))
+  config_checks.validate(config, partitioning.create_mesh(config.mesh))
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def _validate(config, **overrides):
             {'pp.randaugment.num_layers': 2, 'pp.randaugment.magnitude': 15},
             r'magnitude=15 must be in \[0, 10\]',
         ),
-        ({'pp.randaugment.num_layers': 2, 'pp.randaugment.magnitude': -1}, '>= 0'),
+        ({'pp.randaugment.num_layers': 2, 'pp.randaugment.magnitude': -1}, r'must be in \[0, 10\]'),
         ({'pp.randaugment.magnitude': 9}, 'has no effect with config.pp.randaugment.num_layers=0'),
         ({'profile.first_step': 5401}, 'profile.first_step=5401 is past config.total_steps=5400'),
         ({'pp.resize': 10}, 'pp.resize=10 must be 0 .off. or larger than config.pp.crop=12'),

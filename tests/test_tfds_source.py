@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from vit_jax import errors
 from vit_jax import input_pipeline
-from vit_jax import preprocessing
+from vit_jax.datasets import preprocessing
 from vit_jax.datasets import generated_jpegs
 from vit_jax.datasets import tfds_source
 

@@ -12,14 +12,13 @@ from vit_jax.configs import augreg as augreg_configs
 from vit_jax.configs import common
 from vit_jax.configs import pit as pit_configs
 from vit_jax.configs import vit as vit_configs
-from vit_jax import hlo_flops
+from vit_jax.perf import hlo_flops
 from vit_jax import metrics
-from vit_jax import model_flops
+from vit_jax.perf import model_flops
 from vit_jax import objectives
 from vit_jax import optim
-from vit_jax import parallel
-from vit_jax import state_checkpoint
-from vit_jax import tensorboard_events
+from vit_jax.runtime import partitioning
+from vit_jax.checkpoints import orbax_state
 from vit_jax import train
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
@@ -69,7 +68,7 @@ def test_trains_on_local_fashion_mnist_and_writes_metrics(fashion_mnist_data_dir
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
   saved = json.loads((tmp_path / 'config.json').read_text())
   assert saved['total_steps'] == 6 and saved['model']['hidden_size'] == 16
-  assert sorted(step for step, tag, _ in tensorboard_events.read_scalars(str(tmp_path))
+  assert sorted(step for step, tag, _ in metrics.read_scalars(str(tmp_path))
                 if tag == 'train_loss') == [2, 3, 4, 6]
   traces = list((tmp_path / 'plugins' / 'profile').rglob('*.xplane.pb'))
   assert len(traces) == 1 and traces[0].stat().st_size > 0
@@ -89,7 +88,7 @@ def _compiled_train_step(config, mesh, num_classes, image_shape, batch):
   tx, schedule = optim.make_optimizer(config)
   with jax.set_mesh(mesh):
     state, shardings = train.abstract_train_state(config, model, tx, mesh, image_shape)
-    sharding = parallel.batch_sharding(mesh)
+    sharding = partitioning.batch_sharding(mesh)
     data = {'image': jax.ShapeDtypeStruct((batch,) + image_shape, jnp.float32,
                                           sharding=sharding),
             'label': jax.ShapeDtypeStruct((batch, num_classes), jnp.float32,
@@ -104,7 +103,7 @@ def test_vit_b16_train_step_counts_three_forward_passes():
   through the patch embedding is never computed. Lowering + compiling: ~15 s here."""
   config = vit_configs.get_config('b16,cifar10').copy_and_resolve_references()
   config.accum_steps = 1
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), parallel.AXES)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), partitioning.AXES)
   compiled = _compiled_train_step(config, mesh, 1000, (224, 224, 3), batch=2)
   forward = model_flops.vit_forward_flops(config.model, 224, 3, 1000)
   assert forward == pytest.approx(35.13e9, rel=1e-3)
@@ -117,7 +116,7 @@ def test_accumulated_steps_count_every_micro_batch():
   counts = []
   for accum_steps in (1, 4):
     config = tiny_config('unused', batch=64, accum_steps=accum_steps)  # 2 a device a pass
-    compiled = _compiled_train_step(config, parallel.create_mesh(config.mesh), 10, (8, 8, 1),
+    compiled = _compiled_train_step(config, partitioning.create_mesh(config.mesh), 10, (8, 8, 1),
                                     batch=64)
     counts.append((hlo_flops.count(compiled).flops, compiled.cost_analysis()['flops']))
   (plain, _), (accumulated, seen_by_xla) = counts
@@ -231,7 +230,7 @@ def test_fine_tunes_fixture_checkpoint_at_new_resolution_and_classes(
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result['step'] == 2 and np.isfinite(result['train_loss'])
   # The initial state holds the fixture's weights, a resized posemb and a fresh 10-way head.
-  mesh = parallel.create_mesh(config.mesh)
+  mesh = partitioning.create_mesh(config.mesh)
   model = train.make_model(config, 10)
   tx, _ = optim.make_optimizer(config)
   _, shardings = train.abstract_train_state(config, model, tx, mesh, (16, 16, 3))
@@ -276,7 +275,7 @@ def test_resume_with_the_other_block_layout_is_one_clear_error(fashion_mnist_dat
   scanned = tiny_config(fashion_mnist_data_dir, total_steps=2)
   scanned.unlock()
   scanned.model.transformer.scan_layers = True
-  with pytest.raises(state_checkpoint.CheckpointMismatchError) as error:
+  with pytest.raises(orbax_state.CheckpointMismatchError) as error:
     train.train_and_evaluate(scanned.lock(), str(tmp_path))
   message = str(error.value)
   assert str(tmp_path / 'checkpoints') in message
@@ -286,14 +285,14 @@ def test_resume_with_the_other_block_layout_is_one_clear_error(fashion_mnist_dat
   stacked = {'params/Transformer/encoderblock/LayerNorm_0/scale': ((2, 4), 'float32')}
   unstacked = {'opt_state/0/trace/Transformer/encoderblock_0/LayerNorm_0/scale': ((4,),
                                                                                 'float32')}
-  assert 'scan_layers=True' in state_checkpoint.describe_layout_mismatch(stacked, unstacked)
-  assert state_checkpoint.describe_layout_mismatch(stacked, stacked) is None
+  assert 'scan_layers=True' in orbax_state.describe_layout_mismatch(stacked, unstacked)
+  assert orbax_state.describe_layout_mismatch(stacked, stacked) is None
 
 
 def test_truncated_newest_checkpoint_falls_back_and_ends_bitwise_equal(
     fashion_mnist_data_dir, tmp_path, caplog):
   train.train_and_evaluate(tiny_config(fashion_mnist_data_dir), str(tmp_path))
-  uninterrupted = state_checkpoint.load_params(str(tmp_path / 'checkpoints'), 6)
+  uninterrupted = orbax_state.load_params(str(tmp_path / 'checkpoints'), 6)
   arrays = sorted((tmp_path / 'checkpoints' / '6' / 'default' / 'd').iterdir(),
                   key=lambda p: -p.stat().st_size)
   damaged = arrays[0]  # the array data file, truncated as a full disk or a killed copy leaves it
@@ -304,7 +303,7 @@ def test_truncated_newest_checkpoint_falls_back_and_ends_bitwise_equal(
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
   kept = os.listdir(tmp_path / 'checkpoints.unreadable')  # the bad one is kept aside
   assert len(kept) == 1 and kept[0].startswith('6-')
-  again = state_checkpoint.load_params(str(tmp_path / 'checkpoints'), 6)
+  again = orbax_state.load_params(str(tmp_path / 'checkpoints'), 6)
   jax.tree.map(np.testing.assert_array_equal, again, uninterrupted)
 
 

@@ -19,9 +19,9 @@ from vit_jax import checkpoint
 from vit_jax import errors
 from vit_jax import export
 from vit_jax import inference
-from vit_jax import labels
+from vit_jax.datasets import class_names as labels
 from vit_jax import paths
-from vit_jax import state_checkpoint
+from vit_jax.checkpoints import orbax_state
 from vit_jax import train
 from vit_jax.models import layer_stack
 
@@ -29,6 +29,7 @@ from test_gcs import BUCKET
 from test_gcs import gcs  # pylint: disable=unused-import  (the GCS emulator fixture)
 from test_train import tiny_config
 
+pytestmark = pytest.mark.slow  # every test reads the trained run of the fixture
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -71,13 +72,13 @@ def test_a_workdir_classifies_with_its_newest_or_a_given_step(run):
   assert (size, channels) == (8, 1) and names == list(labels.FASHION_MNIST)
   images = inference.load_images(pngs, size, channels, 4)
   top = inference.classify(model, params, images, names, top_k=10)
-  saved = state_checkpoint.load_params(os.path.join(workdir, 'checkpoints'), 2)  # scanned
+  saved = orbax_state.load_params(os.path.join(workdir, 'checkpoints'), 2)  # scanned
   expected = _probabilities(model, layer_stack.unstack(saved), images)
   for row, probs in zip(top, expected):
     assert [n for n, _ in row] == [names[i] for i in np.argsort(-probs)]
     np.testing.assert_allclose([p for _, p in row], np.sort(probs)[::-1], rtol=1e-5)
   _, first, _, _, _ = inference.build(workdir, step=1, scan_layers=True)
-  step_1 = state_checkpoint.load_params(os.path.join(workdir, 'checkpoints'), 1)
+  step_1 = orbax_state.load_params(os.path.join(workdir, 'checkpoints'), 1)
   jax.tree.map(np.testing.assert_array_equal, first, step_1)
   assert not np.array_equal(first['head']['kernel'], saved['head']['kernel'])
   with pytest.raises(errors.UserInputError, match=r'--step=7: .* holds the steps \[1, 2\]'):

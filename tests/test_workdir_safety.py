@@ -72,6 +72,7 @@ def test_a_hugging_face_folder_given_as_workdir_stays_byte_for_byte(
   assert _snapshot(tmp_path / 'notes') == before
 
 
+@pytest.mark.slow
 def test_refused_resumes_and_late_config_errors_change_no_file(fashion_mnist_data_dir, tmp_path):
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(tiny_config(fashion_mnist_data_dir, **FAST), workdir)
@@ -183,6 +184,7 @@ def _tiny_run_command(workdir, data_dir, *extra):
   ]
 
 
+@pytest.mark.slow
 def test_second_run_is_refused_and_a_killed_runs_lock_is_stale(fashion_mnist_data_dir, tmp_path):
   workdir = tmp_path / 'run'
   env = dict(
@@ -253,6 +255,7 @@ def _image_folder(root, corrupt_split, position):
   return files[corrupt_split][index]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('corrupt_split,saved_step', [('test', 2), ('train', 1)])
 def test_an_error_after_step_one_keeps_the_last_state(
     fashion_mnist_data_dir, tmp_path, corrupt_split, saved_step
@@ -284,6 +287,7 @@ def test_an_error_after_step_one_keeps_the_last_state(
   assert not (workdir / workdir_lib.LOCK).exists()
 
 
+@pytest.mark.slow
 def test_the_lock_in_a_bucket_takes_one_run(gcs, tmp_path):  # pylint: disable=redefined-outer-name
   del gcs
   workdir = f'gs://{BUCKET}/locked'

@@ -6,8 +6,8 @@
 needs libtpu (`pip install 'vit_jax[tpu]'`), not a TPU: XLA compiles for compile-only devices
 of the topology (`jax.experimental.topologies`). Prints, per chip: HBM use of each step
 (arguments, outputs, temporaries against the chip's HBM), FLOPs per step (counted from the
-optimized HLO, vit_jax/hlo_flops.py), HBM traffic (vit_jax/hlo_traffic.py), and the roofline bound on the step time
-and MFU from the chip's peak FLOP/s and HBM bandwidth (vit_jax/hardware.py). Exits 1 with
+optimized HLO, vit_jax/perf/hlo_flops.py), HBM traffic (vit_jax/perf/hlo_traffic.py), and the roofline bound on the step time
+and MFU from the chip's peak FLOP/s and HBM bandwidth (vit_jax/perf/hardware.py). Exits 1 with
 XLA's out-of-memory message when a step does not fit (or, when XLA compiled it anyway, with
 the report and the step that needs more HBM than the chip has).
 """
@@ -98,17 +98,17 @@ def compile_steps(config, devices, num_classes):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from vit_jax import config_checks  # pylint: disable=g-import-not-at-top
   from vit_jax import optim  # pylint: disable=g-import-not-at-top
-  from vit_jax import parallel  # pylint: disable=g-import-not-at-top
+  from vit_jax.runtime import partitioning  # pylint: disable=g-import-not-at-top
   from vit_jax import train  # pylint: disable=g-import-not-at-top
 
-  mesh = parallel.create_mesh(config.mesh, devices)
+  mesh = partitioning.create_mesh(config.mesh, devices)
   config_checks.validate(config, mesh)
   model = train.make_model(config, num_classes)
   tx, schedule = optim.make_optimizer(config)
   image_shape = (config.pp.crop, config.pp.crop, config.pp.channels)
   with jax.set_mesh(mesh):
     state, shardings = train.abstract_train_state(config, model, tx, mesh, image_shape)
-    batch_sharding = parallel.batch_sharding(mesh)
+    batch_sharding = partitioning.batch_sharding(mesh)
     images = lambda n: _abstract((n,) + image_shape, jnp.float32, batch_sharding)
     labels = lambda n: _abstract((n, num_classes), jnp.float32, batch_sharding)
     train_batch = {'image': images(config.batch), 'label': labels(config.batch),
@@ -124,8 +124,8 @@ def compile_steps(config, devices, num_classes):
 
 
 def step_report(compiled):
-  from vit_jax import hlo_flops  # pylint: disable=g-import-not-at-top
-  from vit_jax import hlo_traffic  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import hlo_flops  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import hlo_traffic  # pylint: disable=g-import-not-at-top
   memory = compiled.memory_analysis()
   text = compiled.as_text()  # large for big programs: read once for both counts
   counted = hlo_flops.count_text(text)
@@ -151,7 +151,7 @@ def roofline(step, chip):
 
 def summarize(topology, num_slices, devices, mesh, batch, compiled_train, compiled_eval):
   """The report of two compiled steps, as a dict (per-chip figures)."""
-  from vit_jax import hardware  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import hardware  # pylint: disable=g-import-not-at-top
   chip = hardware.for_topology(topology)
   result = {'topology': topology, 'num_slices': num_slices, 'chips': len(devices),
             'device_kind': devices[0].device_kind, 'mesh': dict(mesh.shape),

@@ -11,61 +11,18 @@ import math
 import numbers
 
 from vit_jax import attention
+from vit_jax.configs import schema
 from vit_jax import errors
 from vit_jax import objectives
 from vit_jax import optim
-from vit_jax import parallel
+from vit_jax.runtime import partitioning
 from vit_jax.models import resnet
 from vit_jax.models import vit
 
-DTYPES = ('float32', 'bfloat16', 'float16')
 _DTYPE_ALIASES = {'bf16': 'bfloat16', 'fp16': 'float16', 'f16': 'float16', 'half': 'float16',
                   'fp32': 'float32', 'f32': 'float32', 'float': 'float32'}
 
-# (field, kind, lowest allowed value or None, why); kind: 'int', 'number', 'bool'.
-_RANGES = (
-    ('seed', 'int', None, ''),
-    ('total_steps', 'int', 1, 'the number of train steps'),
-    ('warmup_steps', 'int', None, ''),  # range checked by optim.make_schedule
-    ('batch', 'int', 1, 'examples per train step'),
-    ('batch_eval', 'int', 1, 'examples per eval step'),
-    ('accum_steps', 'int', 1, 'micro-batches per step; 1 means no accumulation'),
-    ('keep_checkpoints', 'int', 1, '0 would delete every checkpoint, the final one too'),
-    ('checkpoint_every', 'int', 1, 'a checkpoint every N steps (the last step always saves)'),
-    ('progress_every', 'int', 1, 'train metrics every N steps'),
-    ('eval_every', 'int', 0, '0 evaluates after the last step only'),
-    ('prefetch', 'int', 0, 'batches prepared ahead'),
-    ('pp.crop', 'int', 1, 'the image side the model sees'),
-    ('pp.resize', 'int', 0, '0 turns the eval resize off'),
-    ('pp.pad_crop', 'int', 0, '0 turns pad-and-crop off'),
-    ('pp.randaugment.num_layers', 'int', 0, '0 turns RandAugment off'),
-    ('pp.randaugment.magnitude', 'number', 0, ''),
-    ('pp.mixup', 'number', 0, '0 turns mixup off'),
-    ('weight_decay', 'number', None, ''),  # range checked by optim.make_optimizer
-    ('momentum', 'number', None, ''),
-    ('adam_b1', 'number', None, ''),
-    ('adam_b2', 'number', None, ''),
-    ('linear_end', 'number', None, ''),
-    ('pp.inception_crop', 'bool', None, ''),
-    ('pp.flip', 'bool', None, ''),
-    ('pp.skip_undecodable', 'bool', None, ''),
-    ('pp.on_device', 'bool', None, ''),
-    ('eval_flip', 'bool', None, ''),
-    ('pretrained_strict', 'bool', None, ''),
-    ('tfds_download', 'bool', None, ''),
-    ('profile.first_step', 'int', 0, '0 turns profiling off'),
-    ('profile.num_steps', 'int', 1, 'steps in the trace'),
-)
-
-
-_KINDS = {'int': ('an integer', 1), 'number': ('a number', 0.5), 'bool': ('True or False', False)}
-
-
-def _get(config, field):
-  value = config
-  for part in field.split('.'):
-    value = value[part]
-  return value
+_KINDS = {kind: schema.KINDS[kind] for kind in ('int', 'number', 'bool')}
 
 
 def _error(field, value, requirement):
@@ -84,14 +41,45 @@ def _check_type(field, value, kind):
                  f'--config.{field}={example}')
 
 
-def _check_ranges(config):
-  for field, kind, lowest, why in _RANGES:
-    value = _get(config, field)
-    _check_type(field, value, kind)
-    if kind == 'number' and not math.isfinite(value):
-      raise _error(field, value, 'is not finite; set a finite number')
-    if lowest is not None and value < lowest:
-      raise _error(field, value, f'must be >= {lowest} ({why}); set it to {lowest} or more')
+def _check_bounds(field, value):
+  """`value` within the schema's bounds of `field` (a checked number)."""
+  why = field.why or field.doc
+  if field.high is not None:
+    low_ok = value > field.low if field.low_open else value >= field.low
+    high_ok = value < field.high if field.high_open else value <= field.high
+    if not (low_ok and high_ok):
+      interval = (f"{'(' if field.low_open else '['}{field.low}, {field.high}"
+                  f"{')' if field.high_open else ']'}")
+      raise _error(field.name, value, f'must be in {interval} ({why})')
+  elif field.low is not None:
+    if field.low_open and not value > field.low:
+      raise _error(field.name, value, f'must be a finite number > {field.low} ({why})')
+    if not field.low_open and value < field.low:
+      raise _error(field.name, value, f'must be >= {field.low} ({why}); set it to '
+                   f'{field.low} or more')
+
+
+def _check_schema_fields(config):
+  """Every field of the schema: its type, then its bounds or choices."""
+  for field in schema.FIELDS:
+    try:
+      value = schema.get(config, field.name)
+    except (KeyError, AttributeError):
+      raise errors.UserInputError(
+          f'config.{field.name} is missing; build configs on vit_jax.configs.common.get_config(),'
+          f' which sets it to {field.default!r}') from None
+    if value is None and field.optional:
+      continue
+    if field.kind == 'choice':
+      _check_choice(field.name, value, field.choices,
+                    _DTYPE_ALIASES if field.choices == schema.DTYPES else None)
+      continue
+    if field.kind not in _KINDS:  # str and dict fields are checked where they are used
+      continue
+    _check_type(field.name, value, field.kind)
+    if field.kind == 'number' and not math.isfinite(value):
+      raise _error(field.name, value, 'is not finite; set a finite number')
+    _check_bounds(field, value)
 
 
 def _check_choice(field, value, choices, aliases=None):
@@ -99,7 +87,7 @@ def _check_choice(field, value, choices, aliases=None):
   if same_type and value in choices:
     return
   hint = ''
-  if isinstance(value, str):
+  if isinstance(value, str) and all(isinstance(c, str) for c in choices):
     close = (aliases or {}).get(value.lower()) or next(
         iter(difflib.get_close_matches(value, choices, n=1, cutoff=0.5)), None)
     hint = f"; did you mean '{close}'?" if close else ''
@@ -107,26 +95,7 @@ def _check_choice(field, value, choices, aliases=None):
 
 
 def _check_optimization(config):
-  lr = config.base_lr
-  _check_type('base_lr', lr, 'number')
-  if not (math.isfinite(lr) and lr > 0):
-    raise _error('base_lr', lr, 'must be a finite number > 0, e.g. 1e-3')
-  smoothing = config.label_smoothing
-  _check_type('label_smoothing', smoothing, 'number')
-  if not 0 <= smoothing < 1:
-    raise _error('label_smoothing', smoothing, 'must be in [0, 1); 0 turns it off')
-  clip = config.grad_norm_clip
-  if clip is not None:  # None or 0: no clipping (optim.make_optimizer)
-    _check_type('grad_norm_clip', clip, 'number')
-    if not (math.isfinite(clip) and clip >= 0):
-      raise _error('grad_norm_clip', clip, 'must be a finite number >= 0; 0 or None turns '
-                   'clipping off')
-  _check_choice('optim', config.optim, optim.OPTIMIZERS)
-  _check_choice('decay_type', config.decay_type, optim.DECAY_TYPES)
-  _check_choice('dtype', config.dtype, DTYPES, _DTYPE_ALIASES)
-  _check_choice('param_dtype', config.param_dtype, DTYPES, _DTYPE_ALIASES)
-  _check_choice('pp.channels', config.pp.channels, (1, 3))
-  optim.make_optimizer(config)  # its own range checks (warmup, momentum, betas, decay)
+  optim.make_optimizer(config)  # checks that relate fields (warmup, momentum, betas, decay)
 
 
 def _fields(module_class, set_by_caller):
@@ -181,14 +150,14 @@ def _check_model(config):
 
 def _check_shapes(config, mesh):
   """Batch and crop sizes that the mesh and the patch size can divide."""
-  parallel.validate_batch(config.batch, mesh, 'config.batch')
-  parallel.validate_batch(config.batch_eval, mesh, 'config.batch_eval')
+  partitioning.validate_batch(config.batch, mesh, 'config.batch')
+  partitioning.validate_batch(config.batch_eval, mesh, 'config.batch_eval')
   micro = config.batch // config.accum_steps
-  if config.batch % config.accum_steps or micro % parallel.data_parallel_size(mesh):
+  if config.batch % config.accum_steps or micro % partitioning.data_parallel_size(mesh):
     raise errors.UserInputError(
         f'config.batch={config.batch} / config.accum_steps={config.accum_steps} '
         f'must give a whole micro-batch divisible by the '
-        f'{parallel.data_parallel_size(mesh)} data-parallel devices.')
+        f'{partitioning.data_parallel_size(mesh)} data-parallel devices.')
   ph, pw = config.model.patches.size
   stem = resnet.stem_downsampling(config.model.get('resnet'))
   if config.pp.crop % (ph * stem) or config.pp.crop % (pw * stem):
@@ -204,13 +173,6 @@ def _check_patch_dropout(config):
   drop = config.get('patch_dropout')
   if drop is None:
     return
-  _check_type('patch_dropout.rate', drop.rate, 'number')
-  if not 0 <= drop.rate < 1:
-    raise _error('patch_dropout.rate', drop.rate, 'must be in [0, 1), the share of patch '
-                 'tokens left out in the first patch_dropout.steps steps; 0 turns it off')
-  _check_type('patch_dropout.steps', drop.steps, 'int')
-  if drop.steps < 0:
-    raise _error('patch_dropout.steps', drop.steps, 'must be >= 0; 0 turns it off')
   if not objectives.patch_dropout_steps(config):
     return
   if objectives.objective(config) != 'classification':
@@ -263,9 +225,6 @@ def _check_mae(config):
                  "encoder.npz it writes with config.objective='classification'")
 
 
-RANDAUGMENT_MAX = 10  # preprocessing.randaugment's top level
-
-
 def _check_together(config):
   """Fields that only act together with another, checked together: a value that would be
   ignored, clamped or never reached is an error, not a silent no-op."""
@@ -277,10 +236,7 @@ def _check_together(config):
     raise _error(field, value, f'has no effect with config.{other}; set both (e.g. '
                  '--config.patch_dropout.rate=0.5 --config.patch_dropout.steps=1000) or '
                  'neither')
-  ra = config.pp.randaugment
-  if not 0 <= ra.magnitude <= RANDAUGMENT_MAX:
-    raise _error('pp.randaugment.magnitude', ra.magnitude, f'must be in [0, '
-                 f'{RANDAUGMENT_MAX}] (the strength of each op; 9 is the usual choice)')
+  ra = config.pp.randaugment  # its range is the schema's
   if ra.magnitude and not ra.num_layers:
     raise _error('pp.randaugment.magnitude', ra.magnitude, 'has no effect with '
                  'config.pp.randaugment.num_layers=0; set num_layers (e.g. 2) or magnitude 0')
@@ -292,7 +248,6 @@ def _check_together(config):
   if config.pp.resize and config.pp.resize <= config.pp.crop:
     raise _error('pp.resize', config.pp.resize, f'must be 0 (off) or larger than config.pp.crop='
                  f'{config.pp.crop}: eval resizes the shorter side to it, then crops the center')
-  _check_type('pretrained_required', config.get('pretrained_required', False), 'bool')
   if config.get('pretrained_required') and not config.pretrained_path:
     raise errors.UserInputError(
         f'config.pretrained_path is not set, and this recipe ({config.model.get("model_name")})'
@@ -329,15 +284,14 @@ def check_overrides(config, fields):
     if field in _ACTS_ONLY_WITH:
       acts, partner = _ACTS_ONLY_WITH[field]
       if not acts(config):
-        raise _error(field, _get(config, field), f'has no effect here: it acts only with '
+        raise _error(field, schema.get(config, field), f'has no effect here: it acts only with '
                      f'{partner}; drop --config.{field} or set that too')
 
 
 def validate(config, mesh):
   """Raises errors.UserInputError for the first bad field; types, then ranges, then shapes."""
-  _check_ranges(config)
+  _check_schema_fields(config)
   _check_optimization(config)
-  _check_choice('objective', objectives.objective(config), objectives.OBJECTIVES)
   if objectives.objective(config) == 'mae':
     _check_mae(config)
   _check_patch_dropout(config)

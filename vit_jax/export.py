@@ -20,7 +20,7 @@ from vit_jax import checkpoint
 from vit_jax import cli
 from vit_jax import errors
 from vit_jax import paths
-from vit_jax import workdir_model
+from vit_jax.checkpoints import trained_run
 
 FORMATS = ('npz', 'timm', 'hf')
 
@@ -41,14 +41,14 @@ def export(workdir, out, fmt, step=None):
   returns a one-line description of what was written."""
   if fmt not in FORMATS:
     raise errors.UserInputError(f'--format={fmt!r} is not one of {FORMATS}')
-  if not workdir_model.is_run(workdir):
+  if not trained_run.is_run(workdir):
     raise errors.UserInputError(
         f'{workdir} is not a training workdir (no config.json of a vit_jax run in it); pass '
         'the --workdir of a `python -m vit_jax.main` run'
     )
   _check_out(out, fmt)
-  run = workdir_model.load(workdir, step)
-  model_config = workdir_model.model_config(run)
+  run = trained_run.load(workdir, step)
+  model_config = trained_run.model_config(run)
   note = ''
   if fmt == 'npz':
     checkpoint.save(run.params, out)

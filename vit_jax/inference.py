@@ -6,7 +6,7 @@
   python -m vit_jax.inference --checkpoint=/tmp/vit shoe.png   # a training workdir
 
 A training workdir (local or gs://) classifies with its newest checkpoint (or --step), the
-model and class names of its config.json (vit_jax/workdir_model.py), at its crop size.
+model and class names of its config.json (vit_jax/trained_run.py), at its crop size.
 
 Resolution follows the checkpoint (its position-embedding grid times the patch size) unless
 --image_size is given; images are resized to it and scaled to [-1, 1] as in training.
@@ -25,11 +25,11 @@ from vit_jax.configs import models as model_configs
 from vit_jax import cli
 from vit_jax import errors
 from vit_jax import checkpoint
-from vit_jax import checkpoint_architecture
-from vit_jax import checkpoint_hf
-from vit_jax import labels as labels_lib
+from vit_jax.checkpoints import architecture
+from vit_jax.checkpoints import hf_format
+from vit_jax.datasets import class_names as labels_lib
 from vit_jax import paths
-from vit_jax import workdir_model
+from vit_jax.checkpoints import trained_run
 from vit_jax.models import VisionTransformer
 from vit_jax.models import layer_stack
 from vit_jax.models import resnet
@@ -68,7 +68,7 @@ def _model_config(params, fmt, hf, model_name, exact_gelu):
   elif hf is not None:
     config = hf.model_config
   else:
-    config, _ = checkpoint_architecture.model_config_from_params(params)
+    config, _ = architecture.model_config_from_params(params)
   transformer = dict(config['transformer'])
   if hf is not None:
     transformer['layer_norm_epsilon'] = hf.model_config['transformer']['layer_norm_epsilon']
@@ -86,10 +86,14 @@ def checkpoint_description(checkpoint_path, model_name=None):
     heads = model_configs.MODEL_CONFIGS[model_name].transformer.num_heads
   local = paths.local_copy(checkpoint_path)  # https:// and hf:// fetched once for both reads
   fmt, params = checkpoint.load_with_format(local, num_heads=heads)
+  if fmt == 'DiT':
+    raise errors.UserInputError(
+        f'{checkpoint_path} is a DiT (diffusion transformer) checkpoint, not a classifier: '
+        'generate images from it with python -m vit_jax.sample --checkpoint=...')
   hf = None
   if fmt == 'Hugging Face':
-    hf_json = checkpoint_hf.config_for(local)
-    hf = checkpoint_hf.model_config_from_hf(hf_json, params) if hf_json else None
+    hf_json = hf_format.config_for(local)
+    hf = hf_format.model_config_from_hf(hf_json, params) if hf_json else None
   return fmt, params, hf
 
 
@@ -101,7 +105,7 @@ def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None, scan_
   config.json (`step`: its checkpoint step, default the newest). Clear errors if it does not
   fit. `scan_layers=True` builds the scanned model and stacks the blocks after the checks.
   """
-  if workdir_model.is_run(checkpoint_path):
+  if trained_run.is_run(checkpoint_path):
     return _build_from_workdir(checkpoint_path, model_name, image_size, exact_gelu,
                                scan_layers, step)
   if step is not None:
@@ -145,8 +149,8 @@ def _build_from_workdir(workdir, model_name, image_size, exact_gelu, scan_layers
   if given:
     raise errors.UserInputError(f'{" and ".join(given)}: {workdir} is a training workdir, '
                                 'whose config.json sets the model; omit them')
-  run = workdir_model.load(workdir, step)
-  model, params, size, channels = workdir_model.classifier(run, scan_layers)
+  run = trained_run.load(workdir, step)
+  model, params, size, channels = trained_run.classifier(run, scan_layers)
   if image_size and image_size != size:
     raise errors.UserInputError(f'--image_size={image_size}: the run in {workdir} trained at '
                                 f'{size}x{size} (config.pp.crop); omit --image_size')

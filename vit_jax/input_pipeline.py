@@ -36,7 +36,7 @@ import tensorflow_datasets as tfds
 
 from vit_jax import errors
 from vit_jax import paths
-from vit_jax import preprocessing as pp_lib
+from vit_jax.datasets import preprocessing as pp_lib
 from vit_jax.datasets import image_folder
 from vit_jax.datasets import tfds_source
 from vit_jax.datasets.source import Source

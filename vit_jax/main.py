@@ -17,7 +17,7 @@ another host that is gone).
 
 On start the process re-executes itself with tcmalloc preloaded when it is installed
 (VIT_JAX_TCMALLOC=0 disables this) and creates `config.cpu_devices` CPU devices; see
-vit_jax/host_runtime.py.
+vit_jax/runtime/host_setup.py.
 """
 import json
 import sys
@@ -28,7 +28,7 @@ from ml_collections import config_flags
 
 from vit_jax import cli
 from vit_jax import gcs_credentials
-from vit_jax import host_runtime
+from vit_jax.runtime import host_setup
 
 config_flags.DEFINE_config_file('config', None, 'Training config file:arg.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go; resumes from it.')
@@ -50,16 +50,16 @@ def main(argv):
   processes.resolve(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.workdir.startswith('gs://'):
     gcs_credentials.check(f'--workdir={FLAGS.workdir}')
-  host_runtime.reexec_with_tcmalloc('vit_jax.main')
+  host_setup.reexec_with_tcmalloc('vit_jax.main')
   # Imported here so that the flags above parse before TensorFlow and JAX start.
   from vit_jax import config_checks  # pylint: disable=g-import-not-at-top
   config_checks.check_overrides(FLAGS.config, config_flags.get_override_values(FLAGS['config']))
-  host_runtime.set_cpu_devices(FLAGS.config.cpu_devices)  # before JAX's backends start
-  from vit_jax import parallel  # pylint: disable=g-import-not-at-top
-  from vit_jax import preemption  # pylint: disable=g-import-not-at-top
+  host_setup.set_cpu_devices(FLAGS.config.cpu_devices)  # before JAX's backends start
+  from vit_jax.runtime import partitioning  # pylint: disable=g-import-not-at-top
+  from vit_jax.runtime import preemption  # pylint: disable=g-import-not-at-top
   from vit_jax import train  # pylint: disable=g-import-not-at-top
-  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                  FLAGS.process_id, FLAGS.coordinator_timeout)
+  partitioning.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                      FLAGS.process_id, FLAGS.coordinator_timeout)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # tf.data only; the accelerators are JAX's
   result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.force_unlock)

@@ -13,10 +13,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vit_jax.configs import schema
 from vit_jax.models import mae
 from vit_jax.models import vit
 
-OBJECTIVES = ('classification', 'mae')
+OBJECTIVES = schema.BY_NAME['objective'].choices
 # The eval metric each objective reports, logged as eval_<name>.
 EVAL_METRICS = {'classification': 'accuracy', 'mae': 'reconstruction_loss'}
 _PATCH_DROPOUT_STREAM = 0x70D  # folded into the step's key: token subsets apart from dropout

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import optax
 
 from vit_jax import errors
+from vit_jax.configs import schema
 from vit_jax.models import layer_stack
 
-DECAY_TYPES = ('cosine', 'linear')
-OPTIMIZERS = ('sgd', 'adamw')
+DECAY_TYPES = schema.BY_NAME['decay_type'].choices
+OPTIMIZERS = schema.BY_NAME['optim'].choices
 
 
 def make_schedule(config):

@@ -2,7 +2,7 @@
 
 Everything is a deterministic function of (config, step): the data comes from
 `input_pipeline.get_data(start_step=step)`, or with config.pp.on_device from the device copy
-of the train split, gathered inside the step (vit_jax/device_input.py); the dropout rng is
+of the train split, gathered inside the step (vit_jax/datasets/device_input.py); the dropout rng is
 fold_in(seed, step). A run killed at any point and restarted from its last checkpoint ends
 bitwise equal to one that was never interrupted.
 """
@@ -21,20 +21,20 @@ import optax
 
 from vit_jax import checkpoint
 from vit_jax import config_checks
-from vit_jax import device_input
-from vit_jax import dispatch
+from vit_jax.datasets import device_input
+from vit_jax.runtime import step_queue
 from vit_jax import errors
 from vit_jax import gcs_credentials
 from vit_jax import input_pipeline
 from vit_jax import metrics
 from vit_jax import objectives
 from vit_jax import optim
-from vit_jax import parallel
+from vit_jax.runtime import partitioning
 from vit_jax import paths
-from vit_jax import preemption
-from vit_jax import profiling
-from vit_jax import state_checkpoint
-from vit_jax import utilization
+from vit_jax.runtime import preemption
+from vit_jax.perf import profiling
+from vit_jax.checkpoints import orbax_state
+from vit_jax.perf import utilization
 from vit_jax.models import resnet
 from vit_jax.runtime import failure
 from vit_jax.runtime import workdir as workdir_lib
@@ -133,7 +133,7 @@ def jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh,
   """
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   step_fn = make_train_step(model, tx, schedule, config, num_classes)
-  in_shardings = (shardings, parallel.batch_sharding(mesh))
+  in_shardings = (shardings, partitioning.batch_sharding(mesh))
   if on_device:
     def step_on_device(state, batch, data):
       made = device_input.batch_at(config, data, state['step'], num_classes, mesh)
@@ -148,7 +148,7 @@ def compile_train_step(jitted, state, batch, *more):
   """`jitted.lower(...).compile()` for the shapes, dtypes and shardings of (state, batch)
   (and the device data of an on-device step).
 
-  The run calls the compiled object, so the program it counts FLOPs of (vit_jax/utilization.py)
+  The run calls the compiled object, so the program it counts FLOPs of (vit_jax/perf/utilization.py)
   is the one it runs, compiled once.
   """
   abstract = jax.tree.map(
@@ -161,7 +161,7 @@ def jit_eval_step(model, shardings, mesh, config=None):
   """The eval step under jax.jit: params as trained, batch laid out on the mesh."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return jax.jit(make_eval_step(model, config),
-                 in_shardings=(shardings['params'], parallel.batch_sharding(mesh)),
+                 in_shardings=(shardings['params'], partitioning.batch_sharding(mesh)),
                  out_shardings=replicated)
 
 
@@ -180,7 +180,7 @@ def abstract_train_state(config, model, tx, mesh, image_shape):
     return _state_from(tx, model.init(jax.random.PRNGKey(config.seed),
                                       jnp.zeros((1,) + image_shape), train=False)['params'])
   abstract = jax.eval_shape(init)
-  shardings = parallel.param_shardings(abstract, mesh)
+  shardings = partitioning.param_shardings(abstract, mesh)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings), shardings
 
@@ -219,7 +219,7 @@ def evaluate_metrics(config, eval_step, params, mesh):
   (objectives.make_eval_step)."""
   summed, total = 0., 0.
   for batch in input_pipeline.get_data(config, 'eval'):
-    s, n = eval_step(params, parallel.global_batch(batch, mesh))
+    s, n = eval_step(params, partitioning.global_batch(batch, mesh))
     summed = summed + np.asarray(_to_host(s), np.float64)
     total += float(_to_host(n))
   values = np.atleast_1d(summed / max(total, 1.))
@@ -249,7 +249,7 @@ def _first_restorable(ckpt, target, config, workdir):
 
 
 def _checkpointer(config, workdir):
-  return state_checkpoint.TrainStateCheckpointer(
+  return orbax_state.TrainStateCheckpointer(
       paths.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints)
 
 
@@ -261,11 +261,11 @@ def train_and_evaluate(config, workdir, force_unlock=False):
   (`force_unlock` takes over a lock left by a run that is gone). An error after that leaves
   the last good state saved, and its message ends with the step saved.
   `result['stopped_by_signal']` is set when SIGTERM / SIGINT stopped the run early (after
-  saving a checkpoint at a step every process agreed on); see vit_jax/preemption.py.
+  saving a checkpoint at a step every process agreed on); see vit_jax/runtime/preemption.py.
   """
   # ----------------------------------------------------------------------------- setup
   started = time.time()
-  mesh = parallel.create_mesh(config.mesh)
+  mesh = partitioning.create_mesh(config.mesh)
   validate_config(config, mesh)
   info = input_pipeline.check_splits(config)  # every split the run reads, in seconds
   logging.info('Config:\n%s', config)  # once it passed the checks above
@@ -349,16 +349,16 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, target,
   logging.info('Training steps %d..%d of %s on %s', start_step + 1, total, config.dataset,
                dict(mesh.shape))
   result, last_log, last_time = {}, start_step, time.time()
-  limit_dispatch = dispatch.DispatchLimiter()
+  limit_dispatch = step_queue.DispatchLimiter()
   stopped_by, stop_sent, stop_array, step_metrics = 0, None, None, None
   try:
     for step in range(start_step + 1, total + 1):
       profiler.before_step(step)
       if stop.signum != stop_sent:  # the device copy is made again only when it changes
         stop_sent = stop.signum
-        stop_array = parallel.global_batch({'stop': stop.batch_field(local_batch)},
-                                           mesh)['stop']
-      batch = dict(parallel.global_batch(next(train_iter), mesh), stop=stop_array)
+        stop_array = partitioning.global_batch({'stop': stop.batch_field(local_batch)},
+                                               mesh)['stop']
+      batch = dict(partitioning.global_batch(next(train_iter), mesh), stop=stop_array)
       if train_step is None:
         train_step = compile_train_step(jitted_train_step, state, batch, *device_data)
         step_flops = utilization.StepFlops(train_step, mesh.devices.flat)

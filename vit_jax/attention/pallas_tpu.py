@@ -55,7 +55,7 @@ def _segments(q, kmask):
 
 def block_forward(q, k, v, kmask, block):
   """(output in q's dtype, normalised over these keys; logsumexp in float32 [b, h, Lq])."""
-  # The scope names the kernel's HLO instruction `flash_attention` (vit_jax/hlo_flops.py
+  # The scope names the kernel's HLO instruction `flash_attention` (vit_jax/perf/hlo_flops.py
   # counts its FLOPs by that name); the backward kernels carry their own names.
   with _kernel_context(), jax.named_scope('flash_attention'):
     out, l, m = tpu_flash._flash_attention_impl(  # pylint: disable=protected-access

@@ -11,6 +11,7 @@ import os
 
 import ml_collections
 
+from vit_jax import errors
 from vit_jax.configs import common
 from vit_jax.configs import models
 from vit_jax.configs import vit
@@ -20,12 +21,12 @@ def get_config(name_and_dataset='B_16'):
   name_or_file, _, dataset = name_and_dataset.partition(',')
   model = os.path.basename(name_or_file).split('-')[0]
   if model not in models.AUGREG_CONFIGS:
-    raise common.unknown_choice('AugReg model', model, models.AUGREG_CONFIGS,
-                                'Give a model name or the path of an AugReg .npz file')
+    raise vit.unknown_name('AugReg model', model, list(models.AUGREG_CONFIGS))
   if model != name_or_file and not name_or_file.endswith('.npz'):
-    raise ValueError(f'{name_or_file!r} names an AugReg checkpoint but is not a .npz file: '
-                     f'give its path, e.g. configs/augreg.py:{name_or_file}.npz (or '
-                     f'gs://vit_models/augreg/{os.path.basename(name_or_file)}.npz)')
+    raise errors.UserInputError(
+        f'{name_or_file!r} names an AugReg checkpoint but is not a .npz file: give its path, '
+        f'e.g. configs/augreg.py:{name_or_file}.npz (or '
+        f'gs://vit_models/augreg/{os.path.basename(name_or_file)}.npz)')
   config = common.get_config()
   config.model = ml_collections.ConfigDict(models.AUGREG_CONFIGS[model].to_dict())
   vit.apply_dataset_preset(config, dataset or 'cifar100')

@@ -90,7 +90,7 @@ def _fashion_mnist(config, recipe, finetune):
   config.model = _model(recipe)
   config.pp.update(dict(train='train', test='test', crop=28, resize=0, inception_crop=False,
                         flip=True, channels=1))
-  vit.from_scratch_recipe(config)  # AdamW lr 2e-3, wd 0.05, one CPU device per core
+  common.apply_cpu_recipe(config)  # AdamW lr 2e-3, wd 0.05, one CPU device per core
   config.batch = 64
   config.progress_every = 50
   config.eval_every = 0  # the final eval only
@@ -120,5 +120,5 @@ def get_config(recipe='fashion_mnist'):
     _fashion_mnist(config, base, finetune)
   else:
     names = sorted(_IMAGENET) + ['fashion_mnist', 'fashion_mnist_vit2']
-    raise common.unknown_choice('recipe', recipe, names + [f'{n}_finetune' for n in names])
+    raise vit.unknown_name('MAE recipe', recipe, names + [n + '_finetune' for n in names])
   return config.lock()

@@ -201,3 +201,37 @@ def get_pit_b_config():
 @_register
 def get_pit_l_config():
   return _vit('PiT-L', 1, 1024, 4096, 16, 24)
+
+
+# Diffusion Transformers (facebookresearch/DiT): `DiT(num_classes=..., **MODEL_CONFIGS[name])`
+# from vit_jax/models/dit.py, e.g. 'DiT-XL/2'. Not ViTs: their fields are DiT's keyword
+# arguments, they have no AugReg spelling and their names are listed in DIT_NAMES.
+DIT_SIZES = {'S': (384, 12, 6), 'B': (768, 12, 12), 'L': (1024, 24, 16), 'XL': (1152, 28, 16)}
+DIT_PATCHES = (1, 2, 4, 8)
+DIT_NAMES = []
+
+
+def dit_config(size, patch):
+  """DiT-<size>/<patch>: width, depth, heads of DIT_SIZES; the original's defaults otherwise."""
+  width, depth, heads = DIT_SIZES[size]
+  config = ml_collections.ConfigDict()
+  config.model_name = f'DiT-{size}/{patch}'
+  config.patch_size = patch
+  config.hidden_size = width
+  config.depth = depth
+  config.num_heads = heads
+  config.mlp_ratio = 4.0
+  config.class_dropout_prob = 0.1  # > 0 adds the null class (classifier-free guidance)
+  config.learn_sigma = True  # output 2 * C channels: noise and variance interpolation
+  config.scan_layers = False
+  config.remat = 'none'
+  config.attention = ml_collections.ConfigDict(
+      {'impl': 'auto', 'block_size': 512, 'kernel': 'auto'})
+  return config
+
+
+for _size in DIT_SIZES:
+  for _patch in DIT_PATCHES:
+    _config = dit_config(_size, _patch).lock()
+    MODEL_CONFIGS[_config.model_name] = _config
+    DIT_NAMES.append(_config.model_name)

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from vit_jax import errors
 from vit_jax import paths
-from vit_jax import preprocessing
+from vit_jax.datasets import preprocessing
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 _LAYOUT = 'lay it out as <dataset>/{train,test}/<class>/*.jpg|png'

@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 
 from vit_jax import errors
 from vit_jax import paths
-from vit_jax import preprocessing
+from vit_jax.datasets import preprocessing
 from vit_jax.datasets import fashion_mnist_local
 from vit_jax.datasets import generated_jpegs  # pylint: disable=unused-import  (registers it)
 from vit_jax.datasets import source as source_lib

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from vit_jax import attention
 from vit_jax.models import attention_layer
-from vit_jax.models import dot_grad_layers
+from vit_jax.models import cpu_backward_layers
 from vit_jax.models import patch_embedding
 from vit_jax.models import posemb as posemb_lib
 from vit_jax.models import resnet as resnet_lib
@@ -61,7 +61,7 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, inputs, *, deterministic):
     out_dim = inputs.shape[-1] if self.out_dim is None else self.out_dim
-    dense_cls = dot_grad_layers.Dense if self.grads_as_dots else nn.Dense
+    dense_cls = cpu_backward_layers.Dense if self.grads_as_dots else nn.Dense
     dense = lambda features: dense_cls(
         features, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.xavier_uniform(),
@@ -74,9 +74,9 @@ class MlpBlock(nn.Module):
 
 
 def _layer_norm(grads_as_dots, epsilon, dtype, param_dtype, name=None):
-  """flax.linen.LayerNorm, or with `grads_as_dots` its twin in dot_grad_layers.py (the same
+  """flax.linen.LayerNorm, or with `grads_as_dots` its twin in cpu_backward_layers.py (the same
   parameters and forward; parameter gradients as matrix-vector products, for XLA:CPU)."""
-  cls = dot_grad_layers.LayerNorm if grads_as_dots else nn.LayerNorm
+  cls = cpu_backward_layers.LayerNorm if grads_as_dots else nn.LayerNorm
   return cls(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
@@ -105,7 +105,7 @@ class Encoder1DBlock(nn.Module):
     x = norm()(inputs)
     attention_fn = attention_layer.make_attention_fn(self.attention)
     if self.grads_as_dots:
-      x = dot_grad_layers.MultiHeadDotProductAttention(
+      x = cpu_backward_layers.MultiHeadDotProductAttention(
           num_heads=self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
           deterministic=deterministic, dropout_rate=self.attention_dropout_rate,
           attention_fn=attention_fn)(x, mask=mask, sow_weights=self.sow_attention_weights)
@@ -143,7 +143,7 @@ class Encoder(nn.Module):
   block's activations in the backward pass (see `remat_policy`). `visible_tokens` [batch, k]
   keeps only those patch tokens (and the prefix) after the position embedding (MAE).
   `grads_as_dots=True` builds the blocks' Dense, LayerNorm and self-attention from
-  dot_grad_layers.py: the same parameters and forward, a backward written for XLA:CPU (the
+  cpu_backward_layers.py: the same parameters and forward, a backward written for XLA:CPU (the
   CPU recipes set it; on TPU and GPU XLA fuses the reductions it replaces).
   """
   num_layers: int

@@ -41,7 +41,7 @@ def vit_forward_flops(model_config, image_size, channels, num_classes):
   if model_config.get('resnet') is not None:
     raise ValueError(f'{model_config.get("model_name")}: analytic FLOPs cover ViT and PiT, '
                      'not ResNet hybrids (model.resnet is set); count the compiled program '
-                     'with vit_jax.hlo_flops instead.')
+                     'with vit_jax.perf.hlo_flops instead.')
   height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
   ph, pw = model_config.patches.size
   d = model_config.hidden_size

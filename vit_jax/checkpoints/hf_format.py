@@ -19,16 +19,16 @@ from absl import logging
 import flax
 import numpy as np
 
-from vit_jax import checkpoint_files
-from vit_jax import checkpoint_hf_config
-from vit_jax import checkpoint_timm
+from vit_jax.checkpoints import file_readers
+from vit_jax.checkpoints import hf_model_config
+from vit_jax.checkpoints import timm_format
 from vit_jax import errors
 from vit_jax import paths
 from vit_jax.models import layer_stack
 
-POSEMB = checkpoint_hf_config.POSEMB
-HfConfig = checkpoint_hf_config.HfConfig
-model_config_from_hf = checkpoint_hf_config.from_hf
+POSEMB = hf_model_config.POSEMB
+HfConfig = hf_model_config.HfConfig
+model_config_from_hf = hf_model_config.from_hf
 ATTN = 'MultiHeadDotProductAttention_0/'
 # HF module path (no `vit.` prefix) -> (our path, kind). Kinds say how tensors are laid out.
 _TOP = {
@@ -121,7 +121,7 @@ def hf_to_flat(state_dict, hf_config=None, *, num_heads=None):
   come from `num_heads` or the standard widths. Checkpoints without q/k/v biases get zeros.
   """
   if hf_config is not None:
-    checkpoint_hf_config.check_vit(hf_config)
+    hf_model_config.check_vit(hf_config)
     num_heads = hf_config.get('num_attention_heads', 12)
   located = {k: _locate(k) for k in state_dict}
   cls = [k for k, loc in located.items() if loc and loc[0] == 'cls']
@@ -129,7 +129,7 @@ def hf_to_flat(state_dict, hf_config=None, *, num_heads=None):
     raise errors.UserInputError('Hugging Face ViT checkpoint has no embeddings.cls_token')
   width = np.shape(state_dict[cls[0]])[-1]
   if num_heads is None:
-    num_heads = checkpoint_timm.default_num_heads(width)
+    num_heads = timm_format.default_num_heads(width)
     logging.warning('Hugging Face checkpoint without config.json: assuming %d heads for '
                     'width %d (pass num_heads= if that is wrong)', num_heads, width)
   if width % num_heads:
@@ -264,7 +264,7 @@ def read_msgpack(path):
 
 
 def _read_file(path):
-  return read_msgpack(path) if path.endswith('.msgpack') else checkpoint_files.read(path)
+  return read_msgpack(path) if path.endswith('.msgpack') else file_readers.read(path)
 
 
 def _read_index(path):
@@ -280,7 +280,7 @@ def _read_index(path):
 
 
 def handles(path):
-  """Whether `path` is for `read` (a directory or a `.msgpack` file), not checkpoint_files."""
+  """Whether `path` is for `read` (a directory or a `.msgpack` file), not file_readers."""
   return os.fspath(path).endswith('.msgpack') or paths.isdir(path)
 
 
@@ -297,7 +297,7 @@ def read_folder(folder):
   Weights are read from the first of WEIGHT_FILES present (safetensors preferred).
   """
   config = read_config(folder)
-  checkpoint_hf_config.check_vit(config, paths.join(folder, 'config.json'))
+  hf_model_config.check_vit(config, paths.join(folder, 'config.json'))
   names = set(paths.listdir(folder))
   for name in WEIGHT_FILES:
     if name in names:
@@ -316,7 +316,7 @@ def export(params, model_config, folder, class_names=None, image_size=None):
   params = layer_stack.unstack(flax.core.unfreeze(params))
   flat = {'/'.join(k): np.asarray(v) for k, v in
           flax.traverse_util.flatten_dict(params).items()}
-  config = checkpoint_hf_config.to_hf(flat, model_config, class_names, image_size)
+  config = hf_model_config.to_hf(flat, model_config, class_names, image_size)
   from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
   # transformers reads the 'format' metadata to tell PyTorch files from TF and Flax ones.
   paths.write_bytes(paths.join(folder, 'model.safetensors'),

@@ -7,7 +7,7 @@ a thread pool that does not keep their order, one device enters step k's all-red
 other's step k waits behind later steps, and after 40 s the all-reduce rendezvous aborts the
 process ("Termination timeout for `all reduce ...`"). Measured here with 2 CPU devices: a
 loop of a 2-device step aborted within 200 steps every time when unbounded or 64 ahead, and
-ran 3,000 steps when 32 or fewer ahead (tests/test_dispatch.py keeps that check).
+ran 3,000 steps when 32 or fewer ahead (tests/test_step_queue.py keeps that check).
 
 Waiting for the step MAX_STEPS_AHEAD back keeps work queued to hide the host's dispatch and
 input time and changes no numbers (measured on CPU only: 2, 4 and 8 ahead ran within the

@@ -1,4 +1,4 @@
-"""vit_jax/models/dot_grad_layers.py against the Flax layers it replaces: same parameters from
+"""vit_jax/models/cpu_backward_layers.py against the Flax layers it replaces: same parameters from
 the same rng, same outputs, and gradients equal to Flax's autodiff."""
 import flax.linen as nn
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vit_jax.models import attention_layer
-from vit_jax.models import dot_grad_layers
+from vit_jax.models import cpu_backward_layers
 
 WIDTH, HEADS = 16, 2
 
@@ -23,19 +23,19 @@ def _flax_attention(**kwargs):
 
 
 def _ours_attention(**kwargs):
-  return dot_grad_layers.MultiHeadDotProductAttention(
+  return cpu_backward_layers.MultiHeadDotProductAttention(
       num_heads=HEADS, attention_fn=attention_layer.make_attention_fn(), **kwargs)
 
 
 PAIRS = {
     'layer_norm': (lambda: nn.LayerNorm(epsilon=1e-6),
-                   lambda: dot_grad_layers.LayerNorm(epsilon=1e-6)),
+                   lambda: cpu_backward_layers.LayerNorm(epsilon=1e-6)),
     'dense_wide': (lambda: nn.Dense(3 * WIDTH, kernel_init=nn.initializers.xavier_uniform(),
                                     bias_init=nn.initializers.normal(1e-6)),
-                   lambda: dot_grad_layers.Dense(3 * WIDTH,
+                   lambda: cpu_backward_layers.Dense(3 * WIDTH,
                                                  kernel_init=nn.initializers.xavier_uniform(),
                                                  bias_init=nn.initializers.normal(1e-6))),
-    'dense_narrow': (lambda: nn.Dense(4), lambda: dot_grad_layers.Dense(4)),
+    'dense_narrow': (lambda: nn.Dense(4), lambda: cpu_backward_layers.Dense(4)),
     'attention': (_flax_attention, _ours_attention),
 }
 
@@ -69,13 +69,13 @@ def test_same_parameters_outputs_and_gradients_as_flax(name):
 
 
 def test_bfloat16_compute_keeps_float32_parameter_gradients():
-  ours = dot_grad_layers.Dense(8, dtype=jnp.bfloat16)
+  ours = cpu_backward_layers.Dense(8, dtype=jnp.bfloat16)
   x = _inputs((4, 5, WIDTH))
   params = ours.init(jax.random.key(0), x)
   grads = jax.grad(lambda p: jnp.sum(ours.apply(p, x).astype(jnp.float32)))(params)
   assert jax.tree.map(lambda g: g.dtype, grads) == jax.tree.map(lambda p: p.dtype, params)
   np.testing.assert_allclose(grads['params']['bias'], np.full(8, 20.), rtol=1e-2)
-  norm = dot_grad_layers.LayerNorm(dtype=jnp.bfloat16)
+  norm = cpu_backward_layers.LayerNorm(dtype=jnp.bfloat16)
   norm_params = norm.init(jax.random.key(0), x.astype(jnp.bfloat16))
   y = norm.apply(norm_params, x.astype(jnp.bfloat16))
   assert y.dtype == jnp.bfloat16

@@ -1,14 +1,14 @@
 """FLOPs per train step and the share of the accelerator's peak a run achieves (MFU).
 
-The FLOPs are counted once from the compiled step (vit_jax/hlo_flops.py): every matrix
+The FLOPs are counted once from the compiled step (vit_jax/perf/hlo_flops.py): every matrix
 multiplication the program really runs, including rematerialisation recompute, with scanned
 loops multiplied out and Pallas attention kernels at their model FLOPs. Per device, since
 every device runs the same SPMD program; `flops_per_step` is that times the device count.
 """
 from absl import logging
 
-from vit_jax import hardware
-from vit_jax import hlo_flops
+from vit_jax.perf import hardware
+from vit_jax.perf import hlo_flops
 
 
 class StepFlops:

@@ -26,9 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from vit_jax import errors
-from vit_jax import parallel
+from vit_jax.runtime import partitioning
 from vit_jax import paths
-from vit_jax import preprocessing
+from vit_jax.datasets import preprocessing
 from vit_jax.datasets import tfds_source
 
 DeviceData = collections.namedtuple('DeviceData', 'images labels')
@@ -154,7 +154,7 @@ def batch_at(config, data, step, num_classes, mesh=None):
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     indices, positions = jax.lax.with_sharding_constraint((indices, positions), replicated)
   own_slice = lambda x: x if mesh is None else jax.lax.with_sharding_constraint(
-      x, parallel.batch_sharding(mesh))
+      x, partitioning.batch_sharding(mesh))
   indices = own_slice(indices)
   images = data.images[indices].astype(jnp.float32)
   if config.pp.flip:  # flips drawn only when used

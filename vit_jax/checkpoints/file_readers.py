@@ -7,8 +7,11 @@ is wrong. Truncated and damaged files name the path, and for safetensors the fir
 byte range does not fit its shape. Nothing is ever unpickled; PyTorch files need torch and
 are read with `weights_only=True`.
 """
+import argparse
+import contextlib
 import json
 import os
+import pickle
 import struct
 import zipfile
 import zlib
@@ -18,7 +21,7 @@ import numpy as np
 from vit_jax import errors
 from vit_jax import paths
 
-TORCH_SUFFIXES = ('.pth', '.pt', '.bin')
+TORCH_SUFFIXES = ('.pth', '.pt', '.bin', '.ckpt')
 _SAFETENSORS_ITEMSIZE = {'F64': 8, 'F32': 4, 'F16': 2, 'BF16': 2, 'I64': 8, 'I32': 4,
                          'I16': 2, 'I8': 1, 'U8': 1, 'BOOL': 1, 'F8_E4M3': 1, 'F8_E5M2': 1}
 
@@ -133,7 +136,20 @@ def _read_torch(path):
         f'{path!r} is a PyTorch pickle; reading it needs torch, which is not installed. '
         'Convert it to .safetensors (safetensors.torch.save_file(state_dict, ...)) where '
         'torch is available, or `pip install torch`.') from e
-  with paths.open_binary(path) as f:
-    sd = torch.load(f, map_location='cpu', weights_only=True)
-  sd = sd.get('state_dict', sd.get('model', sd)) if isinstance(sd, dict) else sd
+  # DiT's training checkpoints also hold their argparse.Namespace of arguments.
+  safe = getattr(torch.serialization, 'safe_globals', None)  # torch >= 2.5
+  with paths.open_binary(path) as f, (safe([argparse.Namespace]) if safe
+                                      else contextlib.nullcontext()):
+    try:
+      sd = torch.load(f, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+      raise errors.UserInputError(
+          f'{path!r} holds objects other than tensors, which are never unpickled; save its '
+          f'state dict alone (torch.save(model.state_dict(), ...)). ({e})') from e
+  if isinstance(sd, dict):
+    # A training checkpoint: its EMA weights (DiT's train.py), or its model state dict.
+    for key in ('ema', 'state_dict', 'model'):
+      if isinstance(sd.get(key), dict):
+        sd = sd[key]
+        break
   return {k: v.float().numpy() for k, v in sd.items()}

@@ -5,7 +5,7 @@ import pytest
 
 from vit_jax.configs import pit as pit_configs
 from vit_jax import optim
-from vit_jax import parallel
+from vit_jax.runtime import partitioning
 from vit_jax import train
 from vit_jax.models import layer_stack
 
@@ -20,7 +20,7 @@ P = jax.sharding.PartitionSpec
     ({'MEGASCALE_COORDINATOR_ADDRESS': '10.0.0.2:8080'}, True),
 ])
 def test_multi_host_tpu_environment(environ, expected):
-  assert parallel.multi_host_tpu_environment(environ) is expected
+  assert partitioning.multi_host_tpu_environment(environ) is expected
 
 
 def _record_initialize(monkeypatch):
@@ -36,7 +36,7 @@ def _record_initialize(monkeypatch):
 def test_tpu_slice_initializes_without_arguments(monkeypatch):
   calls = _record_initialize(monkeypatch)
   monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'h0,h1,h2,h3')
-  parallel.initialize_distributed()
+  partitioning.initialize_distributed()
   assert calls == [((), {})]
 
 
@@ -44,26 +44,26 @@ def test_explicit_flags_win_over_the_tpu_environment(monkeypatch):
   calls = _record_initialize(monkeypatch)
   monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'h0,h1')
   monkeypatch.setenv('JAX_PLATFORMS', 'tpu')  # no gloo switch for this fake run
-  parallel.initialize_distributed('10.1.1.1:1234', 2, 1, timeout=60)
+  partitioning.initialize_distributed('10.1.1.1:1234', 2, 1, timeout=60)
   # JAX's own timeout lies past the watchdog's (vit_jax/runtime/processes.py).
   assert calls == [(('10.1.1.1:1234', 2, 1), {'initialization_timeout': 90})]
 
 
 def test_single_host_without_flags_does_not_initialize(monkeypatch):
   calls = _record_initialize(monkeypatch)
-  parallel.initialize_distributed()
+  partitioning.initialize_distributed()
   assert not calls
 
 
 def test_stacked_blocks_never_shard_the_layer_axis():
   # A plain parameter shards its largest divisible dimension, ties to the first.
-  assert parallel._spec_for('Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel',
+  assert partitioning._spec_for('Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel',
                             (8, 8), 4) == P('fsdp', None)
   stacked = 'params/Transformer/encoderblock/MlpBlock_0/Dense_0/kernel'
-  assert parallel._spec_for(stacked, (8, 8, 8), 4) == P(None, 'fsdp', None)
-  assert parallel._spec_for(stacked, (12, 8, 2), 4) == P(None, 'fsdp', None)
-  assert parallel._spec_for(stacked, (8, 3, 5), 4) == P()  # only the layer axis divides
-  assert parallel._spec_for('params/Transformer/encoderblock/LayerNorm_0/scale',
+  assert partitioning._spec_for(stacked, (8, 8, 8), 4) == P(None, 'fsdp', None)
+  assert partitioning._spec_for(stacked, (12, 8, 2), 4) == P(None, 'fsdp', None)
+  assert partitioning._spec_for(stacked, (8, 3, 5), 4) == P()  # only the layer axis divides
+  assert partitioning._spec_for('params/Transformer/encoderblock/LayerNorm_0/scale',
                             (8, 8), 4) == P()
 
 
@@ -83,10 +83,10 @@ def _train_one_step(config, params, mesh):
     state = jax.device_put({'step': np.zeros([], np.int32), 'params': params,
                             'opt_state': tx.init(params)}, shardings)
     step = jax.jit(train.make_train_step(model, tx, schedule, config, 10),
-                   in_shardings=(shardings, parallel.batch_sharding(mesh)),
+                   in_shardings=(shardings, partitioning.batch_sharding(mesh)),
                    out_shardings=(shardings, jax.sharding.NamedSharding(mesh, P())))
     rng = np.random.default_rng(0)
-    batch = parallel.global_batch({
+    batch = partitioning.global_batch({
         'image': rng.normal(size=(8,) + image_shape).astype(np.float32),
         'label': np.eye(10, dtype=np.float32)[rng.integers(0, 10, 8)]}, mesh)
     new_state, metrics = step(state, batch)
@@ -103,7 +103,7 @@ def test_scanned_model_trains_a_step_on_a_data_fsdp_mesh_like_the_unscanned():
       # SGD with weight decay: updates stay proportional to the gradients (Adam's first
       # step would blow float noise in near-zero gradients up to +-lr).
       'optim': 'sgd', 'base_lr': 0.1, 'weight_decay': 0.05})
-  mesh = parallel.create_mesh(config.mesh)
+  mesh = partitioning.create_mesh(config.mesh)
   start, plain, plain_loss = _train_one_step(config, None, mesh)
   config.model.transformer.scan_layers = True
   _, scanned, scanned_loss = _train_one_step(config, layer_stack.stack(start), mesh)

@@ -13,7 +13,7 @@ kernel keeps in VMEM across iterations, or caches.
 import math
 import re
 
-from vit_jax import hlo_flops
+from vit_jax.perf import hlo_flops
 
 _ELEMENT_BYTES = {'pred': 1, 's4': 0.5, 'u4': 0.5, 's8': 1, 'u8': 1, 'f8e4m3fn': 1,
                   'f8e5m2': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4, 'u32': 4,

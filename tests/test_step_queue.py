@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from vit_jax import dispatch
+from vit_jax.runtime import step_queue
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +17,7 @@ _LOOP = textwrap.dedent('''
     import sys
     import jax, jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
-    from vit_jax import dispatch
+    from vit_jax.runtime import step_queue
     mesh = jax.make_mesh((2,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
     rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
     def step(w, x):
@@ -26,7 +26,7 @@ _LOOP = textwrap.dedent('''
     step = jax.jit(step, in_shardings=(rep, dat), out_shardings=(rep, rep), donate_argnums=0)
     w = jax.device_put(jnp.full((64, 64), 0.01), rep)
     x = jax.device_put(jnp.ones((64, 64)), dat)
-    limit = dispatch.DispatchLimiter() if sys.argv[1] == 'limited' else (lambda out: None)
+    limit = step_queue.DispatchLimiter() if sys.argv[1] == 'limited' else (lambda out: None)
     for _ in range(3000):
       w, g = step(w, x)
       limit(g)
@@ -68,7 +68,7 @@ class _Output:
 
 def test_waits_for_the_step_max_ahead_back():
   waited = []
-  limit = dispatch.DispatchLimiter(max_ahead=3)
+  limit = step_queue.DispatchLimiter(max_ahead=3)
   for i in range(6):
     limit(_Output(i, waited))
     # After step i is dispatched at most 3 steps are unfinished: i-2, i-1, i.
@@ -77,4 +77,4 @@ def test_waits_for_the_step_max_ahead_back():
 
 def test_rejects_a_bound_below_one():
   with pytest.raises(ValueError, match='max_ahead=0'):
-    dispatch.DispatchLimiter(max_ahead=0)
+    step_queue.DispatchLimiter(max_ahead=0)

@@ -6,15 +6,15 @@ import textwrap
 
 import pytest
 
-from vit_jax import host_runtime
+from vit_jax.runtime import host_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROBE = textwrap.dedent('''
     import os, sys
-    from vit_jax import host_runtime
+    from vit_jax.runtime import host_setup
     print('start', os.getpid(), os.environ.get('LD_PRELOAD', ''), flush=True)
-    host_runtime.reexec_with_tcmalloc('reexec_probe')
+    host_setup.reexec_with_tcmalloc('reexec_probe')
     maps = open('/proc/self/maps').read()
     print('ready', os.getpid(), 'tcmalloc' in maps, ' '.join(sys.argv[1:]), flush=True)
 ''')
@@ -30,7 +30,7 @@ def _run_probe(tmp_path, **env):
 
 
 def test_reexec_preloads_tcmalloc_and_keeps_pid_and_args(tmp_path):
-  assert host_runtime.find_tcmalloc(), ('tcmalloc is not installed: apt-get install '
+  assert host_setup.find_tcmalloc(), ('tcmalloc is not installed: apt-get install '
                                         'libtcmalloc-minimal4 (.ci/install does)')
   lines = _run_probe(tmp_path)
   (start, pid, preload_before), (again, pid_again, preload_after), ready = lines
@@ -58,9 +58,9 @@ def test_reexec_can_be_disabled(tmp_path):
 
 COUNT_DEVICES_AND_POOL = textwrap.dedent('''
     import glob, sys
-    from vit_jax import host_runtime
+    from vit_jax.runtime import host_setup
     import jax, jax.numpy as jnp
-    host_runtime.set_cpu_devices(int(sys.argv[1]))
+    host_setup.set_cpu_devices(int(sys.argv[1]))
     jax.jit(lambda a: a @ a)(jnp.ones((256, 256))).block_until_ready()
     names = [open(f).read().strip() for f in glob.glob('/proc/self/task/*/comm')]
     print(jax.device_count(), sum(name.endswith('XLAEigen') for name in names))
@@ -104,14 +104,14 @@ def test_explicit_xla_flags_win_over_config():
 @pytest.mark.parametrize('bad', [-2, 1.5, '2'])
 def test_bad_cpu_devices_is_a_clear_error(bad):
   with pytest.raises(ValueError, match=r'config.cpu_devices=.*-1 \(one per CPU core\)'):
-    host_runtime.resolve_cpu_devices(bad)
+    host_setup.resolve_cpu_devices(bad)
 
 
 XLA_FLAGS_AND_DOT = textwrap.dedent('''
     import os, sys
-    from vit_jax import host_runtime
+    from vit_jax.runtime import host_setup
     import jax, jax.numpy as jnp
-    host_runtime.set_cpu_devices(int(sys.argv[1]))
+    host_setup.set_cpu_devices(int(sys.argv[1]))
     hlo = jax.jit(lambda a: a @ a).lower(jnp.ones((256, 256))).compile().as_text()
     print('FLAGS=' + os.environ.get('XLA_FLAGS', ''))
     print('ynn' in hlo)
@@ -132,7 +132,7 @@ def _flags_and_ynn(cpu_devices, xla_flags=None):
 def test_one_device_per_core_turns_off_ynnpack_and_intra_op_threads():
   flags, ynn = _flags_and_ynn(-1)
   if len(os.sched_getaffinity(0)) > 1:
-    assert set(host_runtime.ONE_DEVICE_PER_CORE_FLAGS) <= set(flags.split()) and not ynn
+    assert set(host_setup.ONE_DEVICE_PER_CORE_FLAGS) <= set(flags.split()) and not ynn
   # An explicit device count keeps XLA's defaults (YNNPACK runs the matmul).
   flags, ynn = _flags_and_ynn(3)
   assert flags == '' and ynn

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import visualize
+from vit_jax.models import attention_maps
 from vit_jax.models import VisionTransformer
 
 
@@ -33,7 +33,7 @@ def test_first_layer_map_equals_numpy_softmax():
   images = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 8, 3))
   model = _model(4)
   params = _params(model, images)
-  maps = visualize.attention_maps(model, params, images)
+  maps = attention_maps.attention_maps(model, params, images)
   assert len(maps) == 2 and maps[0].shape == (2, 2, 5, 5)
   np.testing.assert_allclose(maps[0].sum(-1), 1., atol=1e-5)
   # Independent recomputation of layer 0: patch embed, cls, posemb, LayerNorm, q k softmax.
@@ -61,25 +61,25 @@ def test_rollout_by_hand_and_uniform_attention():
   mixed = [m / m.sum(-1, keepdims=True) for m in mixed]
   joint = mixed[1] @ mixed[0]
   expected = joint[0, 1:] / joint[0, 1:].sum()
-  np.testing.assert_allclose(visualize.rollout(maps, 1)[0], expected, atol=1e-12)
+  np.testing.assert_allclose(attention_maps.rollout(maps, 1)[0], expected, atol=1e-12)
   uniform = [np.full((1, 2, 5, 5), 0.2)] * 3
-  np.testing.assert_allclose(visualize.rollout(uniform, 1)[0], 0.25, atol=1e-12)
-  np.testing.assert_allclose(visualize.rollout(uniform, 0)[0], 0.2, atol=1e-12)
+  np.testing.assert_allclose(attention_maps.rollout(uniform, 1)[0], 0.25, atol=1e-12)
+  np.testing.assert_allclose(attention_maps.rollout(uniform, 0)[0], 0.2, atol=1e-12)
 
 
 def test_pit_heatmap_has_one_weight_per_pixel_and_patch_models_upsample():
   images = jax.random.normal(jax.random.PRNGKey(0), (1, 6, 6, 1))
   pit = _model(1, classifier='gap')
-  heat = visualize.rollout_heatmaps(pit, _params(pit, images), images)
+  heat = attention_maps.rollout_heatmaps(pit, _params(pit, images), images)
   assert heat.shape == (1, 6, 6) and len(np.unique(np.round(heat, 6))) > 6
   assert heat.min() == 0. and heat.max() == 1.
   images = jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 3))
   vit = _model(4)
   params = _params(vit, images)
-  heat = visualize.rollout_heatmaps(vit, params, images)
+  heat = attention_maps.rollout_heatmaps(vit, params, images)
   assert heat.shape == (1, 8, 8)
   np.testing.assert_array_equal(heat[0, :4, :4], heat[0, 0, 0])  # one value per patch
-  heads = visualize.head_maps(visualize.attention_maps(vit, params, images), 1, 1, (2, 2))
+  heads = attention_maps.head_maps(attention_maps.attention_maps(vit, params, images), 1, 1, (2, 2))
   assert heads.shape == (2, 2, 2)
 
 
@@ -90,8 +90,8 @@ def test_scanned_model_gives_the_unscanned_maps():
   model = _model(4, layers=3)
   params = _params(model, images)
   scanned = model.clone(transformer=dict(model.transformer, scan_layers=True))
-  maps = visualize.attention_maps(model, params, images)
-  scanned_maps = visualize.attention_maps(scanned, layer_stack.stack(params), images)
+  maps = attention_maps.attention_maps(model, params, images)
+  scanned_maps = attention_maps.attention_maps(scanned, layer_stack.stack(params), images)
   assert len(scanned_maps) == 3
   for a, b in zip(maps, scanned_maps):
     np.testing.assert_allclose(a, b, atol=1e-6)

@@ -9,7 +9,7 @@ from typing import NamedTuple, Optional
 import flax
 import numpy as np
 
-from vit_jax import checkpoint_architecture
+from vit_jax.checkpoints import architecture
 from vit_jax import errors
 
 POSEMB = 'Transformer/posembed_input/pos_embedding'
@@ -71,8 +71,8 @@ def from_hf(config, params=None):
         f'config.json: hidden_act={act!r} is not supported; VisionTransformer has exact GELU '
         f'({", ".join(EXACT_GELU)}) and tanh GELU ({", ".join(TANH_GELU)}).')
   if params is not None:
-    head = checkpoint_architecture.param_shape(params, 'head', 'bias')
-    pooler = checkpoint_architecture.param_shape(params, 'pre_logits', 'bias')
+    head = architecture.param_shape(params, 'head', 'bias')
+    pooler = architecture.param_shape(params, 'pre_logits', 'bias')
     has_head, has_pooler = head is not None, pooler is not None
   else:
     archs = config.get('architectures') or []
@@ -162,7 +162,7 @@ def to_hf(flat, model_config, class_names=None, image_size=None):
   if len(names) != num_classes:
     raise errors.UserInputError(f'{len(names)} class_names for a head with {num_classes} '
                                 'classes')
-  arch, _ = checkpoint_architecture.model_config_from_params(
+  arch, _ = architecture.model_config_from_params(
       flax.traverse_util.unflatten_dict(flat, sep='/'))
   return {
       'architectures': ['ViTForImageClassification'],

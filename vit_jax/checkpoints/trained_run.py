@@ -1,5 +1,5 @@
-"""A training workdir as a model: what `python -m vit_jax.inference --checkpoint=WORKDIR` and
-`python -m vit_jax.export WORKDIR` read.
+"""A training workdir read as a model: what `python -m vit_jax.inference --checkpoint=WORKDIR`
+and `python -m vit_jax.export WORKDIR` read.
 
 The model comes from the run's WORKDIR/config.json (the config it trained with), the
 parameters from its newest checkpoint (or `step`), the class names from config.json (written
@@ -14,8 +14,8 @@ import ml_collections
 
 from vit_jax import downloads
 from vit_jax import errors
-from vit_jax import labels
 from vit_jax import paths
+from vit_jax.datasets import class_names as labels
 from vit_jax.runtime import workdir as workdir_lib
 
 CHECKPOINTS = 'checkpoints'
@@ -55,7 +55,7 @@ def _class_names(names, dataset, num_classes):
 
 def load(workdir, step=None):
   """The Run of `workdir` at `step` (default: its newest checkpoint)."""
-  from vit_jax import state_checkpoint  # pylint: disable=g-import-not-at-top
+  from vit_jax.checkpoints import orbax_state  # pylint: disable=g-import-not-at-top
 
   saved = json.loads(paths.read_text(paths.join(workdir, workdir_lib.CONFIG)))
   steps = saved_steps(workdir)
@@ -74,7 +74,7 @@ def load(workdir, step=None):
         'is WORKDIR/encoder.npz (for config.pretrained_path), fine-tune it to classify'
     )
   names = saved.pop('class_names', None)
-  params = state_checkpoint.load_params(paths.join(workdir, CHECKPOINTS), step)
+  params = orbax_state.load_params(paths.join(workdir, CHECKPOINTS), step)
   names = _class_names(names, saved.get('dataset', ''), params['head']['bias'].shape[0])
   return Run(ml_collections.ConfigDict(saved), params, step, names)
 
