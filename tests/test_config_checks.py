@@ -102,7 +102,8 @@ def test_patch_dropout_is_for_classifiers_with_a_transformer():
   from vit_jax.configs import vit as vit_configs
   drop = {'patch_dropout.rate': 0.5, 'patch_dropout.steps': 100}
   _validate(_config(**drop))
-  _validate(_config(**{'patch_dropout.rate': 0.5, 'patch_dropout.steps': 0}))  # off
+  with pytest.raises(errors.UserInputError, match='has no effect'):  # was silently off
+    _validate(_config(**{'patch_dropout.rate': 0.5, 'patch_dropout.steps': 0}))
   mae_config = mae_configs.get_config('fashion_mnist')
   mae_config.update_from_flattened_dict(drop)
   hybrid = vit_configs.get_config('r50_b16,cifar10')

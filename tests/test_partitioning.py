@@ -44,8 +44,9 @@ def test_explicit_flags_win_over_the_tpu_environment(monkeypatch):
   calls = _record_initialize(monkeypatch)
   monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'h0,h1')
   monkeypatch.setenv('JAX_PLATFORMS', 'tpu')  # no gloo switch for this fake run
-  partitioning.initialize_distributed('10.1.1.1:1234', 2, 1)
-  assert calls == [(('10.1.1.1:1234', 2, 1), {})]
+  partitioning.initialize_distributed('10.1.1.1:1234', 2, 1, timeout=60)
+  # JAX's own timeout lies past the watchdog's (vit_jax/runtime/processes.py).
+  assert calls == [(('10.1.1.1:1234', 2, 1), {'initialization_timeout': 90})]
 
 
 def test_single_host_without_flags_does_not_initialize(monkeypatch):

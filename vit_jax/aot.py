@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from vit_jax import cli
 from vit_jax import errors
 
 FLAGS = flags.FLAGS
@@ -54,7 +55,10 @@ class StepReport:
 
 
 def num_classes_of(config, override=None):
-  if override:
+  if override is not None:
+    if not isinstance(override, int) or override < 1:
+      raise errors.UserInputError(f'--num_classes={override} must be >= 1 (classes of the '
+                                  'head), or omitted to take the dataset\'s')
     return override
   if config.dataset in NUM_CLASSES:
     return NUM_CLASSES[config.dataset]
@@ -65,6 +69,9 @@ def num_classes_of(config, override=None):
 
 def topology_devices(topology, num_slices=1):
   """Compile-only TPU devices of `topology` (libtpu required, no TPU)."""
+  if not isinstance(num_slices, int) or num_slices < 1:
+    raise errors.UserInputError(f'--num_slices={num_slices} must be >= 1 (slices of the '
+                                'topology, data parallel across them)')
   for key, value in LIBTPU_ENV.items():
     os.environ.setdefault(key, value)
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
@@ -161,8 +168,8 @@ def summarize(topology, num_slices, devices, mesh, batch, compiled_train, compil
 
 def report(config, topology, num_slices=1, num_classes=None):
   """Everything `python -m vit_jax.aot` prints, as a dict."""
+  classes = num_classes_of(config, num_classes)  # the flags' errors before libtpu starts
   devices = topology_devices(topology, num_slices)
-  classes = num_classes_of(config, num_classes)
   compiled_train, compiled_eval, mesh = compile_steps(config, devices, classes)
   return summarize(topology, num_slices, devices, mesh, config.batch, compiled_train,
                    compiled_eval)
@@ -231,4 +238,4 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(errors.reporting_user_errors(main))
+  cli.run(main)

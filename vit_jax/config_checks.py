@@ -225,6 +225,69 @@ def _check_mae(config):
                  "encoder.npz it writes with config.objective='classification'")
 
 
+def _check_together(config):
+  """Fields that only act together with another, checked together: a value that would be
+  ignored, clamped or never reached is an error, not a silent no-op."""
+  drop = config.get('patch_dropout')
+  if drop is not None and bool(drop.rate) != bool(drop.steps):
+    field, value, other = (('patch_dropout.rate', drop.rate, 'patch_dropout.steps=0')
+                           if drop.rate else ('patch_dropout.steps', drop.steps,
+                                              'patch_dropout.rate=0'))
+    raise _error(field, value, f'has no effect with config.{other}; set both (e.g. '
+                 '--config.patch_dropout.rate=0.5 --config.patch_dropout.steps=1000) or '
+                 'neither')
+  ra = config.pp.randaugment  # its range is the schema's
+  if ra.magnitude and not ra.num_layers:
+    raise _error('pp.randaugment.magnitude', ra.magnitude, 'has no effect with '
+                 'config.pp.randaugment.num_layers=0; set num_layers (e.g. 2) or magnitude 0')
+  first = config.profile.first_step
+  if first > config.total_steps:
+    raise _error('profile.first_step', first, f'is past config.total_steps='
+                 f'{config.total_steps}: nothing would be profiled; pick a step in [1, '
+                 f'{config.total_steps}] or 0 (off)')
+  if config.pp.resize and config.pp.resize <= config.pp.crop:
+    raise _error('pp.resize', config.pp.resize, f'must be 0 (off) or larger than config.pp.crop='
+                 f'{config.pp.crop}: eval resizes the shorter side to it, then crops the center')
+  if config.get('pretrained_required') and not config.pretrained_path:
+    raise errors.UserInputError(
+        f'config.pretrained_path is not set, and this recipe ({config.model.get("model_name")})'
+        ' fine-tunes a pretrained checkpoint: pass --config.pretrained_path=<the .npz file> '
+        '(or configs/augreg.py:<file.npz>)')
+  if objectives.objective(config) == 'mae':
+    for field in ('label_smoothing', 'eval_flip'):
+      if config[field]:
+        raise _error(field, config[field], "is for classifiers; config.objective='mae' "
+                     'reconstructs pixels and has no labels. Turn it off for pre-training '
+                     '(fine-tuning uses it)')
+  if not config.pretrained_strict and not config.pretrained_path:
+    raise _error('pretrained_strict', False, 'has no effect without config.pretrained_path; '
+                 'remove it or set the path')
+
+
+# field -> (whether it acts in this config, what it acts with): a field given on the command
+# line that does nothing in this config is an error, not a silent no-op.
+_ACTS_ONLY_WITH = {
+    'momentum': (lambda c: c.optim == 'sgd', "config.optim='sgd'"),
+    'adam_b1': (lambda c: c.optim == 'adamw', "config.optim='adamw'"),
+    'adam_b2': (lambda c: c.optim == 'adamw', "config.optim='adamw'"),
+    'linear_end': (lambda c: c.decay_type == 'linear', "config.decay_type='linear'"),
+    'profile.num_steps': (lambda c: c.profile.first_step > 0, 'config.profile.first_step > 0'),
+    'fashion_mnist_dir': (lambda c: c.dataset == 'fashion_mnist',
+                          "config.dataset='fashion_mnist'"),
+    'pretrained_strict': (lambda c: bool(c.pretrained_path), 'config.pretrained_path'),
+}
+
+
+def check_overrides(config, fields):
+  """Each `fields` (dotted names set on the command line) acts in `config`."""
+  for field in fields:
+    if field in _ACTS_ONLY_WITH:
+      acts, partner = _ACTS_ONLY_WITH[field]
+      if not acts(config):
+        raise _error(field, schema.get(config, field), f'has no effect here: it acts only with '
+                     f'{partner}; drop --config.{field} or set that too')
+
+
 def validate(config, mesh):
   """Raises errors.UserInputError for the first bad field; types, then ranges, then shapes."""
   _check_schema_fields(config)
@@ -232,5 +295,6 @@ def validate(config, mesh):
   if objectives.objective(config) == 'mae':
     _check_mae(config)
   _check_patch_dropout(config)
+  _check_together(config)
   _check_model(config)
   _check_shapes(config, mesh)

@@ -1,8 +1,9 @@
 """Error types for problems the user can fix: a bad config value, bad data, a missing file.
 
-`python -m vit_jax.main` prints these as one line `error: <message>` and exits with status 2
-(no traceback); any other exception is a bug and keeps its traceback. Both are ValueErrors,
-so code and tests catching ValueError (or FileNotFoundError) keep working.
+The commands (main, inference, aot, export: vit_jax/cli.py) print these as one line
+`error: <message> <notes>` and exit with status 2 (no traceback); any other exception is a bug
+and keeps its traceback. Both are ValueErrors, so code and tests catching ValueError (or
+FileNotFoundError) keep working.
 """
 import sys
 
@@ -15,6 +16,12 @@ class MissingInputError(UserInputError, FileNotFoundError):
   """A file or folder the config names does not exist."""
 
 
+def one_line(error):
+  """`error: <message> <notes>` on one line (the notes say e.g. which step is saved)."""
+  text = ' '.join([str(error)] + list(getattr(error, '__notes__', ())))
+  return 'error: ' + ' '.join(text.split())
+
+
 def reporting_user_errors(main):
   """main(argv), with a UserInputError as one line `error: ...` on stderr and exit status 2.
 
@@ -25,6 +32,6 @@ def reporting_user_errors(main):
       return main(argv)
     except UserInputError as e:
       sys.stdout.flush()
-      print('error: ' + ' '.join(str(e).split()), file=sys.stderr, flush=True)
+      print(one_line(e), file=sys.stderr, flush=True)
       sys.exit(2)
   return run

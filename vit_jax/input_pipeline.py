@@ -26,6 +26,7 @@ fixed function of (seed, step), and the iterator counts (`.skipped`) and logs ea
 """
 import functools
 import os
+import re
 
 from absl import logging
 import jax
@@ -58,6 +59,32 @@ def get_dataset_info(config, split):
     return dict(num_examples=len(listing.paths), num_classes=len(listing.classes),
                 image_shape=(None, None, 3), class_names=listing.classes)
   return tfds_source.dataset_info(config, split)
+
+
+def check_splits(config):
+  """The train split's `get_dataset_info`, after checking that both splits the run reads
+  exist and hold examples: a missing split (pp.test='validation' of a dataset without one)
+  or a bad slice ('train[:200%]') is an error at start, in seconds, not after training."""
+  infos = []
+  for field, split in (('pp.train', config.pp.train), ('pp.test', config.pp.test)):
+    try:
+      info = get_dataset_info(config, split)
+    except errors.UserInputError:
+      raise
+    except (ValueError, KeyError, AssertionError) as e:
+      reason = ' '.join(re.sub(r'See format at: \S+', '', str(e)).split())
+      if '__len__' in reason or '0 length' in reason:  # tfds' words for an empty slice
+        reason = 'the slice is empty'
+      raise errors.UserInputError(
+          f'config.{field}={split!r} cannot be read from config.dataset={config.dataset!r} '
+          f"({reason}); name one of its splits, optionally sliced: 'train', 'test', "
+          "'train[:90%]', 'train[1000:]'.") from e
+    if info['num_examples'] < 1:
+      raise errors.UserInputError(
+          f'config.{field}={split!r} of config.dataset={config.dataset!r} has no examples; '
+          'widen the slice.')  # (an image folder's split with no images)
+    infos.append(info)
+  return infos[0]
 
 
 def _source(config, split):

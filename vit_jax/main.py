@@ -7,9 +7,13 @@ Multi-process: --coordinator_address=host:port --num_processes=N --process_id=i 
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables). On a
 multi-host Cloud TPU slice without them, jax.distributed.initialize() finds its peers itself.
 
-Exit status: 0 when the run finished; 128 + N when signal N (SIGTERM: 143, SIGINT: 130)
-reached any process and every process stopped after saving a checkpoint at the same step
-(rerun the same command to resume); 1 on an error.
+Exit status: 0 when the run finished; 2 for a mistake in the flags, the config, the data
+or the workdir (one line `error: ...`, before anything is written); 128 + N when signal N
+(SIGTERM: 143, SIGINT: 130) reached any process and every process stopped after saving a
+checkpoint at the same step (rerun the same command to resume); 1 on another error. A run
+that fails after it started keeps its last state saved and ends its message with that step.
+One workdir takes one run at a time (a lock; --force_unlock takes over one left by a run on
+another host that is gone).
 
 On start the process re-executes itself with tcmalloc preloaded when it is installed
 (VIT_JAX_TCMALLOC=0 disables this) and creates `config.cpu_devices` CPU devices; see
@@ -22,7 +26,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from vit_jax import errors
+from vit_jax import cli
+from vit_jax import gcs_credentials
 from vit_jax.runtime import host_setup
 
 config_flags.DEFINE_config_file('config', None, 'Training config file:arg.', lock_config=True)
@@ -30,6 +35,10 @@ flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go; resumes 
 flags.DEFINE_string('coordinator_address', None, 'jax.distributed coordinator host:port.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process runs).')
 flags.DEFINE_integer('process_id', None, 'This process index (multi-process runs).')
+flags.DEFINE_integer('coordinator_timeout', 300, 'Seconds to wait for the coordinator and '
+                     'the other processes at start (multi-process runs); then exit 2.')
+flags.DEFINE_bool('force_unlock', False, 'Take over the workdir lock of a run that is gone '
+                  '(one that is not recognised as stale by itself: another host, recently).')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -37,17 +46,23 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from vit_jax.runtime import processes  # pylint: disable=g-import-not-at-top
+  processes.resolve(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.workdir.startswith('gs://'):
+    gcs_credentials.check(f'--workdir={FLAGS.workdir}')
   host_setup.reexec_with_tcmalloc('vit_jax.main')
-  host_setup.set_cpu_devices(FLAGS.config.cpu_devices)  # before JAX's backends start
   # Imported here so that the flags above parse before TensorFlow and JAX start.
+  from vit_jax import config_checks  # pylint: disable=g-import-not-at-top
+  config_checks.check_overrides(FLAGS.config, config_flags.get_override_values(FLAGS['config']))
+  host_setup.set_cpu_devices(FLAGS.config.cpu_devices)  # before JAX's backends start
   from vit_jax.runtime import partitioning  # pylint: disable=g-import-not-at-top
   from vit_jax.runtime import preemption  # pylint: disable=g-import-not-at-top
   from vit_jax import train  # pylint: disable=g-import-not-at-top
   partitioning.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                  FLAGS.process_id)
+                                      FLAGS.process_id, FLAGS.coordinator_timeout)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')  # tf.data only; the accelerators are JAX's
-  result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.force_unlock)
   if result.get('stopped_by_signal'):
     status = preemption.exit_status(result['stopped_by_signal'])
     print(json.dumps(result))
@@ -69,4 +84,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(errors.reporting_user_errors(main))
+  cli.run(main)

@@ -26,6 +26,7 @@ from etils import epath  # pylint: disable=g-import-not-at-top,g-bad-import-orde
 
 from vit_jax import downloads  # pylint: disable=g-import-not-at-top
 from vit_jax import errors  # pylint: disable=g-import-not-at-top
+from vit_jax import gcs_credentials  # pylint: disable=g-import-not-at-top
 
 REMOTE_PREFIXES = ('gs://', 's3://', 'az://')
 
@@ -42,11 +43,15 @@ def is_remote(path):
 
 
 def as_path(path):
-  """An `epath.Path`; `~` expanded for local paths. Not for https:// or hf:// (read-only)."""
+  """An `epath.Path`; `~` expanded for local paths. Not for https:// or hf:// (read-only).
+  A gs:// path without Google Cloud credentials is a one-line error
+  (vit_jax/gcs_credentials.py)."""
   path = os.fspath(path)
   if downloads.is_download(path):
     raise errors.UserInputError(
         f'{path!r} is a read-only download; write to a local or gs:// path instead.')
+  if path.startswith('gs://'):
+    gcs_credentials.check(path)
   return epath.Path(path if is_remote(path) else os.path.expanduser(path))
 
 
@@ -150,8 +155,39 @@ def append_bytes(path, data):
     f.write(data)
 
 
+def create_exclusive(path, data):
+  """Writes a new file whole, only if `path` does not exist yet; whether it did.
+
+  Atomic against another writer: local files with O_EXCL, Cloud Storage objects with the
+  precondition ifGenerationMatch=0 (two writers: exactly one succeeds).
+  """
+  p = as_path(path)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  if is_remote(path):
+    import fsspec  # pylint: disable=g-import-not-at-top
+    try:
+      fsspec.filesystem(os.fspath(path).split('://', 1)[0]).pipe_file(
+          os.fspath(path), data, mode='create')
+    except FileExistsError:
+      return False
+    return True
+  try:
+    fd = os.open(os.fspath(p), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+  except FileExistsError:
+    return False
+  with os.fdopen(fd, 'wb') as f:
+    f.write(data)
+  return True
+
+
 def remove(path):
   as_path(path).unlink()
+
+
+def remove_empty_dir(path):
+  """Removes a folder that holds nothing (object stores have no empty folders)."""
+  if not is_remote(path):
+    as_path(path).rmdir()
 
 
 def move(src, dst):

@@ -6,6 +6,7 @@ of the train split, gathered inside the step (vit_jax/datasets/device_input.py);
 fold_in(seed, step). A run killed at any point and restarted from its last checkpoint ends
 bitwise equal to one that was never interrupted.
 """
+import json
 import signal
 import time
 
@@ -23,6 +24,7 @@ from vit_jax import config_checks
 from vit_jax.datasets import device_input
 from vit_jax.runtime import step_queue
 from vit_jax import errors
+from vit_jax import gcs_credentials
 from vit_jax import input_pipeline
 from vit_jax import metrics
 from vit_jax import objectives
@@ -34,6 +36,8 @@ from vit_jax.perf import profiling
 from vit_jax.checkpoints import orbax_state
 from vit_jax.perf import utilization
 from vit_jax.models import resnet
+from vit_jax.runtime import failure
+from vit_jax.runtime import workdir as workdir_lib
 
 
 ENCODER_CHECKPOINT = 'encoder.npz'
@@ -53,10 +57,21 @@ def validate_config(config, mesh):
   """Errors that would otherwise surface mid-compile or hours later; see config_checks.py."""
   config_checks.validate(config, mesh)
   device_input.check(config)
+  for field, value in _flat_items(config.to_dict()):  # TensorFlow reads some of them itself
+    if isinstance(value, str) and value.startswith('gs://'):
+      gcs_credentials.check(f'config.{field}={value}')
   if config.pretrained_path and not paths.exists(config.pretrained_path):
     raise errors.MissingInputError(
         f'config.pretrained_path={config.pretrained_path!r} does not exist; fix the path or '
         'set it to None to train from scratch.')
+
+
+def _flat_items(tree, prefix=''):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flat_items(value, f'{prefix}{key}.')
+    else:
+      yield prefix + key, value
 
 
 def _example_scale(batch):
@@ -231,15 +246,18 @@ def evaluate_metrics(config, eval_step, params, mesh):
   return {f'eval_{name}': float(v) for name, v in zip(names, values)}, int(total)
 
 
-def _write_config(config, workdir):
-  """WORKDIR/config.json: the resolved config of this run (process 0), as big_vision does."""
+def _write_config(config, workdir, class_names):
+  """WORKDIR/config.json: the resolved config of this run (process 0), as big_vision does,
+  and the dataset's `class_names` (for inference and export from the workdir)."""
   if jax.process_index() == 0:
-    paths.write_text(paths.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+    saved = json.loads(config.to_json_best_effort())
+    saved['class_names'] = [str(n) for n in class_names or []] or None
+    paths.write_text(paths.join(workdir, 'config.json'), json.dumps(saved, indent=2))
 
 
 def _first_restorable(ckpt, target, config, workdir):
   """(state or None, start step); a workdir already past total_steps is a clear error."""
-  restored = ckpt.restore(target)
+  restored = None if ckpt is None else ckpt.restore(target)
   start_step = 0 if restored is None else restored[1]
   if start_step > config.total_steps:
     raise errors.UserInputError(
@@ -249,9 +267,18 @@ def _first_restorable(ckpt, target, config, workdir):
   return (None if restored is None else restored[0]), start_step
 
 
-def train_and_evaluate(config, workdir):
+def _checkpointer(config, workdir):
+  return orbax_state.TrainStateCheckpointer(
+      paths.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints)
+
+
+def train_and_evaluate(config, workdir, force_unlock=False):
   """Trains (resuming from `workdir` if it has checkpoints); returns the final metrics.
 
+  Every check comes first (config, data splits, the workdir: vit_jax/runtime/workdir.py);
+  the run writes into `workdir` only once it is sure to start, and holds its lock
+  (`force_unlock` takes over a lock left by a run that is gone). An error after that leaves
+  the last good state saved, and its message ends with the step saved.
   `result['stopped_by_signal']` is set when SIGTERM / SIGINT stopped the run early (after
   saving a checkpoint at a step every process agreed on); see vit_jax/runtime/preemption.py.
   """
@@ -259,47 +286,60 @@ def train_and_evaluate(config, workdir):
   started = time.time()
   mesh = partitioning.create_mesh(config.mesh)
   validate_config(config, mesh)
-  info = input_pipeline.get_dataset_info(config, config.pp.train)
+  info = input_pipeline.check_splits(config)  # every split the run reads, in seconds
   logging.info('Config:\n%s', config)  # once it passed the checks above
   num_classes = info['num_classes']
   model = make_model(config, num_classes)
   tx, schedule = optim.make_optimizer(config)
   image_shape = (config.pp.crop, config.pp.crop, config.pp.channels)
-  if paths.exists(workdir) and not paths.isdir(workdir):
-    raise errors.UserInputError(f'--workdir={workdir!r} is a file, not a folder; pass a folder '
-                                '(it is created if missing).')
-  paths.makedirs(workdir)
-  _write_config(config, workdir)
-  ckpt = orbax_state.TrainStateCheckpointer(
-      paths.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints)
   stop = preemption.StopRequest().install()
   try:
-    with jax.set_mesh(mesh):
-      result = _train_loop(config, workdir, mesh, model, tx, schedule, num_classes,
-                           image_shape, ckpt, stop, started)
-  except BaseException:
-    # A checkpoint being written is finished before the error propagates (no half-written
-    # *.orbax-checkpoint-tmp, no noise from its threads at exit); the error stays the last word.
-    try:
-      ckpt.wait_until_finished()
-      ckpt.close()
-    except Exception as e:  # pylint: disable=broad-except
-      logging.error('Finishing the pending checkpoint failed too: %s: %s', type(e).__name__, e)
-    raise
+    with workdir_lib.claim(workdir, force_unlock) as held, jax.set_mesh(mesh):
+      return _run(config, held, mesh, model, tx, schedule, num_classes, image_shape, stop,
+                  started, info.get('class_names'))
   finally:
     stop.uninstall()
+
+
+def _run(config, held, mesh, model, tx, schedule, num_classes, image_shape, stop, started,
+         class_names):
+  """Restores or creates the state (nothing written yet), then trains in the workdir."""
+  workdir = held.workdir
+  target, shardings = abstract_train_state(config, model, tx, mesh, image_shape)
+  ckpt = None
+  if paths.exists(paths.join(workdir, 'checkpoints')):
+    ckpt = _checkpointer(config, workdir)
+  try:
+    state, start_step = _first_restorable(ckpt, target, config, workdir)
+    if state is None:
+      state = create_train_state(config, model, tx, shardings, image_shape)
+    held.started()  # sure to start: from here on the run writes into the workdir
+    ckpt = ckpt or _checkpointer(config, workdir)
+    _write_config(config, workdir, class_names)
+    result = _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, target,
+                         shardings, state, start_step, ckpt, stop, started)
+  except BaseException as e:
+    # A checkpoint being written is finished before the error propagates (no half-written
+    # *.orbax-checkpoint-tmp, no noise from its threads at exit); the error stays the last word.
+    saved = None
+    try:
+      if ckpt is not None:
+        ckpt.wait_until_finished()
+        saved = ckpt.latest_step()
+        ckpt.close()
+    except Exception as close_error:  # pylint: disable=broad-except
+      logging.error('Finishing the pending checkpoint failed too: %s: %s',
+                    type(close_error).__name__, close_error)
+    if held.is_started and isinstance(e, Exception):
+      failure.note_saved_step(e, saved, workdir)
+    raise
   ckpt.wait_until_finished()
   ckpt.close()
   return result
 
 
-def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_shape, ckpt,
-                stop, started):
-  # --------------------------------------------------------------------------- state
-  target, shardings = abstract_train_state(config, model, tx, mesh, image_shape)
-  state, start_step = _first_restorable(ckpt, target, config, workdir)
-  if state is None:
-    state = create_train_state(config, model, tx, shardings, image_shape)
+def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, target, shardings,
+                state, start_step, ckpt, stop, started):
   logger = metrics.MetricsLogger(workdir)
   previous = logger.resume_at(start_step)  # drops what a killed run logged after its checkpoint
   core_hours = previous.get('core_hours', 0.)
@@ -329,67 +369,75 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, image_s
                dict(mesh.shape))
   result, last_log, last_time = {}, start_step, time.time()
   limit_dispatch = step_queue.DispatchLimiter()
-  stopped_by, stop_sent, stop_array = 0, None, None
-  for step in range(start_step + 1, total + 1):
-    profiler.before_step(step)
-    if stop.signum != stop_sent:  # the device copy is made again only when it changes
-      stop_sent = stop.signum
-      stop_array = partitioning.global_batch({'stop': stop.batch_field(local_batch)}, mesh)['stop']
-    batch = dict(partitioning.global_batch(next(train_iter), mesh), stop=stop_array)
-    if train_step is None:
-      train_step = compile_train_step(jitted_train_step, state, batch, *device_data)
-      step_flops = utilization.StepFlops(train_step, mesh.devices.flat)
-      dropout_steps = objectives.patch_dropout_steps(config)
-      if dropout_steps > step:
-        logging.info('flops_per_step and MFU count the full-token step (a conditional counts '
-                     'its costliest branch): they overstate the first %d steps, which run '
-                     'on %.0f%% of the patch tokens (config.patch_dropout).',
-                     dropout_steps, 100 * (1 - config.patch_dropout.rate))
-      last_time = time.time()  # compiling is not a step
-    with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      state, step_metrics = train_step(state, batch, *device_data)
-    # Every process reads the same older step's agreed stop request here.
-    for done in limit_dispatch(step_metrics):
-      stopped_by = max(stopped_by, int(_to_host(done['stop'])))
-    profiler.after_step(step, step_metrics)
-    report(step)
-    due_ckpt = step % config.checkpoint_every == 0 or step == total or stopped_by
-    record = {}
-    if step % config.progress_every == 0 or due_ckpt:  # the only host syncs of the loop
-      host = {k: float(_to_host(v)) for k, v in step_metrics.items()}
-      if not np.isfinite(host['loss']):
-        raise FloatingPointError(
-            f'train loss is {host["loss"]} at step {step}; stopping without saving this '
-            f'state. The last good checkpoint (step {ckpt.latest_step()}) is kept in '
-            f'{workdir}. Lower config.base_lr, raise config.warmup_steps or set '
-            'config.grad_norm_clip.')
-      now = time.time()
-      rate = (step - last_log) * config.batch / (now - last_time)
-      record = dict(train_loss=host['loss'], learning_rate=host['learning_rate'],
-                    grad_norm=host['grad_norm'], examples_per_sec=rate,
-                    img_per_sec_per_device=rate / devices,
-                    core_hours=core_hours + devices * (now - started) / 3600,
-                    **step_flops.scalars(step - last_log, now - last_time))
-      if config.pp.skip_undecodable:  # this process's count; each file is logged with its path
-        record['skipped_undecodable'] = float(getattr(train_iter, 'skipped', 0))
-      result['train_loss'] = host['loss']
-    if (config.eval_every and step % config.eval_every == 0) or step == total:
-      with report.timed('eval'):
-        values, count = evaluate_metrics(config, eval_step, state['params'], mesh)
-      logging.info('Step %d: test %s over %d examples', step, values, count)
-      record.update(values)
-      result.update(values, eval_examples=count)
-    if record:
-      logger.write(step, **record)  # one metrics.jsonl object per logged step
-      last_log, last_time = step, time.time()
-    if due_ckpt:
-      ckpt.save(step, state, force=True)
-      logger.flush()
-    if stopped_by:
-      logging.warning('Stopped at step %d by %s on some process; checkpoint saved. Run the '
-                      'same command to resume.', step, signal.Signals(stopped_by).name)
-      result['stopped_by_signal'] = stopped_by
-      break
+  stopped_by, stop_sent, stop_array, step_metrics = 0, None, None, None
+  try:
+    for step in range(start_step + 1, total + 1):
+      profiler.before_step(step)
+      if stop.signum != stop_sent:  # the device copy is made again only when it changes
+        stop_sent = stop.signum
+        stop_array = partitioning.global_batch({'stop': stop.batch_field(local_batch)},
+                                               mesh)['stop']
+      batch = dict(partitioning.global_batch(next(train_iter), mesh), stop=stop_array)
+      if train_step is None:
+        train_step = compile_train_step(jitted_train_step, state, batch, *device_data)
+        step_flops = utilization.StepFlops(train_step, mesh.devices.flat)
+        dropout_steps = objectives.patch_dropout_steps(config)
+        if dropout_steps > step:
+          logging.info('flops_per_step and MFU count the full-token step (a conditional '
+                       'counts its costliest branch): they overstate the first %d steps, '
+                       'which run on %.0f%% of the patch tokens (config.patch_dropout).',
+                       dropout_steps, 100 * (1 - config.patch_dropout.rate))
+        last_time = time.time()  # compiling is not a step
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, step_metrics = train_step(state, batch, *device_data)
+      # Every process reads the same older step's agreed stop request here.
+      for done in limit_dispatch(step_metrics):
+        stopped_by = max(stopped_by, int(_to_host(done['stop'])))
+      profiler.after_step(step, step_metrics)
+      report(step)
+      due_ckpt = step % config.checkpoint_every == 0 or step == total or stopped_by
+      record = {}
+      if step % config.progress_every == 0 or due_ckpt:  # the only host syncs of the loop
+        host = {k: float(_to_host(v)) for k, v in step_metrics.items()}
+        if not np.isfinite(host['loss']):
+          raise FloatingPointError(
+              f'train loss is {host["loss"]} at step {step}; stopping without saving this '
+              f'state. The last good checkpoint (step {ckpt.latest_step()}) is kept in '
+              f'{workdir}. Lower config.base_lr, raise config.warmup_steps or set '
+              'config.grad_norm_clip.')
+        now = time.time()
+        rate = (step - last_log) * config.batch / (now - last_time)
+        record = dict(train_loss=host['loss'], learning_rate=host['learning_rate'],
+                      grad_norm=host['grad_norm'], examples_per_sec=rate,
+                      img_per_sec_per_device=rate / devices,
+                      core_hours=core_hours + devices * (now - started) / 3600,
+                      **step_flops.scalars(step - last_log, now - last_time))
+        if config.pp.skip_undecodable:  # this process's count; each file is logged with its path
+          record['skipped_undecodable'] = float(getattr(train_iter, 'skipped', 0))
+        result['train_loss'] = host['loss']
+      if due_ckpt:  # saved before the eval: a failing eval costs no steps
+        ckpt.save(step, state, force=True)
+      if (config.eval_every and step % config.eval_every == 0) or step == total:
+        with report.timed('eval'):
+          values, count = evaluate_metrics(config, eval_step, state['params'], mesh)
+        logging.info('Step %d: test %s over %d examples', step, values, count)
+        record.update(values)
+        result.update(values, eval_examples=count)
+      if record:
+        logger.write(step, **record)  # one metrics.jsonl object per logged step
+        last_log, last_time = step, time.time()
+      if due_ckpt:
+        logger.flush()
+      if stopped_by:
+        logging.warning('Stopped at step %d by %s on some process; checkpoint saved. Run the '
+                        'same command to resume.', step, signal.Signals(stopped_by).name)
+        result['stopped_by_signal'] = stopped_by
+        break
+  except Exception as e:
+    if not isinstance(e, FloatingPointError):
+      failure.save_state(ckpt, state, step_metrics)
+    failure.flush(logger)
+    raise
   profiler.stop()
   if start_step == total:  # a finished run asked again: report its accuracy
     values, count = evaluate_metrics(config, eval_step, state['params'], mesh)

@@ -229,7 +229,8 @@ def read_config(folder):
   if not paths.exists(path):
     raise errors.MissingInputError(
         f'{folder!r} has no config.json; a directory loads only as a Hugging Face model '
-        'folder (config.json next to the weights, as save_pretrained writes them)')
+        'folder (config.json next to the weights, as save_pretrained writes them) or, for '
+        'inference and export, as a training workdir (the --workdir of a vit_jax run)')
   try:
     return json.loads(paths.read_text(path))
   except ValueError as e:

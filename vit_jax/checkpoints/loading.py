@@ -188,6 +188,22 @@ def resize_posemb(posemb, new_num_tokens, *, num_prefix_tokens, old_grid=None, n
   return np.concatenate([prefix, grid.reshape(1, nh * nw, -1)], axis=1)
 
 
+def _mismatch_cause(key, got, want):
+  """The likely cause of a parameter shape that differs: named by the axes that differ."""
+  if key == POSEMB_PATH:
+    return 'the image size or patch size differs from the checkpoint\'s'
+  if key.startswith('head/'):
+    return 'num_classes differs from the checkpoint\'s'
+  if key.split('/')[0] in ('embedding', 'conv_root') and len(got) == len(want) == 4:
+    if got[2] != want[2] and (got[:2], got[3]) == (want[:2], want[3]):
+      return (f'the checkpoint takes {got[2]}-channel images and the model {want[2]}-channel '
+              f'ones: set config.pp.channels={got[2]} (the images are converted)')
+    if got[:2] != want[:2] and key.startswith('embedding'):
+      return (f'the checkpoint has {got[0]}x{got[1]} patches and the model {want[0]}x{want[1]} '
+              '(config.model.patches.size)')
+  return 'the model (width, depth, heads, patch size) does not fit the checkpoint'
+
+
 def check_shapes(restored, expected, *, context=''):
   """Raises a ValueError naming the first key whose shape differs, and the likely cause.
 
@@ -198,15 +214,9 @@ def check_shapes(restored, expected, *, context=''):
   flat_r, flat_e = shapes(restored), shapes(expected)
   for key in sorted(set(flat_r) & set(flat_e)):
     if flat_r[key] != flat_e[key]:
-      if key == POSEMB_PATH:
-        cause = 'the image size or patch size differs from the checkpoint\'s'
-      elif key.startswith('head/'):
-        cause = 'num_classes differs from the checkpoint\'s'
-      else:
-        cause = 'the model name (width, depth, heads, patch size) does not fit the checkpoint'
       raise errors.UserInputError(f'{context}parameter {key}: the model expects shape '
-                       f'{flat_e[key]}, the checkpoint has {flat_r[key]}; likely '
-                       f'cause: {cause}.')
+                                  f'{flat_e[key]}, the checkpoint has {flat_r[key]}; likely '
+                                  f'cause: {_mismatch_cause(key, flat_r[key], flat_e[key])}.')
   return sorted(set(flat_e) - set(flat_r)), sorted(set(flat_r) - set(flat_e))
 
 

@@ -100,6 +100,7 @@ def _fashion_mnist(config, recipe, finetune):
   config.warmup_steps = config.total_steps // 10
   if not finetune:
     config.objective = 'mae'
+    config.eval_flip = False  # a classifier's test-time augmentation; MAE evaluates the loss
     config.adam_b2 = 0.95
     # One narrow decoder block: the decoder sees every token (784 for PiT). A 1-channel
     # pixel token has one value, so its normalised target would be 0: plain pixels.

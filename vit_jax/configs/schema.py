@@ -95,6 +95,9 @@ FIELDS = (
           '`vit_jax.checkpoint.load` reads; local, gs://, https:// or hf://).', optional=True),
     Field('pretrained_strict', True, 'bool', 'Every parameter but the head must come from '
           'pretrained_path; False allows partial loads.'),
+    Field('pretrained_required', False, 'bool', 'Set by fine-tuning recipes '
+          '(`configs/augreg.py`): a run without pretrained_path is an error, never a silent '
+          'run from scratch.'),
     Field('dtype', 'float32', 'choice', 'Compute dtype of activations.', choices=DTYPES),
     Field('param_dtype', 'float32', 'choice', "Dtype of the parameters and so of the "
           "optimizer state; 'bfloat16' halves their memory.", choices=DTYPES),

@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from vit_jax import errors
+from vit_jax.runtime import processes
 
 AXES = ('data', 'fsdp', 'seq')
 BATCH_AXES = ('data', 'fsdp')
@@ -43,24 +44,21 @@ def multi_host_tpu_environment(environ=None):
   return bool(environ.get('MEGASCALE_COORDINATOR_ADDRESS'))
 
 
-def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None,
+                           timeout=300):
   """jax.distributed.initialize from arguments, JAX_COORDINATOR_ADDRESS/... env vars, or a
-  multi-host TPU environment (then without arguments); explicit values win."""
+  multi-host TPU environment (then without arguments); explicit values win. Bad process
+  flags are one-line errors; the wait for the others is reported and ends after `timeout`
+  seconds (vit_jax/runtime/processes.py)."""
   if jax.distributed.is_initialized():
     return
-  coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
-  if not coordinator_address:
+  resolved = processes.resolve(coordinator_address, num_processes, process_id)
+  if resolved is None:
     if multi_host_tpu_environment():
       logging.info('Multi-host TPU environment: jax.distributed.initialize()')
       jax.distributed.initialize()
     return
-  num_processes = int(num_processes or os.environ['JAX_NUM_PROCESSES'])
-  process_id = int(process_id if process_id is not None else os.environ['JAX_PROCESS_ID'])
-  if os.environ.get('JAX_PLATFORMS', 'cpu').startswith('cpu'):
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  logging.info('Process %d of %d, %d local / %d global devices', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  processes.initialize(*resolved, timeout)
 
 
 def create_mesh(mesh_config, devices=None):
