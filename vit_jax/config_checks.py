@@ -16,7 +16,12 @@ from vit_jax import errors
 from vit_jax import objectives
 from vit_jax import optim
 from vit_jax.runtime import partitioning
+from vit_jax.diffusion import guidance
+from vit_jax.diffusion import schedule as diffusion_schedule
+from vit_jax.evaluation import classifier_features
+from vit_jax.models import dit
 from vit_jax.models import resnet
+from vit_jax.objectives import diffusion as diffusion_objective
 from vit_jax.models import vit
 
 _DTYPE_ALIASES = {'bf16': 'bfloat16', 'fp16': 'float16', 'f16': 'float16', 'half': 'float16',
@@ -148,8 +153,8 @@ def _check_model(config):
     raise errors.UserInputError(f'config.model.{e}') from None
 
 
-def _check_shapes(config, mesh):
-  """Batch and crop sizes that the mesh and the patch size can divide."""
+def _check_batches(config, mesh):
+  """Batch sizes that the mesh divides."""
   partitioning.validate_batch(config.batch, mesh, 'config.batch')
   partitioning.validate_batch(config.batch_eval, mesh, 'config.batch_eval')
   micro = config.batch // config.accum_steps
@@ -158,6 +163,13 @@ def _check_shapes(config, mesh):
         f'config.batch={config.batch} / config.accum_steps={config.accum_steps} '
         f'must give a whole micro-batch divisible by the '
         f'{partitioning.data_parallel_size(mesh)} data-parallel devices.')
+
+
+def _check_vit(config, mesh):
+  """config.model of a ViT / PiT (classification, MAE): its fields, and a crop that the patch
+  size (and a ResNet stem) divides."""
+  del mesh
+  _check_model(config)
   ph, pw = config.model.patches.size
   stem = resnet.stem_downsampling(config.model.get('resnet'))
   if config.pp.crop % (ph * stem) or config.pp.crop % (pw * stem):
@@ -288,13 +300,84 @@ def check_overrides(config, fields):
                      f'{partner}; drop --config.{field} or set that too')
 
 
+_DIFFUSION_FIELDS = ('steps', 'noise_schedule', 'sampler', 'sample_steps', 'cfg_scale',
+                     'guide_channels', 'eval_samples_per_class', 'sample_batch',
+                     'feature_network')
+
+
+def _check_diffusion(config, mesh):
+  """config.model (a DiT) and config.diffusion of a diffusion run (configs/dit.py)."""
+  if 'diffusion' not in config:
+    raise errors.UserInputError("config.objective='diffusion' needs the config.diffusion "
+                                'fields; start from configs/dit.py.')
+  d = config.diffusion
+  unknown = sorted(set(d) - set(_DIFFUSION_FIELDS))
+  if unknown:
+    close = difflib.get_close_matches(unknown[0], _DIFFUSION_FIELDS, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ''
+    raise errors.UserInputError(f'config.diffusion.{unknown[0]} is not a diffusion field; '
+                                f'{hint}the fields are {list(_DIFFUSION_FIELDS)}.')
+  _check_fields('model', config.model, _fields(dit.DiT, _SET_BY_TRAIN), _SET_BY_TRAIN)
+  for field in ('steps', 'sample_steps', 'eval_samples_per_class', 'sample_batch'):
+    _check_type(f'diffusion.{field}', d[field], 'int')
+    if d[field] < 1:
+      raise _error(f'diffusion.{field}', d[field], 'must be >= 1')
+  _check_choice('diffusion.sampler', d.sampler, guidance.SAMPLERS)
+  _check_choice('diffusion.noise_schedule', d.noise_schedule, diffusion_schedule.NOISE_SCHEDULES)
+  _check_type('diffusion.cfg_scale', d.cfg_scale, 'number')
+  if d.cfg_scale < 1:
+    raise _error('diffusion.cfg_scale', d.cfg_scale, 'must be >= 1 (1 samples unguided)')
+  if d.cfg_scale > 1 and not config.model.get('class_dropout_prob', 0.1) > 0:
+    raise _error('diffusion.cfg_scale', d.cfg_scale, 'needs the null class of '
+                 'config.model.class_dropout_prob > 0; set cfg_scale to 1')
+  channels = config.pp.channels
+  if d.guide_channels is not None and not 1 <= d.guide_channels <= channels:
+    raise _error('diffusion.guide_channels', d.guide_channels, f'must be in 1..{channels} '
+                 '(the input channels) or None for all of them')
+  try:
+    diffusion_schedule.space_timesteps(d.steps, diffusion_objective.respacing(
+        d.sampler, d.sample_steps))
+  except ValueError as e:
+    raise _error('diffusion.sample_steps', d.sample_steps, f'does not respace '
+                 f'config.diffusion.steps={d.steps} for the {d.sampler} sampler ({e})') from None
+  partitioning.validate_batch(d.sample_batch, mesh, 'config.diffusion.sample_batch')
+  patch = config.model.get('patch_size', 2)
+  if config.pp.crop % patch:
+    raise _error('pp.crop', config.pp.crop, f'is not divisible by config.model.patch_size='
+                 f'{patch}; change the crop size or the patch size')
+  for field, why in (('pp.mixup', 'mixes images and labels'),
+                     ('label_smoothing', 'smooths class targets'),
+                     ('eval_flip', 'averages classifier logits'),
+                     ('pretrained_path', 'loads a classifier')):
+    value = schema.get(config, field)
+    if value:
+      raise _error(field, value, f"{why}; config.objective='diffusion' trains a DiT from "
+                   'scratch on clean labels. Turn it off')
+  if objectives.patch_dropout_steps(config):
+    raise _error('patch_dropout.rate', config.patch_dropout.rate, 'is for classifiers; set it '
+                 "to 0 with config.objective='diffusion'")
+  if d.feature_network:
+    classifier_features.resolve(d.feature_network)
+
+
+def _check_mae_run(config, mesh):
+  _check_mae(config)
+  _check_vit(config, mesh)
+
+
+# The checks of each objective's own fields, chosen by config.objective.
+_OBJECTIVE_CHECKS = {
+    'classification': _check_vit,
+    'mae': _check_mae_run,
+    'diffusion': _check_diffusion,
+}
+
+
 def validate(config, mesh):
   """Raises errors.UserInputError for the first bad field; types, then ranges, then shapes."""
   _check_schema_fields(config)
   _check_optimization(config)
-  if objectives.objective(config) == 'mae':
-    _check_mae(config)
+  _OBJECTIVE_CHECKS[objectives.objective(config)](config, mesh)
   _check_patch_dropout(config)
   _check_together(config)
-  _check_model(config)
-  _check_shapes(config, mesh)
+  _check_batches(config, mesh)

@@ -27,7 +27,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vit_jax import cli
-from vit_jax import gcs_credentials
+from vit_jax.runtime import gcs_credentials
 from vit_jax.runtime import host_setup
 
 config_flags.DEFINE_config_file('config', None, 'Training config file:arg.', lock_config=True)

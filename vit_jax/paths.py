@@ -26,7 +26,7 @@ from etils import epath  # pylint: disable=g-import-not-at-top,g-bad-import-orde
 
 from vit_jax import downloads  # pylint: disable=g-import-not-at-top
 from vit_jax import errors  # pylint: disable=g-import-not-at-top
-from vit_jax import gcs_credentials  # pylint: disable=g-import-not-at-top
+from vit_jax.runtime import gcs_credentials  # pylint: disable=g-import-not-at-top
 
 REMOTE_PREFIXES = ('gs://', 's3://', 'az://')
 
@@ -45,7 +45,7 @@ def is_remote(path):
 def as_path(path):
   """An `epath.Path`; `~` expanded for local paths. Not for https:// or hf:// (read-only).
   A gs:// path without Google Cloud credentials is a one-line error
-  (vit_jax/gcs_credentials.py)."""
+  (vit_jax/runtime/gcs_credentials.py)."""
   path = os.fspath(path)
   if downloads.is_download(path):
     raise errors.UserInputError(

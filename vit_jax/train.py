@@ -24,7 +24,7 @@ from vit_jax import config_checks
 from vit_jax.datasets import device_input
 from vit_jax.runtime import step_queue
 from vit_jax import errors
-from vit_jax import gcs_credentials
+from vit_jax.runtime import gcs_credentials
 from vit_jax import input_pipeline
 from vit_jax import metrics
 from vit_jax import objectives
@@ -40,7 +40,6 @@ from vit_jax.runtime import failure
 from vit_jax.runtime import workdir as workdir_lib
 
 
-ENCODER_CHECKPOINT = 'encoder.npz'
 
 
 def make_model(config, num_classes):
@@ -232,6 +231,19 @@ def evaluate(config, eval_step, params, mesh):
   return values[f'eval_{objectives.eval_metric(config)}'], count
 
 
+def eval_params(state):
+  """The parameters evaluations use: the EMA's where the run keeps one (config.ema_decay)."""
+  return state.get('ema_params', state['params'])
+
+
+def evaluate_all(config, eval_step, state, step, workdir, mesh):
+  """`evaluate_metrics` on the eval split, then what the objective adds (samples, FID)."""
+  params = eval_params(state)
+  values, count = evaluate_metrics(config, eval_step, params, mesh)
+  values.update(objectives.get(config).evaluate_extra(config, params, step, workdir, mesh))
+  return values, count
+
+
 def evaluate_metrics(config, eval_step, params, mesh):
   """({'eval_<metric>': value, ...}, examples): `evaluate`'s metric and, with
   config.eval_flip, the single-view accuracy beside the flip-averaged one
@@ -411,7 +423,8 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, target,
                       grad_norm=host['grad_norm'], examples_per_sec=rate,
                       img_per_sec_per_device=rate / devices,
                       core_hours=core_hours + devices * (now - started) / 3600,
-                      **step_flops.scalars(step - last_log, now - last_time))
+                      **step_flops.scalars(step - last_log, now - last_time),
+                      **{k: v for k, v in host.items() if k.startswith('train_')})
         if config.pp.skip_undecodable:  # this process's count; each file is logged with its path
           record['skipped_undecodable'] = float(getattr(train_iter, 'skipped', 0))
         result['train_loss'] = host['loss']
@@ -419,7 +432,7 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, target,
         ckpt.save(step, state, force=True)
       if (config.eval_every and step % config.eval_every == 0) or step == total:
         with report.timed('eval'):
-          values, count = evaluate_metrics(config, eval_step, state['params'], mesh)
+          values, count = evaluate_all(config, eval_step, state, step, workdir, mesh)
         logging.info('Step %d: test %s over %d examples', step, values, count)
         record.update(values)
         result.update(values, eval_examples=count)
@@ -440,21 +453,13 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, target,
     raise
   profiler.stop()
   if start_step == total:  # a finished run asked again: report its accuracy
-    values, count = evaluate_metrics(config, eval_step, state['params'], mesh)
+    values, count = evaluate_metrics(config, eval_step, eval_params(state), mesh)
     result.update(values, eval_examples=count)
   logger.flush()
   result['step'] = int(_to_host(state['step']))
-  if objectives.objective(config) == 'mae' and result['step'] == total:
-    result['encoder_checkpoint'] = export_encoder(state['params'], workdir)
+  if result['step'] == total:
+    finished = objectives.get(config).finish(config, state['params'], workdir)
+    for name, value in finished.items():
+      logging.info('%s: %s', name, value)
+    result.update(finished)
   return result
-
-
-def export_encoder(params, workdir):
-  """WORKDIR/encoder.npz: a masked autoencoder's encoder as a classifier checkpoint without a
-  head, for `config.pretrained_path` (written by process 0; every process gathers)."""
-  path = paths.join(workdir, ENCODER_CHECKPOINT)
-  encoder = multihost_utils.process_allgather(params['encoder'], tiled=True)
-  if jax.process_index() == 0:
-    checkpoint.save(encoder, path)
-    logging.info('Encoder for fine-tuning written to %s', path)
-  return path

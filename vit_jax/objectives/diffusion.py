@@ -48,7 +48,7 @@ def respacing(sampler, steps):
 
 def num_classes_of(config, params):
   """The class count of a DiT's parameters (the label table has a null row with dropout)."""
-  rows = params['y_embedder']['embedding_table'].shape[0]
+  rows = params['y_embedder']['embedding_table']['embedding'].shape[0]
   return rows - int(config.model.get('class_dropout_prob', 0.1) > 0)
 
 
