@@ -20,6 +20,7 @@ from vit_jax.datasets import class_names as labels
 from vit_jax.runtime import partitioning
 from vit_jax.configs import augreg as augreg_configs
 from vit_jax.configs import models as model_configs
+from vit_jax.configs import overrides as config_overrides
 from vit_jax.configs import pit as pit_configs
 from vit_jax.configs import vit as vit_configs
 from vit_jax.models import VisionTransformer
@@ -99,12 +100,12 @@ def test_classifier_fields_are_refused_with_a_masked_autoencoder():
 def test_a_field_given_where_it_does_nothing_is_refused(field, value, partner):
   config = pit_configs.get_config('fashion_mnist')
   if partner is None:
-    config_checks.check_overrides(config, [field])
+    config_overrides.check(config, [field])
     return
   with pytest.raises(
       errors.UserInputError, match=f'has no effect here: it acts only with ' f'{re.escape(partner)}'
   ):
-    config_checks.check_overrides(config, [field])
+    config_overrides.check(config, [field])
 
 
 def test_a_fine_tuning_recipe_without_its_checkpoint_is_refused():

@@ -276,30 +276,6 @@ def _check_together(config):
                  'remove it or set the path')
 
 
-# field -> (whether it acts in this config, what it acts with): a field given on the command
-# line that does nothing in this config is an error, not a silent no-op.
-_ACTS_ONLY_WITH = {
-    'momentum': (lambda c: c.optim == 'sgd', "config.optim='sgd'"),
-    'adam_b1': (lambda c: c.optim == 'adamw', "config.optim='adamw'"),
-    'adam_b2': (lambda c: c.optim == 'adamw', "config.optim='adamw'"),
-    'linear_end': (lambda c: c.decay_type == 'linear', "config.decay_type='linear'"),
-    'profile.num_steps': (lambda c: c.profile.first_step > 0, 'config.profile.first_step > 0'),
-    'fashion_mnist_dir': (lambda c: c.dataset == 'fashion_mnist',
-                          "config.dataset='fashion_mnist'"),
-    'pretrained_strict': (lambda c: bool(c.pretrained_path), 'config.pretrained_path'),
-}
-
-
-def check_overrides(config, fields):
-  """Each `fields` (dotted names set on the command line) acts in `config`."""
-  for field in fields:
-    if field in _ACTS_ONLY_WITH:
-      acts, partner = _ACTS_ONLY_WITH[field]
-      if not acts(config):
-        raise _error(field, schema.get(config, field), f'has no effect here: it acts only with '
-                     f'{partner}; drop --config.{field} or set that too')
-
-
 _DIFFUSION_FIELDS = ('steps', 'noise_schedule', 'sampler', 'sample_steps', 'cfg_scale',
                      'guide_channels', 'eval_samples_per_class', 'sample_batch',
                      'feature_network')

@@ -27,6 +27,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vit_jax import cli
+from vit_jax.configs import overrides
 from vit_jax.runtime import gcs_credentials
 from vit_jax.runtime import host_setup
 
@@ -50,10 +51,9 @@ def main(argv):
   processes.resolve(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.workdir.startswith('gs://'):
     gcs_credentials.check(f'--workdir={FLAGS.workdir}')
+  overrides.check(FLAGS.config, config_flags.get_override_values(FLAGS['config']))
   host_setup.reexec_with_tcmalloc('vit_jax.main')
   # Imported here so that the flags above parse before TensorFlow and JAX start.
-  from vit_jax import config_checks  # pylint: disable=g-import-not-at-top
-  config_checks.check_overrides(FLAGS.config, config_flags.get_override_values(FLAGS['config']))
   host_setup.set_cpu_devices(FLAGS.config.cpu_devices)  # before JAX's backends start
   from vit_jax.runtime import partitioning  # pylint: disable=g-import-not-at-top
   from vit_jax.runtime import preemption  # pylint: disable=g-import-not-at-top

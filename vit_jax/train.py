@@ -6,7 +6,6 @@ of the train split, gathered inside the step (vit_jax/datasets/device_input.py);
 fold_in(seed, step). A run killed at any point and restarted from its last checkpoint ends
 bitwise equal to one that was never interrupted.
 """
-import json
 import signal
 import time
 
@@ -56,21 +55,11 @@ def validate_config(config, mesh):
   """Errors that would otherwise surface mid-compile or hours later; see config_checks.py."""
   config_checks.validate(config, mesh)
   device_input.check(config)
-  for field, value in _flat_items(config.to_dict()):  # TensorFlow reads some of them itself
-    if isinstance(value, str) and value.startswith('gs://'):
-      gcs_credentials.check(f'config.{field}={value}')
+  gcs_credentials.check_config(config)  # TensorFlow reads some of its gs:// paths itself
   if config.pretrained_path and not paths.exists(config.pretrained_path):
     raise errors.MissingInputError(
         f'config.pretrained_path={config.pretrained_path!r} does not exist; fix the path or '
         'set it to None to train from scratch.')
-
-
-def _flat_items(tree, prefix=''):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _flat_items(value, f'{prefix}{key}.')
-    else:
-      yield prefix + key, value
 
 
 def _example_scale(batch):
@@ -258,15 +247,6 @@ def evaluate_metrics(config, eval_step, params, mesh):
   return {f'eval_{name}': float(v) for name, v in zip(names, values)}, int(total)
 
 
-def _write_config(config, workdir, class_names):
-  """WORKDIR/config.json: the resolved config of this run (process 0), as big_vision does,
-  and the dataset's `class_names` (for inference and export from the workdir)."""
-  if jax.process_index() == 0:
-    saved = json.loads(config.to_json_best_effort())
-    saved['class_names'] = [str(n) for n in class_names or []] or None
-    paths.write_text(paths.join(workdir, 'config.json'), json.dumps(saved, indent=2))
-
-
 def _first_restorable(ckpt, target, config, workdir):
   """(state or None, start step); a workdir already past total_steps is a clear error."""
   restored = None if ckpt is None else ckpt.restore(target)
@@ -327,7 +307,8 @@ def _run(config, held, mesh, model, tx, schedule, num_classes, image_shape, stop
       state = create_train_state(config, model, tx, shardings, image_shape)
     held.started()  # sure to start: from here on the run writes into the workdir
     ckpt = ckpt or _checkpointer(config, workdir)
-    _write_config(config, workdir, class_names)
+    if jax.process_index() == 0:
+      workdir_lib.write_config(config, workdir, class_names)
     result = _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, target,
                          shardings, state, start_step, ckpt, stop, started)
   except BaseException as e:

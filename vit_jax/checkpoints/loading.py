@@ -201,7 +201,7 @@ def _mismatch_cause(key, got, want):
     if got[:2] != want[:2] and key.startswith('embedding'):
       return (f'the checkpoint has {got[0]}x{got[1]} patches and the model {want[0]}x{want[1]} '
               '(config.model.patches.size)')
-  return 'the model (width, depth, heads, patch size) does not fit the checkpoint'
+  return 'the model name (width, depth, heads, patch size) does not fit the checkpoint'
 
 
 def check_shapes(restored, expected, *, context=''):

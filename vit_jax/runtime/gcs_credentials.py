@@ -34,3 +34,18 @@ def check(path):
         'public object is also readable at https://storage.googleapis.com/<bucket>/<object>.'
     ) from None
   _found = True
+
+
+def _strings(tree, prefix=''):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _strings(value, f'{prefix}{key}.')
+    elif isinstance(value, str):
+      yield prefix + key, value
+
+
+def check_config(config):
+  """`check` for every gs:// path among a config's fields (TensorFlow reads some itself)."""
+  for field, value in _strings(config.to_dict()):
+    if value.startswith('gs://'):
+      check(f'config.{field}={value}')

@@ -49,6 +49,14 @@ def is_run_config(workdir):
   return isinstance(saved, dict) and all(k in saved for k in _RUN_CONFIG_KEYS)
 
 
+def write_config(config, workdir, class_names):
+  """WORKDIR/config.json: the resolved config of the run (as big_vision writes it) and the
+  dataset's `class_names`, for inference and export from the workdir."""
+  saved = json.loads(config.to_json_best_effort())
+  saved['class_names'] = [str(n) for n in class_names or []] or None
+  paths.write_text(paths.join(workdir, CONFIG), json.dumps(saved, indent=2))
+
+
 def refuse_unless_ours(workdir):
   """UserInputError unless `workdir` is missing, empty or a vit_jax workdir; reads only."""
   if not paths.exists(workdir):
