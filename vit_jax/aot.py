@@ -28,7 +28,7 @@ FLAGS = flags.FLAGS
 # Label counts of datasets the configs name, so no dataset has to be present to compile.
 NUM_CLASSES = {'imagenet2012': 1000, 'imagenet21k': 21843, 'cifar10': 10, 'cifar100': 100,
                'mnist': 10, 'fashion_mnist': 10, 'oxford_iiit_pet': 37,
-               'oxford_flowers102': 102}
+               'oxford_flowers102': 102, 'imagenet256_latents': 1000}
 # libtpu looks for a TPU VM's metadata server and worker list at start (there is none here)
 # and takes /tmp/libtpu_lockfile, which would fail this compile-only use whenever any other
 # JAX process on the machine holds it.
@@ -118,7 +118,7 @@ def compile_steps(config, devices, num_classes):
     train_step = train.jit_train_step(config, model, tx, schedule, num_classes, shardings,
                                       mesh)
     compiled_train = train_step.lower(state, train_batch).compile()
-    eval_step = train.jit_eval_step(model, shardings, mesh)
+    eval_step = train.jit_eval_step(model, shardings, mesh, config)
     compiled_eval = eval_step.lower(state['params'], eval_batch).compile()
   return compiled_train, compiled_eval, mesh
 
