@@ -1,4 +1,4 @@
-"""Both notebooks run top to bottom, offline on CPU, with small settings."""
+"""The notebooks run top to bottom, offline on CPU, with small settings."""
 import os
 import pathlib
 
@@ -29,6 +29,7 @@ def _text(book):
                    for o in c.get('outputs', []))
 
 
+@pytest.mark.slow
 def test_vit_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
   book = _run('vit_jax.ipynb', {
       'VIT_NB_CHECKPOINT': str(FIXTURES / 'gap.npz'),
@@ -41,6 +42,7 @@ def test_vit_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
   assert 'truth' in text
 
 
+@pytest.mark.slow
 def test_pit_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
   book = _run('pit.ipynb', {
       'PIT_NB_IMAGE_SIZE': '8', 'PIT_NB_STEPS': '6', 'PIT_NB_MAE_STEPS': '4',
@@ -50,3 +52,14 @@ def test_pit_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
   text = _text(book)
   assert 'ring      over 8 devices' in text and 'PiT tokens: 64' in text
   assert 'hidden pixels per image: 48 of 64' in text  # 75 % of the 8x8 pixel tokens
+
+
+@pytest.mark.slow
+def test_generation_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
+  book = _run('generation.ipynb', {
+      'GEN_NB_STEPS': '4', 'GEN_NB_WIDTH': '16', 'GEN_NB_DEPTH': '1',
+      'GEN_NB_SAMPLE_STEPS': '3', 'GEN_NB_WORKDIR': str(tmp_path / 'work'),
+      'GEN_NB_TFDS_DATA_DIR': fashion_mnist_data_dir}, tmp_path, monkeypatch)
+  text = _text(book)
+  assert 'conditional accuracy' in text and 'FID (classifier features)' in text
+  assert '3 DDIM steps' in text and 'guidance 4.0: conditional accuracy' in text
