@@ -7,6 +7,7 @@ the train step; across kinds it does not: an AVX-512 Xeon measured 400-409 GFLOP
 AVX2 EPYC's 194-203, yet ran the same (old) PiT job only 1.1-1.3x faster (README, "CPU
 speed"). The slowest host seen ran that job at 610 examples/s.
 """
+
 import os
 import time
 
@@ -19,7 +20,7 @@ def matmul_gflops(size=2048, repeats=5):
   best = float('inf')
   for _ in range(repeats):
     start = time.perf_counter()
-    a @ a  # pylint: disable=pointless-statement
+    a @ a
     best = min(best, time.perf_counter() - start)
   return 2 * size**3 / best / 1e9
 
@@ -31,15 +32,17 @@ def cpu_kind():
       info = f.read()
   except OSError:
     return ''
-  model = next((l.split(':', 1)[1].strip() for l in info.splitlines()
-                if l.startswith('model name')), '')
-  flags = next((l.split(':', 1)[1].split() for l in info.splitlines()
-                if l.startswith('flags')), [])
+  model = next(
+      (l.split(':', 1)[1].strip() for l in info.splitlines() if l.startswith('model name')), ''
+  )
+  flags = next((l.split(':', 1)[1].split() for l in info.splitlines() if l.startswith('flags')), [])
   vector = 'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'
   return f'{model}, {vector}'
 
 
 def line():
   cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-  return (f'probe: float32 2048x2048 matmul {matmul_gflops():.0f} GFLOP/s on {cores} cores, '
-          f'{cpu_kind()}, load average {os.getloadavg()[0]:.2f}')
+  return (
+      f'probe: float32 2048x2048 matmul {matmul_gflops():.0f} GFLOP/s on {cores} cores, '
+      f'{cpu_kind()}, load average {os.getloadavg()[0]:.2f}'
+  )

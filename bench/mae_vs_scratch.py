@@ -9,6 +9,7 @@ many steps as fit in the first two runs' wall time (scaled by the fine-tuning ru
 seconds per step, start-up and eval included). Prints each run's wall time, steps, final
 train loss and the test metric, and the pre-training loss curve.
 """
+
 import json
 import os
 import shutil
@@ -29,8 +30,14 @@ FLAGS = flags.FLAGS
 def _run(recipe, workdir, *overrides):
   """Runs one job (fresh workdir); returns (wall seconds, final result, metrics records)."""
   shutil.rmtree(workdir, ignore_errors=True)
-  command = [sys.executable, '-m', 'vit_jax.main', f'--config=configs/mae.py:{recipe}',
-             f'--workdir={workdir}', *overrides]
+  command = [
+      sys.executable,
+      '-m',
+      'vit_jax.main',
+      f'--config=configs/mae.py:{recipe}',
+      f'--workdir={workdir}',
+      *overrides,
+  ]
   start = time.time()
   out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
   wall = time.time() - start
@@ -41,8 +48,11 @@ def _run(recipe, workdir, *overrides):
 
 
 def _steps(value):
-  return [f'--config.total_steps={value}', f'--config.warmup_steps={max(1, value // 10)}'
-          ] if value else []
+  return (
+      [f'--config.total_steps={value}', f'--config.warmup_steps={max(1, value // 10)}']
+      if value
+      else []
+  )
 
 
 def main(argv):
@@ -52,23 +62,33 @@ def main(argv):
   print(f'cpus {os.cpu_count()}, load average {os.getloadavg()}')
   pre = _run(base, os.path.join(root, 'mae'), *_steps(FLAGS.pretrain_steps))
   encoder = pre[1]['encoder_checkpoint']
-  tune = _run(f'{base}_finetune', os.path.join(root, 'finetune'),
-              f'--config.pretrained_path={encoder}', *_steps(FLAGS.finetune_steps))
+  tune = _run(
+      f'{base}_finetune',
+      os.path.join(root, 'finetune'),
+      f'--config.pretrained_path={encoder}',
+      *_steps(FLAGS.finetune_steps),
+  )
   scratch_steps = int(tune[1]['step'] * (pre[0] + tune[0]) / tune[0])
-  scratch = _run(f'{base}_finetune', os.path.join(root, 'scratch'),
-                 *_steps(scratch_steps))
+  scratch = _run(f'{base}_finetune', os.path.join(root, 'scratch'), *_steps(scratch_steps))
   print(f'\n{FLAGS.model}: MAE pre-training loss (masked-token MSE on [-1, 1] pixels) by step')
-  print('  ' + ', '.join(f'{r["step"]}: {r["train_loss"]:.4f}' for r in pre[2]
-                         if 'train_loss' in r))
+  print(
+      '  ' + ', '.join(f'{r["step"]}: {r["train_loss"]:.4f}' for r in pre[2] if 'train_loss' in r)
+  )
   print(f'  test reconstruction loss (fixed masks): {pre[1]["eval_reconstruction_loss"]:.4f}')
   print(f'\n| {FLAGS.model} run | steps | wall s | final train loss | test |')
   print('|---|---|---|---|---|')
-  print(f'| MAE pre-training | {pre[1]["step"]} | {pre[0]:.0f} | {pre[1]["train_loss"]:.4f} | '
-        f'recon. {pre[1]["eval_reconstruction_loss"]:.4f} |')
+  print(
+      f'| MAE pre-training | {pre[1]["step"]} | {pre[0]:.0f} | {pre[1]["train_loss"]:.4f} | '
+      f'recon. {pre[1]["eval_reconstruction_loss"]:.4f} |'
+  )
   for name, run in (('fine-tuning the MAE encoder', tune), ('from scratch', scratch)):
-    print(f'| {name} | {run[1]["step"]} | {run[0]:.0f} | {run[1]["train_loss"]:.4f} | '
-          f'{run[1]["eval_accuracy"]:.2%} |')
-  print(f'| MAE + fine-tuning total | | {pre[0] + tune[0]:.0f} | | {tune[1]["eval_accuracy"]:.2%} |')
+    print(
+        f'| {name} | {run[1]["step"]} | {run[0]:.0f} | {run[1]["train_loss"]:.4f} | '
+        f'{run[1]["eval_accuracy"]:.2%} |'
+    )
+  print(
+      f'| MAE + fine-tuning total | | {pre[0] + tune[0]:.0f} | | {tune[1]["eval_accuracy"]:.2%} |'
+  )
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ fashion_mnist14_classifier.npz (float16, about 0.4 MB) and the .json beside it: 
 config, its input shape, its test accuracy and this command. Run it again only to replace
 the shipped network; FIDs measured with another network are not comparable.
 """
+
 import json
 import os
 import subprocess
@@ -35,8 +36,11 @@ def main(argv):
     with np.load(exported) as data:
       np.savez(STEM + '.npz', **{k: v.astype(np.float16) for k, v in data.items()})
   saved = json.load(open(os.path.join(FLAGS.workdir, 'config.json')))
-  final = [json.loads(l) for l in open(os.path.join(FLAGS.workdir, 'metrics.jsonl'))
-           if 'eval_accuracy' in l][-1]
+  final = [
+      json.loads(l)
+      for l in open(os.path.join(FLAGS.workdir, 'metrics.jsonl'))
+      if 'eval_accuracy' in l
+  ][-1]
   model = saved['model']
   model['transformer']['grads_as_dots'] = False  # the CPU backward is for training only
   info = {

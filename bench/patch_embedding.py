@@ -7,6 +7,7 @@ shows what each costs on this machine, forward and forward + gradient (parameter
 for ViT-B/16, a PiT (1x1 patches on pixels) and the R50 hybrid (1x1 patches on its stem's
 feature map). Medians over `--steps` calls, the two alternated so machine load hits both.
 """
+
 import os
 import statistics
 import time
@@ -18,22 +19,28 @@ flags.DEFINE_integer('steps', 15, 'Timed calls of each function after one warm-u
 flags.DEFINE_integer('batch', 8, 'Images per call.')
 FLAGS = flags.FLAGS
 # name: (input [h, w, channels], patch, width)
-CASES = {'ViT-B/16 224px': ((224, 224, 3), (16, 16), 768),
-         'PiT-T 32px': ((32, 32, 3), (1, 1), 192),
-         'R50+ViT-B/16 14x14x1024 map': ((14, 14, 1024), (1, 1), 768)}
+CASES = {
+    'ViT-B/16 224px': ((224, 224, 3), (16, 16), 768),
+    'PiT-T 32px': ((32, 32, 3), (1, 1), 192),
+    'R50+ViT-B/16 14x14x1024 map': ((14, 14, 1024), (1, 1), 768),
+}
 
 
 def main(argv):
   del argv
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn
   import jax
   import jax.numpy as jnp
+
   from vit_jax.models import patch_embedding
+
   print(f'cpus: {os.cpu_count()}  load average: {os.getloadavg()}  batch {FLAGS.batch}')
   for name, (shape, patch, width) in CASES.items():
     x = jax.random.normal(jax.random.PRNGKey(0), (FLAGS.batch,) + shape)
-    modules = {'conv': nn.Conv(width, patch, strides=patch, padding='VALID'),
-               'matmul': patch_embedding.PatchEmbedding(width, patch)}
+    modules = {
+        'conv': nn.Conv(width, patch, strides=patch, padding='VALID'),
+        'matmul': patch_embedding.PatchEmbedding(width, patch),
+    }
     params = modules['conv'].init(jax.random.PRNGKey(1), x)['params']
     compiled, compile_s = {}, {}
     for kind, module in modules.items():
@@ -51,9 +58,14 @@ def main(argv):
         jax.block_until_ready(fn(params, x))
         times[key].append(time.perf_counter() - start)
     for kind in modules:
-      print(f'{name:28s} {kind:6s} ' + '  '.join(
-          f'{what} {1e3 * statistics.median(times[kind, what]):8.2f} ms '
-          f'(compile {compile_s[kind, what]:.2f} s)' for what in ('forward', 'fwd+grad')))
+      print(
+          f'{name:28s} {kind:6s} '
+          + '  '.join(
+              f'{what} {1e3 * statistics.median(times[kind, what]):8.2f} ms '
+              f'(compile {compile_s[kind, what]:.2f} s)'
+              for what in ('forward', 'fwd+grad')
+          )
+      )
 
 
 if __name__ == '__main__':

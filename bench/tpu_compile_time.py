@@ -9,6 +9,7 @@
    transformer.scan_layers (one block compiled, whatever the depth).
 Wall-clock seconds of `lower(...).compile()`; the machine's other load adds to every figure.
 """
+
 import time
 
 from absl import app
@@ -29,18 +30,20 @@ def _seconds(fn):
 
 def embedding_gradients(devices):
   """Compile seconds of d(loss)/d(params, images) of each patch embedding form."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from vit_jax.models import patch_embedding  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from vit_jax.models import patch_embedding
 
   mesh = jax.sharding.Mesh(np.array(devices), ('data',))
   batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
   images = jax.ShapeDtypeStruct((FLAGS.batch, 224, 224, 3), jnp.float32, sharding=batch)
   forms = {
-      'nn.Conv 16x16 stride 16': nn.Conv(768, (16, 16), strides=(16, 16), padding='VALID',
-                                         name='embedding'),
+      'nn.Conv 16x16 stride 16': nn.Conv(
+          768, (16, 16), strides=(16, 16), padding='VALID', name='embedding'
+      ),
       'reshape + matmul': patch_embedding.PatchEmbedding(768, (16, 16), name='embedding'),
   }
   for name, module in forms.items():
@@ -48,15 +51,17 @@ def embedding_gradients(devices):
 
     def loss(p, x, module=module):
       return jnp.sum(module.apply(p, x) ** 2)
+
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
     with jax.set_mesh(mesh):
-      seconds = _seconds(lambda: grad.lower(params, images).compile())  # pylint: disable=cell-var-from-loop
+      seconds = _seconds(lambda: grad.lower(params, images).compile())
     print(f'| {name} | {seconds:.1f} |')
 
 
 def train_step_by_depth(devices):
-  from vit_jax import aot  # pylint: disable=g-import-not-at-top
-  from vit_jax.configs import vit  # pylint: disable=g-import-not-at-top
+  from vit_jax import aot
+  from vit_jax.configs import vit
+
   runs = [(int(d), False) for d in FLAGS.unscanned_depths]
   runs += [(int(d), True) for d in FLAGS.scanned_depths]
   for depth, scan in runs:
@@ -67,13 +72,14 @@ def train_step_by_depth(devices):
       config.accum_steps = 1
       config.model.transformer.num_layers = depth
       config.model.transformer.scan_layers = scan
-    seconds = _seconds(lambda: aot.compile_steps(config, devices, 1000))  # pylint: disable=cell-var-from-loop
+    seconds = _seconds(lambda: aot.compile_steps(config, devices, 1000))
     print(f'| {depth} | {"scan_layers" if scan else "unscanned"} | {seconds:.1f} |')
 
 
 def main(argv):
   del argv
-  from vit_jax import aot  # pylint: disable=g-import-not-at-top
+  from vit_jax import aot
+
   devices = aot.topology_devices(FLAGS.topology)
   print(f'Patch embedding gradient, ViT-B/16 shapes, batch {FLAGS.batch} on {FLAGS.topology}')
   print('| form | compile s |\n|---|---|')

@@ -16,15 +16,15 @@ Rows:
 Compile time is reported apart. Minor page faults per step show whether the allocator keeps
 XLA's temporaries mapped (VIT_JAX_TCMALLOC=0 to compare).
 """
+
 import os
 import resource
 import time
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
-
 import host_probe  # bench/host_probe.py, beside this file
+from ml_collections import config_flags
 
 config_flags.DEFINE_config_file('config', None, 'Training config file:arg.', lock_config=True)
 flags.DEFINE_integer('steps', 100, 'Timed batches / steps (after warm-up).')
@@ -33,8 +33,10 @@ FLAGS = flags.FLAGS
 
 def _timed_steps(step, state, batches, steps, extra=()):
   """Runs `steps` steps as the train loop does (at most 8 in flight); (state, seconds)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax.runtime import step_queue  # pylint: disable=g-import-not-at-top
+  import jax
+
+  from vit_jax.runtime import step_queue
+
   limit_dispatch = step_queue.DispatchLimiter()  # as the train loop: unbounded can deadlock
   start = time.perf_counter()
   for _ in range(steps):
@@ -46,14 +48,23 @@ def _timed_steps(step, state, batches, steps, extra=()):
 
 def main(argv):
   del argv
-  from vit_jax.runtime import host_setup  # pylint: disable=g-import-not-at-top
+  from vit_jax.runtime import host_setup
+
   host_setup.reexec_with_tcmalloc()
   print(host_probe.line())
   host_setup.set_cpu_devices(FLAGS.config.cpu_devices)
-  import itertools  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from vit_jax import device_input, input_pipeline, objectives, optim, parallel, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  import itertools
+
+  import jax
+  import jax.numpy as jnp
+
+  from vit_jax import device_input
+  from vit_jax import input_pipeline
+  from vit_jax import objectives
+  from vit_jax import optim
+  from vit_jax import parallel
+  from vit_jax import train
+
   config = FLAGS.config
   print(f'devices: {jax.device_count()}  XLA_FLAGS: {os.environ.get("XLA_FLAGS", "")}')
 
@@ -76,14 +87,21 @@ def main(argv):
     fixed = parallel.global_batch(host_batch, mesh)
     plain = train.compile_train_step(
         train.jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh),
-        state, fixed)
+        state,
+        fixed,
+    )
     if on_device:
       extra = (device_input.load(config, mesh)[0],)
       empty = parallel.global_batch({}, mesh)
       start = time.perf_counter()
       run_step = train.compile_train_step(
-          train.jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh,
-                               on_device=True), state, empty, *extra)
+          train.jit_train_step(
+              config, model, tx, schedule, num_classes, shardings, mesh, on_device=True
+          ),
+          state,
+          empty,
+          *extra,
+      )
       run_batches = itertools.repeat(empty)
     else:
       extra = ()
@@ -99,24 +117,33 @@ def main(argv):
     state, run_s = _timed_steps(run_step, state, run_batches, FLAGS.steps, extra)
     dropout_steps = objectives.patch_dropout_steps(config)
     if dropout_steps:  # the rows above ran the first steps; now those from the switch on
-      state['step'] = jax.device_put(jnp.asarray(dropout_steps, state['step'].dtype),
-                                     state['step'].sharding)
+      state['step'] = jax.device_put(
+          jnp.asarray(dropout_steps, state['step'].dtype), state['step'].sharding
+      )
       state, _ = _timed_steps(run_step, state, run_batches, 10, extra)  # warm-up
       state, full_s = _timed_steps(run_step, state, run_batches, FLAGS.steps, extra)
   fixed_rate = FLAGS.steps * config.batch / fixed_s
   run_rate = FLAGS.steps * config.batch / run_s
-  print(f'{config.model.model_name} on {config.dataset} {config.pp.crop}x{config.pp.crop}, '
-        f'batch {config.batch}, {jax.device_count()} devices, tcmalloc '
-        f'{"on" if host_setup.tcmalloc_loaded() else "off"}:')
+  print(
+      f'{config.model.model_name} on {config.dataset} {config.pp.crop}x{config.pp.crop}, '
+      f'batch {config.batch}, {jax.device_count()} devices, tcmalloc '
+      f'{"on" if host_setup.tcmalloc_loaded() else "off"}:'
+  )
   print(f'  input pipeline alone:   {pipeline_rate:9.0f} examples/s')
   print(f'  train step, fixed batch: {fixed_rate:8.0f} examples/s ({faults:.0f} page faults/step)')
-  print(f'  train step, as the run:  {run_rate:8.0f} examples/s '
-        f'({"on-device batches" if on_device else "tf.data batches"}, compile {compile_s:.1f} s)')
+  print(
+      f'  train step, as the run:  {run_rate:8.0f} examples/s '
+      f'({"on-device batches" if on_device else "tf.data batches"}, compile {compile_s:.1f} s)'
+  )
   if dropout_steps:
-    print(f'  (the rows above: steps 0..{dropout_steps - 1}, patch dropout, '
-          f'{100 * (1 - config.patch_dropout.rate):.0f} % of the patch tokens)')
-    print(f'  train step, as the run, every token (steps {dropout_steps}..): '
-          f'{FLAGS.steps * config.batch / full_s:8.0f} examples/s')
+    print(
+        f'  (the rows above: steps 0..{dropout_steps - 1}, patch dropout, '
+        f'{100 * (1 - config.patch_dropout.rate):.0f} % of the patch tokens)'
+    )
+    print(
+        f'  train step, as the run, every token (steps {dropout_steps}..): '
+        f'{FLAGS.steps * config.batch / full_s:8.0f} examples/s'
+    )
 
 
 if __name__ == '__main__':

@@ -1,4 +1,5 @@
 """Test setup: 8 simulated CPU devices, full-precision matmuls, offline tfds."""
+
 import os
 
 # Must happen before jax is imported anywhere in the test process.
@@ -8,16 +9,19 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TFDS_DISABLE_GCS', '1')
 # libtpu (installed for the TPU compile tests): no TPU VM metadata to look for, and no
 # /tmp/libtpu_lockfile contention with other JAX processes (compile-only devices).
-for key, value in {'TPU_SKIP_MDS_QUERY': '1', 'TPU_WORKER_HOSTNAMES': 'localhost',
-                   'TPU_ACCELERATOR_TYPE': 'v5litepod-4',
-                   'ALLOW_MULTIPLE_LIBTPU_LOAD': '1'}.items():
+for key, value in {
+    'TPU_SKIP_MDS_QUERY': '1',
+    'TPU_WORKER_HOSTNAMES': 'localhost',
+    'TPU_ACCELERATOR_TYPE': 'v5litepod-4',
+    'ALLOW_MULTIPLE_LIBTPU_LOAD': '1',
+}.items():
   os.environ.setdefault(key, value)
 
-import jax  # pylint: disable=g-import-not-at-top
+import jax
 
 jax.config.update('jax_default_matmul_precision', 'highest')
 
-import pytest  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import pytest
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 
@@ -25,7 +29,8 @@ FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 @pytest.fixture(scope='session')
 def fashion_mnist_data_dir(tmp_path_factory):
   """A tfds data_dir with fashion_mnist prepared offline from Debian's files (once)."""
-  from vit_jax.datasets import fashion_mnist_local  # pylint: disable=import-outside-toplevel
+  from vit_jax.datasets import fashion_mnist_local
+
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   fashion_mnist_local.prepare_fashion_mnist(FASHION_MNIST_DIR, data_dir)
   return data_dir
@@ -34,7 +39,8 @@ def fashion_mnist_data_dir(tmp_path_factory):
 @pytest.fixture(scope='session')
 def jpeg_data_dir(tmp_path_factory):
   """A tfds data_dir with generated_jpegs/tiny (48 train, 20 test JPEGs) in array_record."""
-  from vit_jax.datasets import generated_jpegs  # pylint: disable=import-outside-toplevel
+  from vit_jax.datasets import generated_jpegs
+
   data_dir = str(tmp_path_factory.mktemp('jpegs'))
   generated_jpegs.prepare('tiny', data_dir)
   return data_dir

@@ -1,4 +1,5 @@
 """Parameter-tree comparisons shared by the checkpoint tests."""
+
 import flax
 import numpy as np
 

@@ -1,5 +1,6 @@
 """vit_jax.aot: a config's real train step compiled for a TPU topology on this CPU machine
 (libtpu's compile-only devices), with the Pallas kernel, its FLOPs and HBM report."""
+
 import os
 import subprocess
 import sys
@@ -8,9 +9,9 @@ import jax
 import pytest
 
 from vit_jax import aot
+from vit_jax.configs import pit
 from vit_jax.perf import hlo_flops
 from vit_jax.perf import model_flops
-from vit_jax.configs import pit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOPOLOGY = 'v5e:2x2'
@@ -48,9 +49,9 @@ def test_train_step_compiles_for_tpu_with_ring_attention_on_the_pallas_kernel():
   counted = hlo_flops.count(compiled_train).flops
   assert counted == pytest.approx(3 * forward * per_chip_images, rel=0.05)
   assert hlo_flops.count(compiled_eval).flops == pytest.approx(
-      forward * config.batch_eval // 4, rel=0.05)
-  result = aot.summarize(TOPOLOGY, 1, devices, mesh, config.batch, compiled_train,
-                         compiled_eval)
+      forward * config.batch_eval // 4, rel=0.05
+  )
+  result = aot.summarize(TOPOLOGY, 1, devices, mesh, config.batch, compiled_train, compiled_eval)
   train = result['train_step']
   assert train['flops'] == counted and 0 < train['hbm_bytes'] < 16 * 2**30
   assert train['hbm_traffic_bytes'] > train['argument_bytes']  # params read at least once
@@ -63,9 +64,21 @@ def test_train_step_compiles_for_tpu_with_ring_attention_on_the_pallas_kernel():
 
 def test_command_exits_with_xla_out_of_memory_message_when_a_step_does_not_fit():
   too_big = subprocess.run(
-      [sys.executable, '-m', 'vit_jax.aot', '--config=configs/pit.py:fashion_mnist',
-       f'--topology={TOPOLOGY}', f'--config.batch={2**20}', f'--config.batch_eval={2**20}'],
-      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+      [
+          sys.executable,
+          '-m',
+          'vit_jax.aot',
+          '--config=configs/pit.py:fashion_mnist',
+          f'--topology={TOPOLOGY}',
+          f'--config.batch={2**20}',
+          f'--config.batch_eval={2**20}',
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+  )
   assert too_big.returncode == 1, too_big.stderr[-3000:]
   assert f'Does not fit on {TOPOLOGY}' in too_big.stderr
   assert 'memory' in too_big.stderr.lower() and 'hbm' in too_big.stderr.lower()

@@ -31,6 +31,7 @@ def _value_and_grads(impl, q, k, v, cotangent, mask, **kw):
   def loss(q, k, v):
     out = attention.dot_product_attention(q, k, v, impl=impl, mask=mask, **kw)
     return jnp.sum(out.astype(jnp.float32) * cotangent)
+
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
 
 
@@ -44,11 +45,20 @@ def _out_and_grads(impl, q, k, v, cotangent, mask, **kw):
 # (impl, seq axis size, length, heads, masked): odd lengths and +1 class-token lengths,
 # heads 3 and 4, every seq size, with and without a key mask.
 GRID = [
-    ('blockwise', 1, 7, 3, False), ('blockwise', 1, 33, 4, True), ('blockwise', 1, 17, 3, True),
-    ('ring', 1, 7, 3, True), ('ring', 2, 33, 4, True), ('ring', 4, 17, 3, False),
-    ('ring', 8, 65, 4, True), ('ring', 8, 16, 3, False),
-    ('allgather', 2, 17, 3, True), ('allgather', 4, 7, 4, True), ('allgather', 8, 33, 4, False),
-    ('ulysses', 1, 17, 3, True), ('ulysses', 2, 33, 4, True), ('ulysses', 4, 17, 4, False),
+    ('blockwise', 1, 7, 3, False),
+    ('blockwise', 1, 33, 4, True),
+    ('blockwise', 1, 17, 3, True),
+    ('ring', 1, 7, 3, True),
+    ('ring', 2, 33, 4, True),
+    ('ring', 4, 17, 3, False),
+    ('ring', 8, 65, 4, True),
+    ('ring', 8, 16, 3, False),
+    ('allgather', 2, 17, 3, True),
+    ('allgather', 4, 7, 4, True),
+    ('allgather', 8, 33, 4, False),
+    ('ulysses', 1, 17, 3, True),
+    ('ulysses', 2, 33, 4, True),
+    ('ulysses', 4, 17, 4, False),
     ('ulysses', 8, 33, 8, True),
 ]
 
@@ -79,8 +89,12 @@ def test_bfloat16_against_float32_reference(impl, seq):
 
 def _hlo(impl, seq, length, block):
   q, k, v, _ = _inputs(2, length, 4)
-  fn = lambda q, k, v: jax.grad(lambda q, k, v: jnp.sum(attention.dot_product_attention(
-      q, k, v, impl=impl, block_size=block)), argnums=(0, 1, 2))(q, k, v)
+  fn = lambda q, k, v: jax.grad(
+      lambda q, k, v: jnp.sum(
+          attention.dot_product_attention(q, k, v, impl=impl, block_size=block)
+      ),
+      argnums=(0, 1, 2),
+  )(q, k, v)
   with jax.set_mesh(_mesh(seq)):
     return jax.jit(fn).lower(q, k, v).compile().as_text()
 
@@ -98,14 +112,22 @@ def test_compiled_hlo_uses_the_right_collectives_and_no_square_buffer():
   assert 'all-to-all' in _hlo('ulysses', 4, length, 32)
 
 
-@pytest.mark.parametrize('impl,seq', [('dense', 1), ('blockwise', 1), ('ring', 2),
-                                      ('allgather', 2), ('ulysses', 2)])
+@pytest.mark.parametrize(
+    'impl,seq', [('dense', 1), ('blockwise', 1), ('ring', 2), ('allgather', 2), ('ulysses', 2)]
+)
 def test_fully_masked_rows_and_large_logits_stay_finite(impl, seq):
   q, k, v, cotangent = _inputs(2, 16, 4)
   mask = jnp.arange(16)[None, None, None, :] < jnp.array([16, 0])[:, None, None, None]
   with jax.set_mesh(_mesh(seq)):
-    results = _value_and_grads(impl, 30. * q, 30. * k, v, cotangent, mask, **(
-        {} if impl == 'dense' else {'block_size': 4}))
+    results = _value_and_grads(
+        impl,
+        30.0 * q,
+        30.0 * k,
+        v,
+        cotangent,
+        mask,
+        **({} if impl == 'dense' else {'block_size': 4}),
+    )
   for leaf in jax.tree.leaves(results):
     assert np.all(np.isfinite(leaf)), impl
 
@@ -125,15 +147,33 @@ def test_impossible_setups_fail_fast():
     with pytest.raises(ValueError, match='divisible'):
       attention.dot_product_attention(q, q, q, impl='ulysses')
   with pytest.raises(ValueError, match='attention_dropout_rate'):
-    attention.dot_product_attention(q, q, q, impl='blockwise', dropout_rate=0.1,
-                                    deterministic=False, dropout_rng=jax.random.PRNGKey(0))
+    attention.dot_product_attention(
+        q,
+        q,
+        q,
+        impl='blockwise',
+        dropout_rate=0.1,
+        deterministic=False,
+        dropout_rng=jax.random.PRNGKey(0),
+    )
 
 
 def _pit(impl):
-  transformer = dict(mlp_dim=32, num_heads=2, num_layers=1, dropout_rate=0.,
-                     attention_dropout_rate=0., attention={'impl': impl, 'block_size': 128})
-  return VisionTransformer(num_classes=5, patches={'size': (1, 1)}, hidden_size=16,
-                           transformer=transformer, classifier='token')
+  transformer = dict(
+      mlp_dim=32,
+      num_heads=2,
+      num_layers=1,
+      dropout_rate=0.0,
+      attention_dropout_rate=0.0,
+      attention={'impl': impl, 'block_size': 128},
+  )
+  return VisionTransformer(
+      num_classes=5,
+      patches={'size': (1, 1)},
+      hidden_size=16,
+      transformer=transformer,
+      classifier='token',
+  )
 
 
 def test_pit_32x32_loss_and_gradients_equal_across_schedules():
@@ -141,13 +181,15 @@ def test_pit_32x32_loss_and_gradients_equal_across_schedules():
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
   labels = jax.nn.one_hot(jnp.array([1, 3]), 5)
   params = _pit('dense').init(jax.random.PRNGKey(1), images, train=False)['params']
-  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
-                        params)
+  params = jax.tree.map(
+      lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params
+  )
 
   def loss_and_grads(impl):
     model = _pit(impl)
     loss = lambda p: optax.softmax_cross_entropy(
-        model.apply({'params': p}, images, train=False), labels).mean()
+        model.apply({'params': p}, images, train=False), labels
+    ).mean()
     return jax.jit(jax.value_and_grad(loss))(params)
 
   expected_loss, expected_grads = loss_and_grads('dense')

@@ -1,5 +1,6 @@
 """Fused kernels against the dense reference: Pallas TPU flash attention (in interpret mode
 here), the sharded schedules on it, cuDNN's wiring, bfloat16 dense attention, impl='auto'."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,8 +23,10 @@ def _inputs(length, heads=3, dim=8, batch=2, dtype=jnp.float32):
 
 
 def _key_mask(length):
-  return jnp.arange(length)[None, None, None, :] < jnp.array([length, length // 2 + 1])[
-      :, None, None, None]
+  return (
+      jnp.arange(length)[None, None, None, :]
+      < jnp.array([length, length // 2 + 1])[:, None, None, None]
+  )
 
 
 def _out_and_grads(q, k, v, cotangent, **kw):
@@ -35,8 +38,9 @@ def _out_and_grads(q, k, v, cotangent, **kw):
 def _assert_equal_to_dense(got, q, k, v, cotangent, mask, tol=1e-5):
   expected = _out_and_grads(q, k, v, cotangent, impl='dense', mask=mask)
   for name, g, e in zip(('out', 'dq', 'dk', 'dv'), got, expected):
-    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(e, np.float32),
-                               atol=tol, rtol=tol, err_msg=name)
+    np.testing.assert_allclose(
+        np.asarray(g, np.float32), np.asarray(e, np.float32), atol=tol, rtol=tol, err_msg=name
+    )
 
 
 def _count_pallas_calls(fn, *args):
@@ -64,7 +68,8 @@ def test_pallas_kernel_equals_dense(length, masked, block_size, seq, impl):
   with jax.set_mesh(_mesh(seq)):
     got = _out_and_grads(q, k, v, cotangent, **kw)
     calls = _count_pallas_calls(
-        jax.grad(lambda q: attention.dot_product_attention(q, k, v, **kw).sum()), q)
+        jax.grad(lambda q: attention.dot_product_attention(q, k, v, **kw).sum()), q
+    )
   assert calls >= 3, f'{impl}: expected the forward and both backward kernels, got {calls}'
   _assert_equal_to_dense(got, q, k, v, cotangent, mask)
 
@@ -79,8 +84,9 @@ def test_pallas_without_a_mesh_and_in_bfloat16():
 
 def test_sharded_schedules_use_the_kernel_only_when_asked():
   q, k, v, _ = _inputs(64)
-  fn = lambda kernel: (lambda q: attention.dot_product_attention(
-      q, k, v, impl='ring', block_size=16, kernel=kernel))
+  fn = lambda kernel: (
+      lambda q: attention.dot_product_attention(q, k, v, impl='ring', block_size=16, kernel=kernel)
+  )
   with jax.set_mesh(_mesh(2)):
     assert _count_pallas_calls(fn('xla'), q) == 0
     assert _count_pallas_calls(fn('auto'), q) == 0  # auto: the kernel on TPU only
@@ -114,24 +120,32 @@ def test_dense_bfloat16_runs_both_matmuls_in_bfloat16():
   assert logits.shape == (2, 4, 33, 33) and logits.dtype == jnp.bfloat16
   assert all(x.aval.dtype == jnp.bfloat16 for x in dots[1].invars)  # probabilities @ values
   f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-  _assert_equal_to_dense(_out_and_grads(q, k, v, cotangent, impl='dense'), *f32, cotangent,
-                         None, tol=3e-2)
+  _assert_equal_to_dense(
+      _out_and_grads(q, k, v, cotangent, impl='dense'), *f32, cotangent, None, tol=3e-2
+  )
 
 
 def _abstract_mesh(platform, seq=1):
   device = jax.sharding.AbstractDevice(device_kind=platform, num_cores=None, platform=platform)
-  return jax.sharding.AbstractMesh((1, seq), ('data', 'seq'), axis_types=(AUTO, AUTO),
-                                   abstract_device=device)
+  return jax.sharding.AbstractMesh(
+      (1, seq), ('data', 'seq'), axis_types=(AUTO, AUTO), abstract_device=device
+  )
 
 
-@pytest.mark.parametrize('platform,length,dtype,expected', [
-    ('cpu', 197, jnp.float32, 'dense'), ('cpu', 785, jnp.float32, 'dense'),
-    ('cpu', 4097, jnp.float32, 'blockwise'),
-    ('tpu', 197, jnp.bfloat16, 'dense'), ('tpu', 785, jnp.float32, 'pallas'),
-    ('tpu', 50177, jnp.bfloat16, 'pallas'),
-    ('gpu', 197, jnp.bfloat16, 'dense'), ('gpu', 4097, jnp.bfloat16, 'cudnn'),
-    ('gpu', 4097, jnp.float32, 'blockwise'),
-])
+@pytest.mark.parametrize(
+    'platform,length,dtype,expected',
+    [
+        ('cpu', 197, jnp.float32, 'dense'),
+        ('cpu', 785, jnp.float32, 'dense'),
+        ('cpu', 4097, jnp.float32, 'blockwise'),
+        ('tpu', 197, jnp.bfloat16, 'dense'),
+        ('tpu', 785, jnp.float32, 'pallas'),
+        ('tpu', 50177, jnp.bfloat16, 'pallas'),
+        ('gpu', 197, jnp.bfloat16, 'dense'),
+        ('gpu', 4097, jnp.bfloat16, 'cudnn'),
+        ('gpu', 4097, jnp.float32, 'blockwise'),
+    ],
+)
 def test_auto_picks_per_platform_and_length(platform, length, dtype, expected):
   with jax.sharding.use_abstract_mesh(_abstract_mesh(platform)):
     assert attention.resolved_impl('auto', length, dtype) == expected

@@ -1,6 +1,6 @@
 """Attention maps and rollout against independent numpy computations."""
+
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vit_jax.models import attention_maps
@@ -8,10 +8,16 @@ from vit_jax.models import VisionTransformer
 
 
 def _model(patch, classifier='token', layers=2):
-  transformer = dict(mlp_dim=16, num_heads=2, num_layers=layers, dropout_rate=0.,
-                     attention_dropout_rate=0.)
-  return VisionTransformer(num_classes=3, patches={'size': (patch, patch)}, hidden_size=8,
-                           transformer=transformer, classifier=classifier)
+  transformer = dict(
+      mlp_dim=16, num_heads=2, num_layers=layers, dropout_rate=0.0, attention_dropout_rate=0.0
+  )
+  return VisionTransformer(
+      num_classes=3,
+      patches={'size': (patch, patch)},
+      hidden_size=8,
+      transformer=transformer,
+      classifier=classifier,
+  )
 
 
 def _params(model, images, seed=0):
@@ -20,8 +26,9 @@ def _params(model, images, seed=0):
   init = jax.jit(lambda key, x: model.init(key, x, train=False)['params'])
   params = init(jax.random.PRNGKey(seed), images)
   rng = np.random.default_rng(seed + 1)
-  return jax.tree.map(lambda p: np.asarray(p) + 0.5 * rng.standard_normal(p.shape, np.float32),
-                      params)
+  return jax.tree.map(
+      lambda p: np.asarray(p) + 0.5 * rng.standard_normal(p.shape, np.float32), params
+  )
 
 
 def _layer_norm(x, p):
@@ -35,7 +42,7 @@ def test_first_layer_map_equals_numpy_softmax():
   params = _params(model, images)
   maps = attention_maps.attention_maps(model, params, images)
   assert len(maps) == 2 and maps[0].shape == (2, 2, 5, 5)
-  np.testing.assert_allclose(maps[0].sum(-1), 1., atol=1e-5)
+  np.testing.assert_allclose(maps[0].sum(-1), 1.0, atol=1e-5)
   # Independent recomputation of layer 0: patch embed, cls, posemb, LayerNorm, q k softmax.
   p = jax.tree.map(np.asarray, params)
   x = np.asarray(images).reshape(2, 2, 4, 2, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 4, 48)
@@ -72,7 +79,7 @@ def test_pit_heatmap_has_one_weight_per_pixel_and_patch_models_upsample():
   pit = _model(1, classifier='gap')
   heat = attention_maps.rollout_heatmaps(pit, _params(pit, images), images)
   assert heat.shape == (1, 6, 6) and len(np.unique(np.round(heat, 6))) > 6
-  assert heat.min() == 0. and heat.max() == 1.
+  assert heat.min() == 0.0 and heat.max() == 1.0
   images = jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 3))
   vit = _model(4)
   params = _params(vit, images)
@@ -85,7 +92,8 @@ def test_pit_heatmap_has_one_weight_per_pixel_and_patch_models_upsample():
 
 def test_scanned_model_gives_the_unscanned_maps():
   """A scanned encoder sows its weights stacked; the per-layer list is the same."""
-  from vit_jax.models import layer_stack  # pylint: disable=import-outside-toplevel
+  from vit_jax.models import layer_stack
+
   images = jax.random.normal(jax.random.PRNGKey(5), (2, 8, 8, 3))
   model = _model(4, layers=3)
   params = _params(model, images)

@@ -1,4 +1,5 @@
 """Checkpoints and scanned models: every format loads stacked; writers write encoderblock_N."""
+
 import functools
 import json
 import pathlib
@@ -7,16 +8,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import param_trees  # tests/param_trees.py
 import pytest
 from safetensors import numpy as st
 
 from vit_jax import checkpoint
-from vit_jax.checkpoints import architecture
 from vit_jax import errors
-from vit_jax.models import VisionTransformer
+from vit_jax.checkpoints import architecture
 from vit_jax.models import layer_stack
-
-import param_trees  # tests/param_trees.py
+from vit_jax.models import VisionTransformer
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 X = np.load(FIXTURES / 'gap_inputs.npy')
@@ -30,8 +30,11 @@ def _model_config(name, scan_layers=False, **overrides):
 
 def _init(model_config, num_classes=5, image=32):
   model = VisionTransformer(num_classes=num_classes, **model_config)
-  init = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
-                        jnp.zeros((1, image, image, 3)))['params']
+  init = jax.eval_shape(
+      functools.partial(model.init, train=False),
+      jax.random.PRNGKey(0),
+      jnp.zeros((1, image, image, 3)),
+  )['params']
   return model, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), init)
 
 
@@ -50,10 +53,12 @@ def gap_files(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('formats')
   params = checkpoint.load(FIXTURES / 'gap.npz')
   checkpoint.export_timm(params, tmp / 'timm.safetensors')
-  return [('original', FIXTURES / 'gap.npz', {}),
-          ('linen', FIXTURES / 'gap_linen.npz', {}),
-          ('big_vision', _big_vision_scanned(params, tmp / 'bv.npz'), {}),
-          ('timm', tmp / 'timm.safetensors', {'num_heads': 2})]
+  return [
+      ('original', FIXTURES / 'gap.npz', {}),
+      ('linen', FIXTURES / 'gap_linen.npz', {}),
+      ('big_vision', _big_vision_scanned(params, tmp / 'bv.npz'), {}),
+      ('timm', tmp / 'timm.safetensors', {'num_heads': 2}),
+  ]
 
 
 def test_every_npz_and_timm_format_loads_into_a_scanned_model(gap_files):
@@ -66,11 +71,15 @@ def test_every_npz_and_timm_format_loads_into_a_scanned_model(gap_files):
     assert layer_stack.is_stacked(loaded), fmt
     param_trees.assert_same_params(loaded, layer_stack.stack(reference))
     pretrained = checkpoint.load_pretrained(
-        pretrained_path=path, init_params=init,
-        model_config=ml_collections.ConfigDict(scanned_config))
+        pretrained_path=path,
+        init_params=init,
+        model_config=ml_collections.ConfigDict(scanned_config),
+    )
     assert jax.tree.structure(pretrained) == jax.tree.structure(init), fmt
     head = {'head/kernel', 'head/bias'}  # reset to init by load_pretrained
-    want = {k: v for k, v in param_trees.flat(layer_stack.stack(reference)).items() if k not in head}
+    want = {
+        k: v for k, v in param_trees.flat(layer_stack.stack(reference)).items() if k not in head
+    }
     got = param_trees.flat(pretrained)
     for key, value in want.items():
       np.testing.assert_array_equal(got[key], value, err_msg=f'{fmt}: {key}')
@@ -82,8 +91,10 @@ def _without_pre_logits(params):
   """ViTForImageClassification has no representation layer: the head reads the class token."""
   del params['pre_logits']
   rng = np.random.default_rng(0)
-  params['head'] = {'kernel': rng.normal(size=(64, 5)).astype(np.float32),
-                    'bias': rng.normal(size=(5,)).astype(np.float32)}
+  params['head'] = {
+      'kernel': rng.normal(size=(64, 5)).astype(np.float32),
+      'bias': rng.normal(size=(5,)).astype(np.float32),
+  }
   return params
 
 
@@ -93,16 +104,24 @@ def test_hugging_face_folder_loads_into_a_scanned_model(tmp_path):
   checkpoint.export_hf(params, unscanned, tmp_path / 'hf')
   scanned = _model_config('repr', scan_layers=True, representation_size=None)
   model, init = _init(scanned)
-  pretrained = checkpoint.load_pretrained(pretrained_path=tmp_path / 'hf', init_params=init,
-                                          model_config=ml_collections.ConfigDict(scanned))
+  pretrained = checkpoint.load_pretrained(
+      pretrained_path=tmp_path / 'hf',
+      init_params=init,
+      model_config=ml_collections.ConfigDict(scanned),
+  )
   loaded = checkpoint.load(tmp_path / 'hf', scan_layers=True)
   param_trees.assert_same_params(loaded, layer_stack.stack(checkpoint.load(tmp_path / 'hf')))
   np.testing.assert_array_equal(
       pretrained['Transformer']['encoderblock']['MlpBlock_0']['Dense_1']['kernel'][1],
-      params['Transformer']['encoderblock_1']['MlpBlock_0']['Dense_1']['kernel'])
+      params['Transformer']['encoderblock_1']['MlpBlock_0']['Dense_1']['kernel'],
+  )
   plain = VisionTransformer(num_classes=5, **unscanned)
-  np.testing.assert_allclose(model.apply({'params': loaded}, X, train=False),
-                             plain.apply({'params': params}, X, train=False), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+      model.apply({'params': loaded}, X, train=False),
+      plain.apply({'params': params}, X, train=False),
+      atol=1e-5,
+      rtol=1e-5,
+  )
 
 
 def test_scanned_load_pretrained_resizes_posemb_and_checks_in_the_file_layout():
@@ -111,14 +130,18 @@ def test_scanned_load_pretrained_resizes_posemb_and_checks_in_the_file_layout():
   _, init = _init(config, num_classes=7, image=48)
   _, scanned_init = _init(scanned, num_classes=7, image=48)
   load = lambda cfg, init: checkpoint.load_pretrained(
-      pretrained_path=FIXTURES / 'repr.npz', init_params=init,
-      model_config=ml_collections.ConfigDict(cfg))
+      pretrained_path=FIXTURES / 'repr.npz',
+      init_params=init,
+      model_config=ml_collections.ConfigDict(cfg),
+  )
   param_trees.assert_same_params(load(scanned, scanned_init), layer_stack.stack(load(config, init)))
   deeper = _model_config('repr', scan_layers=True)
   deeper['transformer']['num_layers'] = 3
   _, deeper_init = _init(deeper)
-  with pytest.raises(errors.UserInputError, match=r'16 model parameters are not in the file '
-                     r"\(e\.g\. \['Transformer/encoderblock_2/"):
+  with pytest.raises(
+      errors.UserInputError,
+      match=r'16 model parameters are not in the file ' r"\(e\.g\. \['Transformer/encoderblock_2/",
+  ):
     load(deeper, deeper_init)
 
 
@@ -142,8 +165,9 @@ def test_writers_take_scanned_params_and_write_the_file_layout(tmp_path):
   config = _model_config('repr', representation_size=None)
   checkpoint.export_hf(params, config, tmp_path / 'hf_plain')
   checkpoint.export_hf(layer_stack.stack(params), config, tmp_path / 'hf_stacked')
-  assert ((tmp_path / 'hf_plain' / 'config.json').read_text()
-          == (tmp_path / 'hf_stacked' / 'config.json').read_text())
+  assert (tmp_path / 'hf_plain' / 'config.json').read_text() == (
+      tmp_path / 'hf_stacked' / 'config.json'
+  ).read_text()
   hf_plain = st.load((tmp_path / 'hf_plain' / 'model.safetensors').read_bytes())
   hf_stacked = st.load((tmp_path / 'hf_stacked' / 'model.safetensors').read_bytes())
   assert sorted(hf_plain) == sorted(hf_stacked)
@@ -162,5 +186,4 @@ def test_architecture_is_read_from_a_scanned_tree(name):
   _, rebuilt = _init(config)
   assert jax.tree.map(np.shape, rebuilt) == jax.tree.map(np.shape, init)
   _, unscanned = _init(_model_config(name))
-  assert not architecture.model_config_from_params(unscanned)[0]['transformer'][
-      'scan_layers']
+  assert not architecture.model_config_from_params(unscanned)[0]['transformer']['scan_layers']

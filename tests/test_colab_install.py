@@ -1,4 +1,5 @@
 """The notebooks' install step keeps a runtime's jax, jaxlib and TensorFlow where they fit."""
+
 import importlib.metadata
 import pathlib
 import subprocess
@@ -32,8 +33,9 @@ def _colab(**changes):
 
 
 def test_this_environment_needs_nothing():
-  done = subprocess.run([sys.executable, str(SCRIPT), '--dry-run'], capture_output=True,
-                        text=True, check=True)
+  done = subprocess.run(
+      [sys.executable, str(SCRIPT), '--dry-run'], capture_output=True, text=True, check=True
+  )
   assert done.stdout.strip() == 'vit_jax needs: nothing more (all present)'
 
 
@@ -57,7 +59,8 @@ def test_jax_that_must_move_takes_the_runtimes_accelerator_plugin_along():
   todo = colab_install.plan(REQUIRES, _colab(jax='0.4.30', jaxlib='0.4.30', libtpu='0.0.1'))
   names = {Requirement(r).name: Requirement(r) for r in todo}
   assert set(names) == {'jax', 'jaxlib'} and names['jax'].extras == {'tpu'}
-  todo = colab_install.plan(REQUIRES, _colab(jax='0.4.30', jaxlib='0.4.30',
-                                             **{'jax-cuda12-plugin': '0.4.30'}))
+  todo = colab_install.plan(
+      REQUIRES, _colab(jax='0.4.30', jaxlib='0.4.30', **{'jax-cuda12-plugin': '0.4.30'})
+  )
   assert {Requirement(r).name: Requirement(r).extras for r in todo}['jax'] == {'cuda12'}
   assert colab_install.plan(REQUIRES, _colab(libtpu='0.0.1')) == []  # jax fits: untouched

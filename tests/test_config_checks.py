@@ -1,12 +1,13 @@
 """config_checks.validate: each bad value is a UserInputError naming the field and the value."""
+
 import os
 
 import ml_collections
 import pytest
 
-from vit_jax.configs import pit as pit_configs
 from vit_jax import config_checks
 from vit_jax import errors
+from vit_jax.configs import pit as pit_configs
 from vit_jax.runtime import partitioning
 
 
@@ -27,60 +28,63 @@ def test_presets_pass():
   _validate(_config(param_dtype='bfloat16'))
 
 
-@pytest.mark.parametrize('field,value,expected', [
-    ('keep_checkpoints', 0, 'final one'),
-    ('profile.first_step', -1, '>= 0'),
-    ('profile.num_steps', 0, '>= 1'),
-    ('keep_checkpoints', -2, '>= 1'),
-    ('checkpoint_every', 0, '>= 1'),
-    ('progress_every', 0, '>= 1'),
-    ('eval_every', -1, '>= 0'),
-    ('total_steps', 0, '>= 1'),
-    ('base_lr', 0., '> 0'),
-    ('base_lr', -1e-3, '> 0'),
-    ('base_lr', float('nan'), 'finite'),
-    ('base_lr', float('inf'), 'finite'),
-    ('warmup_steps', -1, 'config.total_steps=5400'),
-    ('warmup_steps', 5401, 'config.total_steps=5400'),
-    ('dtype', 'bf16', "did you mean 'bfloat16'"),
-    ('dtype', 'float64', 'float32'),
-    ('accum_steps', 0, '>= 1'),
-    ('batch', 0, '>= 1'),
-    ('batch_eval', -8, '>= 1'),
-    ('label_smoothing', 1., '[0, 1)'),
-    ('label_smoothing', -0.1, '[0, 1)'),
-    ('grad_norm_clip', -1., '>= 0'),
-    ('weight_decay', -0.1, '>= 0'),
-    ('pp.crop', 0, '>= 1'),
-    ('pp.mixup', -0.5, '>= 0'),
-    ('prefetch', -1, '>= 0'),
-    ('optim', 'adam', "did you mean 'adamw'"),
-    ('decay_type', 'cos', 'not one of'),
-    ('adam_b2', 1.5, '[0, 1)'),
-    ('pp.channels', 2, 'not one of'),
-    # Wrong types: a string where a number is expected, a float where an integer is.
-    ('base_lr', '1e-3', 'must be a number'),
-    ('keep_checkpoints', '3', 'must be an integer'),
-    ('total_steps', 100.5, 'must be an integer'),
-    ('batch', True, 'must be an integer'),
-    ('label_smoothing', None, 'must be a number'),
-    ('grad_norm_clip', 'off', 'must be a number'),
-    ('pp.mixup', 'yes', 'must be a number'),
-    ('pp.skip_undecodable', 1, 'True or False'),
-    ('tfds_download', 'no', 'True or False'),
-    ('dtype', 16, 'not one of'),
-    ('param_dtype', 'bf16', "did you mean 'bfloat16'"),
-    ('param_dtype', 'int8', 'not one of'),
-    ('model.transformer.scan_layers', 1, 'True or False'),
-    ('model.transformer.scan_layers', 'yes', 'True or False'),
-    ('model.transformer.remat', 'dot', "did you mean 'dots'"),
-    ('model.transformer.remat', None, 'not one of'),
-    ('patch_dropout.rate', 1., '[0, 1)'),
-    ('patch_dropout.rate', -0.5, '[0, 1)'),
-    ('patch_dropout.rate', '0.5', 'must be a number'),
-    ('patch_dropout.steps', -1, '>= 0'),
-    ('patch_dropout.steps', 100.5, 'must be an integer'),
-])
+@pytest.mark.parametrize(
+    'field,value,expected',
+    [
+        ('keep_checkpoints', 0, 'final one'),
+        ('profile.first_step', -1, '>= 0'),
+        ('profile.num_steps', 0, '>= 1'),
+        ('keep_checkpoints', -2, '>= 1'),
+        ('checkpoint_every', 0, '>= 1'),
+        ('progress_every', 0, '>= 1'),
+        ('eval_every', -1, '>= 0'),
+        ('total_steps', 0, '>= 1'),
+        ('base_lr', 0.0, '> 0'),
+        ('base_lr', -1e-3, '> 0'),
+        ('base_lr', float('nan'), 'finite'),
+        ('base_lr', float('inf'), 'finite'),
+        ('warmup_steps', -1, 'config.total_steps=5400'),
+        ('warmup_steps', 5401, 'config.total_steps=5400'),
+        ('dtype', 'bf16', "did you mean 'bfloat16'"),
+        ('dtype', 'float64', 'float32'),
+        ('accum_steps', 0, '>= 1'),
+        ('batch', 0, '>= 1'),
+        ('batch_eval', -8, '>= 1'),
+        ('label_smoothing', 1.0, '[0, 1)'),
+        ('label_smoothing', -0.1, '[0, 1)'),
+        ('grad_norm_clip', -1.0, '>= 0'),
+        ('weight_decay', -0.1, '>= 0'),
+        ('pp.crop', 0, '>= 1'),
+        ('pp.mixup', -0.5, '>= 0'),
+        ('prefetch', -1, '>= 0'),
+        ('optim', 'adam', "did you mean 'adamw'"),
+        ('decay_type', 'cos', 'not one of'),
+        ('adam_b2', 1.5, '[0, 1)'),
+        ('pp.channels', 2, 'not one of'),
+        # Wrong types: a string where a number is expected, a float where an integer is.
+        ('base_lr', '1e-3', 'must be a number'),
+        ('keep_checkpoints', '3', 'must be an integer'),
+        ('total_steps', 100.5, 'must be an integer'),
+        ('batch', True, 'must be an integer'),
+        ('label_smoothing', None, 'must be a number'),
+        ('grad_norm_clip', 'off', 'must be a number'),
+        ('pp.mixup', 'yes', 'must be a number'),
+        ('pp.skip_undecodable', 1, 'True or False'),
+        ('tfds_download', 'no', 'True or False'),
+        ('dtype', 16, 'not one of'),
+        ('param_dtype', 'bf16', "did you mean 'bfloat16'"),
+        ('param_dtype', 'int8', 'not one of'),
+        ('model.transformer.scan_layers', 1, 'True or False'),
+        ('model.transformer.scan_layers', 'yes', 'True or False'),
+        ('model.transformer.remat', 'dot', "did you mean 'dots'"),
+        ('model.transformer.remat', None, 'not one of'),
+        ('patch_dropout.rate', 1.0, '[0, 1)'),
+        ('patch_dropout.rate', -0.5, '[0, 1)'),
+        ('patch_dropout.rate', '0.5', 'must be a number'),
+        ('patch_dropout.steps', -1, '>= 0'),
+        ('patch_dropout.steps', 100.5, 'must be an integer'),
+    ],
+)
 def test_bad_value_names_field_and_value(field, value, expected):
   # A config written in Python (not --config overrides) can hold any type: type_safe=False.
   config = ml_collections.ConfigDict(_config().to_dict(), type_safe=False)
@@ -100,6 +104,7 @@ def test_bad_value_names_field_and_value(field, value, expected):
 def test_patch_dropout_is_for_classifiers_with_a_transformer():
   from vit_jax.configs import mae as mae_configs
   from vit_jax.configs import vit as vit_configs
+
   drop = {'patch_dropout.rate': 0.5, 'patch_dropout.steps': 100}
   _validate(_config(**drop))
   with pytest.raises(errors.UserInputError, match='has no effect'):  # was silently off
@@ -127,13 +132,16 @@ def test_mesh_and_batch_errors_are_user_input_errors():
     _validate(_config(batch=12))
 
 
-@pytest.mark.parametrize('field,value,expected', [
-    ('model.transformer.scan_layer', True, "did you mean 'scan_layers'"),
-    ('model.transformer.rematt', 'full', "did you mean 'remat'"),
-    ('model.hidden_sise', 64, "did you mean 'hidden_size'"),
-    ('model.dtype', 'bfloat16', 'is set by config.dtype'),
-    ('model.transformer.param_dtype', 'bfloat16', 'is set by config.param_dtype'),
-])
+@pytest.mark.parametrize(
+    'field,value,expected',
+    [
+        ('model.transformer.scan_layer', True, "did you mean 'scan_layers'"),
+        ('model.transformer.rematt', 'full', "did you mean 'remat'"),
+        ('model.hidden_sise', 64, "did you mean 'hidden_size'"),
+        ('model.dtype', 'bfloat16', 'is set by config.dtype'),
+        ('model.transformer.param_dtype', 'bfloat16', 'is set by config.param_dtype'),
+    ],
+)
 def test_unknown_model_fields_are_errors_not_defaults(field, value, expected):
   config = ml_collections.ConfigDict(_config().to_dict(), type_safe=False)
   *parents, last = field.split('.')
@@ -146,21 +154,29 @@ def test_unknown_model_fields_are_errors_not_defaults(field, value, expected):
   assert expected in str(error.value), str(error.value)
 
 
-PRESETS = [('vit.py', 'b16,cifar10'), ('vit.py', 'r50_b16,imagenet2012'),
-           ('vit.py', 'vit4,fashion_mnist'), ('pit.py', 'fashion_mnist'),
-           ('pit.py', 'cifar100_pit_t_vit2'), ('augreg.py', 'R26_S_32,oxford_iiit_pet')]
+PRESETS = [
+    ('vit.py', 'b16,cifar10'),
+    ('vit.py', 'r50_b16,imagenet2012'),
+    ('vit.py', 'vit4,fashion_mnist'),
+    ('pit.py', 'fashion_mnist'),
+    ('pit.py', 'cifar100_pit_t_vit2'),
+    ('augreg.py', 'R26_S_32,oxford_iiit_pet'),
+]
 
 
 def _parse(config_file, arg, *overrides):
   """The config as vit_jax.main gets it: config_flags on the file, locked, with overrides."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  from vit_jax import configs  # pylint: disable=import-outside-toplevel
+  from absl import flags
+  from ml_collections import config_flags
+
+  from vit_jax import configs
+
   path = os.path.join(os.path.dirname(configs.__file__), config_file)
   argv = ['main', f'--config={path}:{arg}', *overrides]
   values = flags.FlagValues()  # override flags are declared from argv, as from sys.argv
-  config_flags.DEFINE_config_file('config', None, '', flag_values=values, lock_config=True,
-                                  sys_argv=argv)
+  config_flags.DEFINE_config_file(
+      'config', None, '', flag_values=values, lock_config=True, sys_argv=argv
+  )
   values(argv)
   return values.config
 
@@ -170,10 +186,15 @@ def test_new_model_fields_are_set_from_the_command_line(config_file, arg):
   config = _parse(config_file, arg)
   assert config.model.transformer.scan_layers is False
   assert config.model.transformer.remat == 'none' and config.param_dtype == 'float32'
-  config = _parse(config_file, arg, '--config.model.transformer.scan_layers=True',
-                  '--config.model.transformer.remat=dots', '--config.param_dtype=bfloat16')
+  config = _parse(
+      config_file,
+      arg,
+      '--config.model.transformer.scan_layers=True',
+      '--config.model.transformer.remat=dots',
+      '--config.param_dtype=bfloat16',
+  )
   assert config.model.transformer.scan_layers is True
   assert config.model.transformer.remat == 'dots' and config.param_dtype == 'bfloat16'
-  config_checks._check_model(config)  # pylint: disable=protected-access
+  config_checks._check_model(config)
   with pytest.raises(AttributeError, match='Did you mean "scan_layers"'):  # locked: no new keys
     _parse(config_file, arg, '--config.model.transformer.scan_layer=True')

@@ -1,4 +1,5 @@
 """The config schema is the one source: defaults, checks and the docs' reference come from it."""
+
 import pathlib
 
 import flax.linen as nn
@@ -20,8 +21,9 @@ DOCS = pathlib.Path(__file__).parent.parent / 'docs' / 'config.md'
 
 
 def test_docs_config_reference_is_printed_from_the_schema():
-  assert DOCS.read_text() == schema.reference_markdown(), (
-      'docs/config.md is stale: python -m vit_jax.configs.schema > docs/config.md')
+  assert (
+      DOCS.read_text() == schema.reference_markdown()
+  ), 'docs/config.md is stale: python -m vit_jax.configs.schema > docs/config.md'
   for field in schema.FIELDS:
     assert f'`{field.name}`' in DOCS.read_text()
 
@@ -48,14 +50,16 @@ def _bad_values(field):
   return bad
 
 
-@pytest.mark.parametrize('field', [f for f in schema.FIELDS if _bad_values(f)],
-                         ids=lambda f: f.name)
+@pytest.mark.parametrize(
+    'field', [f for f in schema.FIELDS if _bad_values(f)], ids=lambda f: f.name
+)
 def test_every_declared_bound_is_checked(field):
   mesh = partitioning.create_mesh({'data': -1})
   for value in _bad_values(field):
     # A config written in Python can hold any type: type_safe=False.
-    config = ml_collections.ConfigDict(pit_configs.get_config('fashion_mnist').to_dict(),
-                                       type_safe=False)
+    config = ml_collections.ConfigDict(
+        pit_configs.get_config('fashion_mnist').to_dict(), type_safe=False
+    )
     *parents, last = field.name.split('.')
     node = config
     for name in parents:
@@ -79,11 +83,13 @@ def _module_types(config):
   def record(next_fun, args, kwargs, context):
     types.add(type(context.module))
     return next_fun(*args, **kwargs)
+
   model = VisionTransformer(num_classes=10, **config.model)
   crop = config.model.patches.size[0] * 2
   with nn.intercept_methods(record):
-    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, crop, crop, 1)),
-                                      train=False))
+    jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, crop, crop, 1)), train=False)
+    )
   return types
 
 
@@ -100,23 +106,27 @@ def test_dataset_presets_carry_no_cpu_settings():
 
 
 def test_embedded_cpu_presets_name_the_cpu_recipe():
-  for config in (vit_configs.get_config('vit4,fashion_mnist'),
-                 pit_configs.get_config('fashion_mnist')):
+  for config in (
+      vit_configs.get_config('vit4,fashion_mnist'),
+      pit_configs.get_config('fashion_mnist'),
+  ):
     assert config.cpu_devices == -1 and config.pp.on_device
     assert config.model.transformer.grads_as_dots
-    assert any(t.__module__ == 'vit_jax.models.cpu_backward_layers'
-               for t in _module_types(config))
+    assert any(t.__module__ == 'vit_jax.models.cpu_backward_layers' for t in _module_types(config))
   assert vit_configs.PRESETS['vit4,fashion_mnist'].__doc__.count('Command:') == 1
   for recipe in ('fashion_mnist', 'fashion_mnist_vit2'):
     assert 'Command:' in pit_configs.RECIPES[recipe].__doc__
 
 
-@pytest.mark.parametrize('module,arg,expected', [
-    (pit_configs, 'imagenet_pit_x', "did you mean 'imagenet_pit_s'"),
-    (vit_configs, 'b17,cifar10', "did you mean 'b16'"),
-    (vit_configs, 'b16,cifar1O', "did you mean 'cifar10'"),
-    (vit_configs, 'testing', r'<model>,<dataset>'),
-])
+@pytest.mark.parametrize(
+    'module,arg,expected',
+    [
+        (pit_configs, 'imagenet_pit_x', "did you mean 'imagenet_pit_s'"),
+        (vit_configs, 'b17,cifar10', "did you mean 'b16'"),
+        (vit_configs, 'b16,cifar1O', "did you mean 'cifar10'"),
+        (vit_configs, 'testing', r'<model>,<dataset>'),
+    ],
+)
 def test_unknown_names_give_the_closest_choice(module, arg, expected):
   with pytest.raises(errors.UserInputError, match=expected):
     module.get_config(arg)

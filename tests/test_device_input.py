@@ -1,23 +1,23 @@
 """config.pp.on_device: batches gathered in the step equal the host pipeline's preprocessing,
 cover each example once per epoch, and are the same on any mesh."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tests import pipeline_configs
-from vit_jax.datasets import device_input
 from vit_jax import errors
 from vit_jax import input_pipeline
+from vit_jax.datasets import device_input
 from vit_jax.runtime import partitioning
 
 
 @pytest.mark.parametrize('n', [1, 2, 7, 1000, 60_000, 65_537])
 def test_index_shuffle_is_a_permutation(n):
   for epoch in (0, 5):
-    keys = device_input._epoch_keys(0, epoch)  # pylint: disable=protected-access
-    out = np.asarray(jax.jit(lambda i, k=keys: device_input.index_shuffle(i, k, n))(
-        jnp.arange(n)))
+    keys = device_input._epoch_keys(0, epoch)
+    out = np.asarray(jax.jit(lambda i, k=keys: device_input.index_shuffle(i, k, n))(jnp.arange(n)))
     np.testing.assert_array_equal(np.sort(out), np.arange(n))
     if n >= 1000:  # a shuffle, not the identity
       assert np.mean(out == np.arange(n)) < 0.01
@@ -26,10 +26,12 @@ def test_index_shuffle_is_a_permutation(n):
 def _config(data_dir, **overrides):
   # 600 train images, batch 64: batches 9, 18 cross the first two epoch boundaries.
   return pipeline_configs.pipeline_config(
-      tfds_data_dir=data_dir, batch=64, batch_eval=600, **{'pp.train': 'train[:1%]',
-                                                            'pp.test': 'train[:1%]',
-                                                            'pp.on_device': True},
-      **overrides)
+      tfds_data_dir=data_dir,
+      batch=64,
+      batch_eval=600,
+      **{'pp.train': 'train[:1%]', 'pp.test': 'train[:1%]', 'pp.on_device': True},
+      **overrides,
+  )
 
 
 def test_batches_are_the_host_preprocessing_shuffled_and_flipped(fashion_mnist_data_dir):
@@ -52,14 +54,15 @@ def test_batches_are_the_host_preprocessing_shuffled_and_flipped(fashion_mnist_d
     batches = [sharded(jnp.asarray(s)) for s in range(steps)]
     # Every device walks the whole batch's indices itself: no collective in the step.
     assert 'all-reduce' not in sharded.lower(jnp.asarray(0)).compile().as_text()
-  indices = np.concatenate([np.asarray(device_input.indices_at(config.seed, s * 64, 64, n)[0])
-                            for s in range(steps)])
+  indices = np.concatenate(
+      [np.asarray(device_input.indices_at(config.seed, s * 64, 64, n)[0]) for s in range(steps)]
+  )
   for epoch in range(2):  # every example exactly once per epoch, in a new order each time
-    np.testing.assert_array_equal(np.sort(indices[epoch * n:(epoch + 1) * n]), np.arange(n))
-  assert not np.array_equal(indices[:n], indices[n:2 * n])
+    np.testing.assert_array_equal(np.sort(indices[epoch * n : (epoch + 1) * n]), np.arange(n))
+  assert not np.array_equal(indices[:n], indices[n : 2 * n])
   flipped = 0
   for s, batch in enumerate(batches):
-    idx = indices[s * 64:(s + 1) * 64]
+    idx = indices[s * 64 : (s + 1) * 64]
     assert {x.data.shape[0] for x in batch['image'].addressable_shards} == {8}  # 8 devices
     np.testing.assert_array_equal(batch['label'], reference['label'][idx])
     image, ref = np.asarray(batch['image']), reference['image'][idx]
@@ -72,8 +75,12 @@ def test_batches_are_the_host_preprocessing_shuffled_and_flipped(fashion_mnist_d
 
 
 def test_options_it_cannot_do_are_one_clear_error(fashion_mnist_data_dir):
-  for field, value in [('pp.inception_crop', True), ('pp.pad_crop', 2), ('pp.mixup', 0.2),
-                       ('pp.randaugment.num_layers', 2)]:
+  for field, value in [
+      ('pp.inception_crop', True),
+      ('pp.pad_crop', 2),
+      ('pp.mixup', 0.2),
+      ('pp.randaugment.num_layers', 2),
+  ]:
     with pytest.raises(errors.UserInputError, match=f'config.{field}=.*pp.on_device'):
       device_input.check(_config(fashion_mnist_data_dir, **{field: value}))
   device_input.check(_config(fashion_mnist_data_dir))  # flip alone is fine

@@ -10,9 +10,9 @@ import pytest
 
 from vit_jax import diffusion
 from vit_jax import errors
+from vit_jax.checkpoints import dit_format
 from vit_jax.diffusion import guidance
 from vit_jax.models import dit
-from vit_jax.checkpoints import dit_format
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'dit')
 REF = dict(np.load(os.path.join(FIXTURES, 'diffusion.npz')))
@@ -163,7 +163,7 @@ def test_diffusion_errors():
 
 
 def _fixture_dit():
-  params, config = dit_format.load(os.path.join(FIXTURES, 'p2_sigma.safetensors'))
+  params, _ = dit_format.load(os.path.join(FIXTURES, 'p2_sigma.safetensors'))
   model = dit.DiT(num_classes=10, patch_size=2, hidden_size=32, depth=2, num_heads=4)
   return model, params
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from vit_jax import errors
+from vit_jax.checkpoints import dit_format
 from vit_jax.configs import models as model_configs
 from vit_jax.models import dit
-from vit_jax.checkpoints import dit_format
 from vit_jax.models import dit_layers
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'dit')

@@ -11,9 +11,9 @@ import pytest
 from safetensors import numpy as safetensors_numpy
 
 from vit_jax import errors
+from vit_jax.checkpoints import dit_format
 from vit_jax.configs import models as model_configs
 from vit_jax.models import dit
-from vit_jax.checkpoints import dit_format
 
 HERE = os.path.dirname(__file__)
 FIXTURES = os.path.join(HERE, 'fixtures', 'dit')
@@ -132,7 +132,9 @@ def test_shape_mismatch_names_key_and_shapes():
 def test_vit_checkpoint_in_the_dit_loader_and_back():
   with pytest.raises(errors.UserInputError, match='ViT checkpoint .* vit_jax.checkpoint.load'):
     dit_format.load(os.path.join(HERE, 'fixtures', 'gap.npz'))
-  with pytest.raises(errors.UserInputError, match=r'a DiT .* checkpoint .*python -m vit_jax\.sample'):
+  with pytest.raises(
+      errors.UserInputError, match=r'a DiT .* checkpoint .*python -m vit_jax\.sample'
+  ):
     dit_format.reject_in_vit_loader(safetensors_numpy.load_file(P2))
   dit_format.reject_in_vit_loader(['cls_token', 'patch_embed.proj.weight'])  # a ViT: fine
   with pytest.raises(errors.UserInputError, match='not a DiT state dict'):
@@ -164,6 +166,7 @@ def test_missing_and_foreign_files(tmp_path):
 def test_checkpoint_load_detects_a_dit_file_and_vit_consumers_refuse_it():
   from vit_jax import checkpoint
   from vit_jax import inference
+
   fmt, params = checkpoint.load_with_format(P2)
   expected, _ = dit_format.load(P2)
   assert fmt == 'DiT'

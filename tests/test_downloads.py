@@ -1,4 +1,5 @@
 """https:// and hf:// paths: a real HTTP server on 127.0.0.1, a real Hugging Face cache layout."""
+
 import collections
 import hashlib
 import http.server
@@ -24,9 +25,10 @@ PAYLOAD = np.arange(300_000, dtype=np.uint8).tobytes()  # several chunks of the 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
   """/files/NAME: PAYLOAD; /short/NAME: Content-Length 1000, 10 bytes; anything else: 404."""
+
   counts = None  # set per server
 
-  def do_GET(self):  # pylint: disable=invalid-name
+  def do_GET(self):
     self.counts[self.path] += 1
     if self.path.startswith('/files/'):
       self.send_response(200)
@@ -173,7 +175,8 @@ def hub_cache(tmp_path, monkeypatch):
 
   huggingface_hub reads HF_HUB_CACHE / HF_HUB_OFFLINE once, at import: in this process the
   constants are patched; test_env_variables_in_a_fresh_process sets the real variables."""
-  from huggingface_hub import constants  # pylint: disable=import-outside-toplevel
+  from huggingface_hub import constants
+
   cache = tmp_path / 'hub'
   _add_repo(cache, 'org/vit', {'config.json': CONFIG, 'model.safetensors': WEIGHTS})
   _add_repo(cache, 'org/torch', {'config.json': CONFIG, 'pytorch_model.bin': WEIGHTS})
@@ -194,10 +197,13 @@ def test_hf_file_and_revision(hub_cache):
   local = paths.local_copy('hf://org/vit/model.safetensors')
   assert open(local, 'rb').read() == WEIGHTS
   assert paths.local_copy(f'hf://org/vit@{COMMIT}/config.json') == str(
-      hub_cache / 'models--org--vit' / 'snapshots' / COMMIT / 'config.json')
+      hub_cache / 'models--org--vit' / 'snapshots' / COMMIT / 'config.json'
+  )
   assert paths.local_copy('hf://org/vit@main') == paths.local_copy('hf://org/vit')
   assert json.loads(paths.read_text(paths.join('hf://org/vit', 'config.json'))) == {
-      'hidden_size': 8, 'patch_size': 4}
+      'hidden_size': 8,
+      'patch_size': 4,
+  }
 
 
 def test_hf_missing_repo_or_file_is_one_clear_error(hub_cache):
@@ -213,7 +219,8 @@ def test_hf_missing_repo_or_file_is_one_clear_error(hub_cache):
 
 def test_hf_unreachable_hub_uses_the_cache(hub_cache, monkeypatch):
   """No HF_HUB_OFFLINE, the Hub refuses connections: cached files work, others are clear."""
-  from huggingface_hub import constants  # pylint: disable=import-outside-toplevel
+  from huggingface_hub import constants
+
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     dead = f'http://127.0.0.1:{s.getsockname()[1]}'
@@ -229,11 +236,22 @@ def test_hf_unreachable_hub_uses_the_cache(hub_cache, monkeypatch):
 
 
 def test_hf_patterns_pick_checkpoint_files():
-  from huggingface_hub.utils import filter_repo_objects  # pylint: disable=import-outside-toplevel
-  repo = ['README.md', 'config.json', 'model.safetensors', 'pytorch_model.bin', 'tf_model.h5',
-          'flax_model.msgpack', 'onnx/model.onnx', 'vit.npz', 'preprocessor_config.json']
-  picked = list(filter_repo_objects(repo, allow_patterns=list(
-      downloads._CONFIG + downloads._WEIGHTS)))  # pylint: disable=protected-access
+  from huggingface_hub.utils import filter_repo_objects
+
+  repo = [
+      'README.md',
+      'config.json',
+      'model.safetensors',
+      'pytorch_model.bin',
+      'tf_model.h5',
+      'flax_model.msgpack',
+      'onnx/model.onnx',
+      'vit.npz',
+      'preprocessor_config.json',
+  ]
+  picked = list(
+      filter_repo_objects(repo, allow_patterns=list(downloads._CONFIG + downloads._WEIGHTS))
+  )
   assert picked == ['config.json', 'model.safetensors', 'flax_model.msgpack', 'vit.npz']
 
 
@@ -241,16 +259,35 @@ def test_env_variables_in_a_fresh_process(tmp_path):
   """HF_HUB_CACHE and HF_HUB_OFFLINE=1 set as a user would, before huggingface_hub starts."""
   cache = tmp_path / 'hub'
   _add_repo(cache, 'org/vit', {'config.json': CONFIG, 'model.safetensors': WEIGHTS})
-  script = ('import json; from vit_jax import downloads as d; out = [d.local_copy("hf://org/vit"),'
-            ' d.local_copy("hf://org/vit/config.json")]\n'
-            'try: d.local_copy("hf://org/nope")\n'
-            'except ValueError as e: out.append(str(e))\n'
-            'print(json.dumps(out))')
-  env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE='1',
-             PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(os.path.dirname(
-                 os.path.abspath(downloads.__file__))), os.environ.get('PYTHONPATH')])))
-  out = subprocess.run([sys.executable, '-c', script], env=env, check=True, capture_output=True,
-                       text=True, timeout=60).stdout
+  script = (
+      'import json; from vit_jax import downloads as d; out = [d.local_copy("hf://org/vit"),'
+      ' d.local_copy("hf://org/vit/config.json")]\n'
+      'try: d.local_copy("hf://org/nope")\n'
+      'except ValueError as e: out.append(str(e))\n'
+      'print(json.dumps(out))'
+  )
+  env = dict(
+      os.environ,
+      HF_HUB_CACHE=str(cache),
+      HF_HUB_OFFLINE='1',
+      PYTHONPATH=os.pathsep.join(
+          filter(
+              None,
+              [
+                  os.path.dirname(os.path.dirname(os.path.abspath(downloads.__file__))),
+                  os.environ.get('PYTHONPATH'),
+              ],
+          )
+      ),
+  )
+  out = subprocess.run(
+      [sys.executable, '-c', script],
+      env=env,
+      check=True,
+      capture_output=True,
+      text=True,
+      timeout=60,
+  ).stdout
   folder, config, error = json.loads(out.splitlines()[-1])
   assert folder == str(cache / 'models--org--vit' / 'snapshots' / COMMIT)
   assert open(config, 'rb').read() == CONFIG
@@ -259,16 +296,18 @@ def test_env_variables_in_a_fresh_process(tmp_path):
 
 def test_checkpoint_loads_from_a_url_once(tmp_path, monkeypatch):
   """checkpoint.load('http://...npz'): the bytes come from a real server once, then the cache."""
-  from vit_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from vit_jax import checkpoint
+
   fixtures = pathlib.Path(__file__).parent / 'fixtures'
   monkeypatch.setenv('VIT_JAX_CACHE', str(tmp_path / 'cache'))
   requests = []
 
   class Files(http.server.SimpleHTTPRequestHandler):
+
     def __init__(self, *args, **kwargs):
       super().__init__(*args, directory=str(fixtures.resolve()), **kwargs)
 
-    def do_GET(self):  # pylint: disable=invalid-name
+    def do_GET(self):
       requests.append(self.path)
       super().do_GET()
 

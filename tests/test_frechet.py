@@ -1,4 +1,5 @@
 """The Fréchet distance against its closed forms: diagonal covariances and shifted copies."""
+
 import numpy as np
 import pytest
 
@@ -23,8 +24,9 @@ def test_general_covariances_against_a_rotation_of_the_diagonal_case():
   mu1, mu2 = rng.normal(size=4), rng.normal(size=4)
   var1, var2 = rng.uniform(0.5, 2, size=4), rng.uniform(0.5, 2, size=4)
   plain = frechet.frechet_distance(mu1, np.diag(var1), mu2, np.diag(var2))
-  rotated = frechet.frechet_distance(q @ mu1, q @ np.diag(var1) @ q.T, q @ mu2,
-                                     q @ np.diag(var2) @ q.T)
+  rotated = frechet.frechet_distance(
+      q @ mu1, q @ np.diag(var1) @ q.T, q @ mu2, q @ np.diag(var2) @ q.T
+  )
   assert rotated == pytest.approx(plain, rel=1e-8)
 
 

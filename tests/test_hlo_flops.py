@@ -1,5 +1,6 @@
 """hlo_flops: FLOPs counted from optimized HLO against analytic counts and XLA's own cost
 analysis (on loop-free programs, where it is right), on CPU and compiled for a TPU v5e."""
+
 import os
 import re
 
@@ -14,8 +15,11 @@ import pytest
 
 from vit_jax.perf import hlo_flops
 
-for _key, _value in (('TPU_SKIP_MDS_QUERY', '1'), ('TPU_WORKER_HOSTNAMES', 'localhost'),
-                     ('TPU_ACCELERATOR_TYPE', 'v5litepod-4')):
+for _key, _value in (
+    ('TPU_SKIP_MDS_QUERY', '1'),
+    ('TPU_WORKER_HOSTNAMES', 'localhost'),
+    ('TPU_ACCELERATOR_TYPE', 'v5litepod-4'),
+):
   os.environ.setdefault(_key, _value)  # quiet libtpu's start-up probes
 
 
@@ -49,18 +53,21 @@ def test_matmul_chain_equals_the_analytic_count_and_cost_analysis():
 
 def _conv(x, k):
   """Stride 2, SAME padding (counted positions exclude it), two feature groups."""
-  return jax.lax.conv_general_dilated(x, k, (2, 2), 'SAME', feature_group_count=2,
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return jax.lax.conv_general_dilated(
+      x, k, (2, 2), 'SAME', feature_group_count=2, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
 
 
 def test_convolutions_and_their_gradients_equal_cost_analysis():
   for f in (_conv, jax.grad(lambda x, k: _conv(x, k).sum(), argnums=(0, 1))):
     compiled = _compile(f, (2, 15, 15, 8), (3, 3, 4, 6))
     assert hlo_flops.count(compiled).flops == pytest.approx(
-        compiled.cost_analysis()['flops'], rel=0.01)
+        compiled.cost_analysis()['flops'], rel=0.01
+    )
   # A patch embedding (stride = kernel, no padding): 2 * patches * (16*16*3) * 32.
   patchify = lambda x, k: jax.lax.conv_general_dilated(
-      x, k, (16, 16), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      x, k, (16, 16), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
   compiled = _compile(patchify, (2, 64, 64, 3), (16, 16, 3, 32))
   assert hlo_flops.count(compiled).flops == 2 * 2 * 16 * (16 * 16 * 3) * 32
 
@@ -78,6 +85,7 @@ def test_scan_counts_trip_count_times_its_body_where_cost_analysis_counts_it_onc
   def nested(x, ws):  # a scan of 3 scans of 12, and a cond whose costlier branch counts
     x = jax.lax.scan(lambda c, _: (_scan_matmuls(c, ws), None), x, None, length=3)[0]
     return jax.lax.cond(x.sum() > 0, lambda y: y @ ws[0] @ ws[1], lambda y: y, x)
+
   compiled = _compile(nested, (8, 32), (12, 32, 32))
   assert hlo_flops.count(compiled).flops == 36 * body + 2 * body
 
@@ -93,7 +101,8 @@ def test_a_scan_without_xla_trip_count_is_counted_from_its_loop_condition():
 
 def test_a_data_dependent_loop_counts_its_body_once_and_says_so():
   def f(x, w):
-    return jax.lax.while_loop(lambda c: jnp.sum(c) < 1e6, lambda c: jnp.abs(c @ w) + 1., x)
+    return jax.lax.while_loop(lambda c: jnp.sum(c) < 1e6, lambda c: jnp.abs(c @ w) + 1.0, x)
+
   counted = hlo_flops.count(_compile(f, (8, 32), (32, 32)))
   assert counted.flops == 2 * 8 * 32 * 32
   assert len(counted.loops_without_trip_count) == 1
@@ -103,8 +112,10 @@ def test_a_data_dependent_loop_counts_its_body_once_and_says_so():
 def test_an_spmd_program_counts_one_device():
   mesh = jax.make_mesh((8,), ('d',), devices=jax.devices()[:8])
   shard = NamedSharding(mesh, P('d'))
-  args = (jax.ShapeDtypeStruct((64, 48), jnp.float32, sharding=shard),
-          jax.ShapeDtypeStruct((48, 40), jnp.float32, sharding=NamedSharding(mesh, P())))
+  args = (
+      jax.ShapeDtypeStruct((64, 48), jnp.float32, sharding=shard),
+      jax.ShapeDtypeStruct((48, 40), jnp.float32, sharding=NamedSharding(mesh, P())),
+  )
   compiled = jax.jit(lambda x, w: x @ w).lower(*args).compile()
   assert hlo_flops.count(compiled).flops == 2 * 64 * 48 * 40 // 8
 
@@ -112,8 +123,10 @@ def test_an_spmd_program_counts_one_device():
 def test_tpu_matmul_chain_equals_cost_analysis(v5e_mesh):
   specs = (P('d'), P(), P(), P(), P())
   shapes = ((24 * 4, 40), (40, 56), (56, 72), (72, 8), (3, 16, 16))
-  args = [jax.ShapeDtypeStruct(s, jnp.bfloat16, sharding=NamedSharding(v5e_mesh, p))
-          for s, p in zip(shapes, specs)]
+  args = [
+      jax.ShapeDtypeStruct(s, jnp.bfloat16, sharding=NamedSharding(v5e_mesh, p))
+      for s, p in zip(shapes, specs)
+  ]
   compiled = jax.jit(_chain).lower(*args).compile()
   counted = hlo_flops.count(compiled)
   assert counted.flops == _chain_flops()  # per device: 24 of the 96 rows
@@ -124,12 +137,19 @@ def test_pallas_flash_attention_counts_its_model_flops_forward_and_backward(v5e_
   b, h, length, d = 8, 2, 256, 128  # 2 examples per device
 
   def attention(q, k, v):  # Mosaic kernels are not auto-partitioned: shard_map them
-    return jax.shard_map(lambda q, k, v: flash_attention.flash_attention(q, k, v),
-                         mesh=v5e_mesh, in_specs=P('d'), out_specs=P('d'), check_vma=False)(
-                             q, k, v)
+    return jax.shard_map(
+        lambda q, k, v: flash_attention.flash_attention(q, k, v),
+        mesh=v5e_mesh,
+        in_specs=P('d'),
+        out_specs=P('d'),
+        check_vma=False,
+    )(q, k, v)
 
-  args = [jax.ShapeDtypeStruct((b, h, length, d), jnp.bfloat16,
-                               sharding=NamedSharding(v5e_mesh, P('d')))] * 3
+  args = [
+      jax.ShapeDtypeStruct(
+          (b, h, length, d), jnp.bfloat16, sharding=NamedSharding(v5e_mesh, P('d'))
+      )
+  ] * 3
   forward = 4 * (b // 4) * h * length * length * d
   loss = lambda q, k, v: attention(q, k, v).astype(jnp.float32).sum()
   with jax.default_matmul_precision('default'):  # conftest's 'highest' is no Mosaic bf16 dot
@@ -147,9 +167,11 @@ def test_pallas_flash_attention_counts_its_model_flops_forward_and_backward(v5e_
 def test_gpu_gemms_count_and_unknown_custom_calls_are_named_not_guessed():
   """XLA:GPU's cuBLAS GEMMs (the format of its gemm_rewriter output) count like the dot they
   replace; a kernel it cannot see into counts 0 and is named."""
-  gemm_config = ('{"gemm_backend_config":{"alpha_real":1,"beta":0,"dot_dimension_numbers":{'
-                 '"lhs_contracting_dimensions":["0"],"rhs_contracting_dimensions":["0"],'
-                 '"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]},"epilogue":"DEFAULT"}}')
+  gemm_config = (
+      '{"gemm_backend_config":{"alpha_real":1,"beta":0,"dot_dimension_numbers":{'
+      '"lhs_contracting_dimensions":["0"],"rhs_contracting_dimensions":["0"],'
+      '"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]},"epilogue":"DEFAULT"}}'
+  )
   text = f"""HloModule m
 ENTRY %main (p: f32[6,4], q: f32[6,5]) -> f32[4,5] {{
   %p = f32[6,4]{{1,0}} parameter(0)

@@ -1,4 +1,5 @@
 """Process set-up before JAX starts: re-exec under tcmalloc, CPU device count (subprocesses)."""
+
 import os
 import subprocess
 import sys
@@ -10,28 +11,35 @@ from vit_jax.runtime import host_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-PROBE = textwrap.dedent('''
+PROBE = textwrap.dedent("""
     import os, sys
     from vit_jax.runtime import host_setup
     print('start', os.getpid(), os.environ.get('LD_PRELOAD', ''), flush=True)
     host_setup.reexec_with_tcmalloc('reexec_probe')
     maps = open('/proc/self/maps').read()
     print('ready', os.getpid(), 'tcmalloc' in maps, ' '.join(sys.argv[1:]), flush=True)
-''')
+""")
 
 
 def _run_probe(tmp_path, **env):
   (tmp_path / 'reexec_probe.py').write_text(PROBE)
   env = dict(os.environ, PYTHONPATH=f'{tmp_path}:{ROOT}', **env)
   env.pop('LD_PRELOAD', None)
-  out = subprocess.run([sys.executable, '-m', 'reexec_probe', '--a=1', 'b c'], env=env,
-                       capture_output=True, text=True, timeout=60, check=True).stdout
+  out = subprocess.run(
+      [sys.executable, '-m', 'reexec_probe', '--a=1', 'b c'],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=60,
+      check=True,
+  ).stdout
   return [line.split(' ', 3) for line in out.splitlines()]
 
 
 def test_reexec_preloads_tcmalloc_and_keeps_pid_and_args(tmp_path):
-  assert host_setup.find_tcmalloc(), ('tcmalloc is not installed: apt-get install '
-                                        'libtcmalloc-minimal4 (.ci/install does)')
+  assert host_setup.find_tcmalloc(), (
+      'tcmalloc is not installed: apt-get install ' 'libtcmalloc-minimal4 (.ci/install does)'
+  )
   lines = _run_probe(tmp_path)
   (start, pid, preload_before), (again, pid_again, preload_after), ready = lines
   assert start == again == 'start' and preload_before == '' and 'tcmalloc' in preload_after
@@ -40,12 +48,17 @@ def test_reexec_preloads_tcmalloc_and_keeps_pid_and_args(tmp_path):
 
 def test_reexec_of_a_script(tmp_path):
   script = tmp_path / 'probe_script.py'
-  script.write_text(PROBE.replace("reexec_with_tcmalloc('reexec_probe')",
-                                  'reexec_with_tcmalloc()'))
+  script.write_text(PROBE.replace("reexec_with_tcmalloc('reexec_probe')", 'reexec_with_tcmalloc()'))
   env = dict(os.environ, PYTHONPATH=ROOT)
   env.pop('LD_PRELOAD', None)
-  out = subprocess.run([sys.executable, str(script), 'x'], env=env, capture_output=True,
-                       text=True, timeout=60, check=True).stdout.splitlines()
+  out = subprocess.run(
+      [sys.executable, str(script), 'x'],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=60,
+      check=True,
+  ).stdout.splitlines()
   assert [line.split()[0] for line in out] == ['start', 'start', 'ready']
   assert out[-1].endswith('True x')
 
@@ -56,7 +69,7 @@ def test_reexec_can_be_disabled(tmp_path):
   assert lines[1][2] == 'False'  # the process runs on the allocator it started with
 
 
-COUNT_DEVICES_AND_POOL = textwrap.dedent('''
+COUNT_DEVICES_AND_POOL = textwrap.dedent("""
     import glob, sys
     from vit_jax.runtime import host_setup
     import jax, jax.numpy as jnp
@@ -64,7 +77,7 @@ COUNT_DEVICES_AND_POOL = textwrap.dedent('''
     jax.jit(lambda a: a @ a)(jnp.ones((256, 256))).block_until_ready()
     names = [open(f).read().strip() for f in glob.glob('/proc/self/task/*/comm')]
     print(jax.device_count(), sum(name.endswith('XLAEigen') for name in names))
-''')
+""")
 
 
 def _devices_and_pool(cpu_devices, xla_flags=None, nproc=None):
@@ -74,9 +87,15 @@ def _devices_and_pool(cpu_devices, xla_flags=None, nproc=None):
     env.pop(key, None)
     if value:
       env[key] = value
-  out = subprocess.run([sys.executable, '-c', COUNT_DEVICES_AND_POOL, str(cpu_devices)],
-                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       check=True).stdout
+  out = subprocess.run(
+      [sys.executable, '-c', COUNT_DEVICES_AND_POOL, str(cpu_devices)],
+      env=env,
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=True,
+  ).stdout
   devices, pool = out.split()[-2:]
   return int(devices), int(pool)
 
@@ -107,7 +126,7 @@ def test_bad_cpu_devices_is_a_clear_error(bad):
     host_setup.resolve_cpu_devices(bad)
 
 
-XLA_FLAGS_AND_DOT = textwrap.dedent('''
+XLA_FLAGS_AND_DOT = textwrap.dedent("""
     import os, sys
     from vit_jax.runtime import host_setup
     import jax, jax.numpy as jnp
@@ -115,7 +134,7 @@ XLA_FLAGS_AND_DOT = textwrap.dedent('''
     hlo = jax.jit(lambda a: a @ a).lower(jnp.ones((256, 256))).compile().as_text()
     print('FLAGS=' + os.environ.get('XLA_FLAGS', ''))
     print('ynn' in hlo)
-''')
+""")
 
 
 def _flags_and_ynn(cpu_devices, xla_flags=None):
@@ -123,10 +142,20 @@ def _flags_and_ynn(cpu_devices, xla_flags=None):
   env.pop('XLA_FLAGS', None)
   if xla_flags:
     env['XLA_FLAGS'] = xla_flags
-  out = subprocess.run([sys.executable, '-c', XLA_FLAGS_AND_DOT, str(cpu_devices)], env=env,
-                       cwd=ROOT, capture_output=True, text=True, timeout=120,
-                       check=True).stdout.strip().splitlines()
-  return out[-2][len('FLAGS='):], out[-1] == 'True'
+  out = (
+      subprocess.run(
+          [sys.executable, '-c', XLA_FLAGS_AND_DOT, str(cpu_devices)],
+          env=env,
+          cwd=ROOT,
+          capture_output=True,
+          text=True,
+          timeout=120,
+          check=True,
+      )
+      .stdout.strip()
+      .splitlines()
+  )
+  return out[-2][len('FLAGS=') :], out[-1] == 'True'
 
 
 def test_one_device_per_core_turns_off_ynnpack_and_intra_op_threads():

@@ -1,4 +1,5 @@
 """Inference CLI on real Fashion-MNIST images written to PNG, and its error messages."""
+
 import gzip
 import os
 import subprocess
@@ -10,9 +11,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from vit_jax.configs import models as model_configs
 from vit_jax import checkpoint
 from vit_jax import inference
+from vit_jax.configs import models as model_configs
 from vit_jax.datasets import class_names
 from vit_jax.models import VisionTransformer
 
@@ -27,8 +28,9 @@ def assets(tmp_path_factory):
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)['params']
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  params = jax.tree.unflatten(tree, [p + jax.random.normal(k, p.shape)
-                                     for p, k in zip(leaves, keys)])
+  params = jax.tree.unflatten(
+      tree, [p + jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+  )
   checkpoint.save(params, tmp / 'testing.npz')
   with gzip.open('/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz') as f:
     images = np.frombuffer(f.read(), np.uint8)[16:].reshape(-1, 28, 28)
@@ -59,46 +61,89 @@ def test_scanned_model_classifies_the_same(assets, model_name):
   """build(scan_layers=True): stacked blocks, checked in the file layout; same probabilities."""
   tmp, _, paths = assets
   model, params, size, channels, _ = inference.build(str(tmp / 'testing.npz'), model_name)
-  scanned, stacked, _, _, _ = inference.build(str(tmp / 'testing.npz'), model_name,
-                                              scan_layers=True)
+  scanned, stacked, _, _, _ = inference.build(
+      str(tmp / 'testing.npz'), model_name, scan_layers=True
+  )
   assert scanned.transformer['scan_layers'] and 'encoderblock' in stacked['Transformer']
   images = inference.load_images(paths, size, channels, 16)
   names = class_names.get_labels('fashion_mnist')
-  for row, scanned_row in zip(inference.classify(model, params, images, names),
-                              inference.classify(scanned, stacked, images, names)):
+  for row, scanned_row in zip(
+      inference.classify(model, params, images, names),
+      inference.classify(scanned, stacked, images, names),
+  ):
     assert [n for n, _ in row] == [n for n, _ in scanned_row]
     np.testing.assert_allclose([p for _, p in row], [p for _, p in scanned_row], atol=1e-6)
-  with pytest.raises(ValueError,
-                     match='parameter Transformer/encoder_norm/bias: the model expects'):
+  with pytest.raises(
+      ValueError, match='parameter Transformer/encoder_norm/bias: the model expects'
+  ):
     inference.build(str(tmp / 'testing.npz'), 'ViT-Ti_16', image_size=32, scan_layers=True)
 
 
 def test_cli_prints_top5_and_benchmarks(assets):
   tmp, params, paths = assets
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
-  out = subprocess.run([sys.executable, '-m', 'vit_jax.inference',
-                        f'--checkpoint={tmp / "testing.npz"}', '--model=testing',
-                        '--labels=fashion_mnist', *paths], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
+  out = subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'vit_jax.inference',
+          f'--checkpoint={tmp / "testing.npz"}',
+          '--model=testing',
+          '--labels=fashion_mnist',
+          *paths,
+      ],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.splitlines()
   assert lines[0] == paths[0] and len(lines) == 3 * 6
   model = VisionTransformer(num_classes=10, **model_configs.MODEL_CONFIGS['testing'])
   images = inference.load_images(paths[:1], 32, 3, 16)
-  expected = class_names.FASHION_MNIST[int(np.argmax(model.apply({'params': params}, images,
-                                                             train=False)))]
+  expected = class_names.FASHION_MNIST[
+      int(np.argmax(model.apply({'params': params}, images, train=False)))
+  ]
   assert lines[1].strip().split('  ', 1)[1].strip() == expected
-  bench = subprocess.run([sys.executable, '-m', 'vit_jax.inference',
-                          f'--checkpoint={tmp / "testing.npz"}', '--model=testing',
-                          '--benchmark', '--steps=3', '--batch=2'], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+  bench = subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'vit_jax.inference',
+          f'--checkpoint={tmp / "testing.npz"}',
+          '--model=testing',
+          '--benchmark',
+          '--steps=3',
+          '--batch=2',
+      ],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert 'images/s over 3 timed steps' in bench.stdout, bench.stderr[-2000:]
-  missing = subprocess.run([sys.executable, '-m', 'vit_jax.inference',
-                            f'--checkpoint={tmp / "nope.npz"}', '--model=testing', *paths],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  missing = subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'vit_jax.inference',
+          f'--checkpoint={tmp / "nope.npz"}',
+          '--model=testing',
+          *paths,
+      ],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert missing.returncode == 2 and 'Traceback' not in missing.stderr, missing.stderr[-2000:]
   assert missing.stderr.strip().splitlines()[-1] == (
-      f"error: checkpoint '{tmp / 'nope.npz'}' does not exist")
+      f"error: checkpoint '{tmp / 'nope.npz'}' does not exist"
+  )
 
 
 def test_imagenet_labels_ship_with_the_package():
@@ -107,7 +152,7 @@ def test_imagenet_labels_ship_with_the_package():
 
 
 def test_bad_inputs_are_clear(assets, tmp_path):
-  tmp, _, paths = assets
+  tmp, _, _ = assets
   with pytest.raises(ValueError, match='does not exist'):
     inference.load_images([str(tmp_path / 'missing.png')], 32, 3, 16)
   (tmp_path / 'broken.png').write_text('not an image')
@@ -121,16 +166,20 @@ def test_bad_inputs_are_clear(assets, tmp_path):
 
 
 @pytest.mark.parametrize(
-    'name', sorted(set(model_configs.MODEL_CONFIGS) - set(model_configs.DIT_NAMES)))
+    'name', sorted(set(model_configs.MODEL_CONFIGS) - set(model_configs.DIT_NAMES))
+)
 def test_every_registered_model_is_recognised_from_its_parameter_shapes(name):
   """The inferred config builds the same parameter tree (shapes only, nothing allocated)."""
-  from vit_jax.checkpoints import architecture  # pylint: disable=import-outside-toplevel
+  from vit_jax.checkpoints import architecture
+
   config = model_configs.MODEL_CONFIGS[name].to_dict()
-  from vit_jax.models import resnet  # pylint: disable=import-outside-toplevel
+  from vit_jax.models import resnet
+
   side = config['patches']['size'][0] * resnet.stem_downsampling(config.get('resnet')) * 2
   x = jnp.zeros((1, side, side, 3))
-  shapes = lambda cfg: jax.eval_shape(lambda: VisionTransformer(num_classes=7, **cfg).init(
-      jax.random.PRNGKey(0), x, train=False))['params']
+  shapes = lambda cfg: jax.eval_shape(
+      lambda: VisionTransformer(num_classes=7, **cfg).init(jax.random.PRNGKey(0), x, train=False)
+  )['params']
   want = shapes(config)
   inferred, num_classes = architecture.model_config_from_params(want)
   assert num_classes == 7

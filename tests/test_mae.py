@@ -1,4 +1,5 @@
 """Masked autoencoder: masking, token order, loss, encoder = ViT, schedules, train loop."""
+
 import functools
 import os
 import shutil
@@ -13,32 +14,38 @@ from vit_jax import checkpoint
 from vit_jax import config_checks
 from vit_jax import errors
 from vit_jax import metrics
-from vit_jax.runtime import partitioning
-from vit_jax.checkpoints import orbax_state
 from vit_jax import train
+from vit_jax.checkpoints import orbax_state
 from vit_jax.configs import mae as mae_configs
 from vit_jax.configs import models as model_configs
-from vit_jax.models import VisionTransformer
 from vit_jax.models import mae
+from vit_jax.models import VisionTransformer
+from vit_jax.runtime import partitioning
 
 
 def _pit(classifier='gap', heads=2, impl='dense'):
   """A PiT with 8x8 pixel tokens, width 16, one block."""
-  config = {'model_name': 'PiT-test', 'patches': {'size': (1, 1)}, 'hidden_size': 16,
-            'classifier': classifier, 'representation_size': None, 'posemb': 'sincos2d',
-            'transformer': model_configs.transformer_config(32, heads, 1).to_dict()}
+  config = {
+      'model_name': 'PiT-test',
+      'patches': {'size': (1, 1)},
+      'hidden_size': 16,
+      'classifier': classifier,
+      'representation_size': None,
+      'posemb': 'sincos2d',
+      'transformer': model_configs.transformer_config(32, heads, 1).to_dict(),
+  }
   config['transformer']['attention'] = {'impl': impl, 'block_size': 8, 'kernel': 'auto'}
   return config
 
 
-_DECODER = {'hidden_size': 16, 'num_layers': 1, 'num_heads': 4, 'mlp_dim': 32,
-            'posemb': 'sincos2d'}
+_DECODER = {'hidden_size': 16, 'num_layers': 1, 'num_heads': 4, 'mlp_dim': 32, 'posemb': 'sincos2d'}
 
 
-@pytest.mark.parametrize('tokens,ratio', [(20, 0.75), (49, 0.5), (16, 0.)])
+@pytest.mark.parametrize('tokens,ratio', [(20, 0.75), (49, 0.5), (16, 0.0)])
 def test_masking_keeps_the_configured_count_and_unshuffle_matches_numpy(tokens, ratio):
   visible, restore, mask = jax.device_get(
-      mae.random_masking(jax.random.PRNGKey(1), 3, tokens, ratio))
+      mae.random_masking(jax.random.PRNGKey(1), 3, tokens, ratio)
+  )
   keep = int(tokens * (1 - ratio))
   assert visible.shape == (3, keep)
   np.testing.assert_array_equal(mask.sum(1), tokens - keep)
@@ -47,7 +54,7 @@ def test_masking_keeps_the_configured_count_and_unshuffle_matches_numpy(tokens, 
   # Decoder input: encoded visible tokens back at their image positions, the mask token
   # elsewhere; built here by scattering in numpy.
   encoded = np.random.RandomState(0).randn(3, keep, 5).astype(np.float32)
-  mask_token = np.arange(5, dtype=np.float32)[None, None] - 10.
+  mask_token = np.arange(5, dtype=np.float32)[None, None] - 10.0
   expected = np.broadcast_to(mask_token, (3, tokens, 5)).copy()
   for i in range(3):
     expected[i, visible[i]] = encoded[i]
@@ -70,24 +77,26 @@ def test_loss_ignores_visible_tokens():
   rng = np.random.RandomState(0)
   target = rng.randn(2, 10, 3).astype(np.float32)
   mask = np.zeros((2, 10), np.float32)
-  mask[:, 7:] = 1.
+  mask[:, 7:] = 1.0
   predictions = target.copy()
-  predictions[:, :7] += 100.  # wrong everywhere the encoder saw the token: costs nothing
-  np.testing.assert_allclose(mae.per_example_loss(predictions, target, mask), 0.)
-  predictions[0, 8] += 3.  # one masked token off by 3 in each of its 3 values
-  np.testing.assert_allclose(mae.per_example_loss(predictions, target, mask), [9. / 3, 0.],
-                             rtol=1e-6)
+  predictions[:, :7] += 100.0  # wrong everywhere the encoder saw the token: costs nothing
+  np.testing.assert_allclose(mae.per_example_loss(predictions, target, mask), 0.0)
+  predictions[0, 8] += 3.0  # one masked token off by 3 in each of its 3 values
+  np.testing.assert_allclose(
+      mae.per_example_loss(predictions, target, mask), [9.0 / 3, 0.0], rtol=1e-6
+  )
   grads = jax.grad(lambda p: mae.per_example_loss(p, target, mask).sum())(predictions)
   assert not np.any(np.asarray(grads)[:, :7])
 
 
 @pytest.mark.parametrize('classifier', ['gap', 'token'])
 def test_mask_ratio_zero_encoder_equals_vit_pre_logits(classifier):
-  model = mae.MaskedAutoencoder(encoder=_pit(classifier), decoder=_DECODER, mask_ratio=0.)
+  model = mae.MaskedAutoencoder(encoder=_pit(classifier), decoder=_DECODER, mask_ratio=0.0)
   images = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 1))
   variables = model.init(jax.random.PRNGKey(1), images, train=False)
   (predictions, mask), state = model.apply(
-      variables, images, train=False, capture_intermediates=lambda m, _: m.name == 'encoder')
+      variables, images, train=False, capture_intermediates=lambda m, _: m.name == 'encoder'
+  )
   assert predictions.shape == (3, 64, 1) and not np.any(mask)
   tokens = state['intermediates']['encoder']['__call__'][0]  # shuffled order, all 64 kept
   assert tokens.shape == (3, 64 + (classifier == 'token'), 16)
@@ -105,15 +114,21 @@ def test_pretrained_encoder_loads_into_a_classifier_with_no_missing_keys(tmp_pat
   checkpoint.save(params['encoder'], str(tmp_path / 'encoder.npz'))
   classifier = VisionTransformer(num_classes=10, **_pit('token'))
   init = classifier.init(jax.random.PRNGKey(2), images, train=False)['params']
-  loaded = checkpoint.load_pretrained(pretrained_path=str(tmp_path / 'encoder.npz'),
-                                      init_params=init, model_config=_pit('token'),
-                                      strict=True)
-  jax.tree.map(np.testing.assert_array_equal, {k: v for k, v in loaded.items() if k != 'head'},
-               jax.device_get(params['encoder']))
+  loaded = checkpoint.load_pretrained(
+      pretrained_path=str(tmp_path / 'encoder.npz'),
+      init_params=init,
+      model_config=_pit('token'),
+      strict=True,
+  )
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      {k: v for k, v in loaded.items() if k != 'head'},
+      jax.device_get(params['encoder']),
+  )
   np.testing.assert_array_equal(loaded['head']['kernel'], init['head']['kernel'])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mae_loss_and_grads(impl):
   """Masked-reconstruction loss and gradients of a PiT MAE (8 devices: data 2 x seq 4)."""
   mesh = partitioning.create_mesh({'data': 2, 'seq': 4})
@@ -122,9 +137,11 @@ def _mae_loss_and_grads(impl):
   model = mae.MaskedAutoencoder(encoder=_pit('token', heads=4, impl=impl), decoder=_DECODER)
 
   def loss(p):
-    predictions, mask = model.apply({'params': p}, images, train=True,
-                                    rngs={'masking': jax.random.PRNGKey(2)})
+    predictions, mask = model.apply(
+        {'params': p}, images, train=True, rngs={'masking': jax.random.PRNGKey(2)}
+    )
     return mae.per_example_loss(predictions, target, mask).mean()
+
   with jax.set_mesh(mesh):
     params = model.init(jax.random.PRNGKey(1), images, train=False)['params']
     return jax.device_get(jax.jit(jax.value_and_grad(loss))(params))
@@ -134,20 +151,32 @@ def _mae_loss_and_grads(impl):
 def test_attention_schedules_match_dense_in_encoder_and_decoder(impl):
   (dense_loss, dense_grads), (loss, grads) = _mae_loss_and_grads('dense'), _mae_loss_and_grads(impl)
   np.testing.assert_allclose(loss, dense_loss, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
-               grads, dense_grads)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6), grads, dense_grads
+  )
 
 
 def tiny_mae_config(data_dir, recipe='fashion_mnist', **overrides):
   """configs/mae.py's Fashion-MNIST recipe shrunk to seconds: 8x8 pixels, width 16."""
   config = mae_configs.get_config(recipe)
   config.unlock()
-  config.update_from_flattened_dict({
-      'tfds_data_dir': data_dir, 'pp.crop': 8, 'batch': 16, 'batch_eval': 1000,
-      'model.hidden_size': 16, 'model.transformer.mlp_dim': 32,
-      'model.transformer.num_heads': 2, 'model.transformer.num_layers': 1,
-      'total_steps': 4, 'warmup_steps': 1, 'progress_every': 2, 'checkpoint_every': 2,
-      'mesh.data': -1})
+  config.update_from_flattened_dict(
+      {
+          'tfds_data_dir': data_dir,
+          'pp.crop': 8,
+          'batch': 16,
+          'batch_eval': 1000,
+          'model.hidden_size': 16,
+          'model.transformer.mlp_dim': 32,
+          'model.transformer.num_heads': 2,
+          'model.transformer.num_layers': 1,
+          'total_steps': 4,
+          'warmup_steps': 1,
+          'progress_every': 2,
+          'checkpoint_every': 2,
+          'mesh.data': -1,
+      }
+  )
   if 'mae' in config:
     config.mae.decoder.update(_DECODER)
   config.update_from_flattened_dict(overrides)
@@ -155,9 +184,11 @@ def tiny_mae_config(data_dir, recipe='fashion_mnist', **overrides):
 
 
 def test_mae_run_resumes_bitwise_and_exports_an_encoder_that_fine_tuning_loads(
-    fashion_mnist_data_dir, tmp_path):
-  result = train.train_and_evaluate(tiny_mae_config(fashion_mnist_data_dir),
-                                    str(tmp_path / 'straight'))
+    fashion_mnist_data_dir, tmp_path
+):
+  result = train.train_and_evaluate(
+      tiny_mae_config(fashion_mnist_data_dir), str(tmp_path / 'straight')
+  )
   assert result['step'] == 4 and result['eval_examples'] == 10_000
   assert 0 < result['eval_reconstruction_loss'] < 2 and 'eval_accuracy' not in result
   straight = orbax_state.load_params(str(tmp_path / 'straight' / 'checkpoints'), 4)
@@ -166,12 +197,15 @@ def test_mae_run_resumes_bitwise_and_exports_an_encoder_that_fine_tuning_loads(
   shutil.copytree(tmp_path / 'straight', tmp_path / 'resumed')
   shutil.rmtree(tmp_path / 'resumed' / 'checkpoints' / '4')
   os.remove(tmp_path / 'resumed' / 'encoder.npz')
-  again = train.train_and_evaluate(tiny_mae_config(fashion_mnist_data_dir),
-                                   str(tmp_path / 'resumed'))
+  again = train.train_and_evaluate(
+      tiny_mae_config(fashion_mnist_data_dir), str(tmp_path / 'resumed')
+  )
   assert again['eval_reconstruction_loss'] == result['eval_reconstruction_loss']
   resumed = orbax_state.load_params(str(tmp_path / 'resumed' / 'checkpoints'), 4)
-  step_2 = [[r for r in metrics.read_jsonl(str(tmp_path / run)) if r['step'] == 2]
-            for run in ('straight', 'resumed')]
+  step_2 = [
+      [r for r in metrics.read_jsonl(str(tmp_path / run)) if r['step'] == 2]
+      for run in ('straight', 'resumed')
+  ]
   assert step_2[0] == step_2[1]  # kept from before the restart: it resumed at step 2
   jax.tree.map(np.testing.assert_array_equal, resumed, straight)
   exported = [np.load(tmp_path / run / 'encoder.npz') for run in ('straight', 'resumed')]
@@ -180,28 +214,34 @@ def test_mae_run_resumes_bitwise_and_exports_an_encoder_that_fine_tuning_loads(
     np.testing.assert_array_equal(exported[0][key], exported[1][key])
   # The exported encoder loads strictly into the fine-tuning classifier's first state.
   encoder = result['encoder_checkpoint']
-  config = tiny_mae_config(fashion_mnist_data_dir, 'fashion_mnist_finetune', total_steps=2,
-                           pretrained_path=encoder)
+  config = tiny_mae_config(
+      fashion_mnist_data_dir, 'fashion_mnist_finetune', total_steps=2, pretrained_path=encoder
+  )
   mesh = partitioning.create_mesh(config.mesh)
   model = train.make_model(config, 10)
   tx, _ = train.optim.make_optimizer(config)
   _, shardings = train.abstract_train_state(config, model, tx, mesh, (8, 8, 1))
   first = train.create_train_state(config, model, tx, shardings, (8, 8, 1))['params']
-  jax.tree.map(np.testing.assert_array_equal,
-               {k: v for k, v in jax.device_get(first).items() if k != 'head'},
-               jax.device_get(straight['encoder']))
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      {k: v for k, v in jax.device_get(first).items() if k != 'head'},
+      jax.device_get(straight['encoder']),
+  )
 
 
-@pytest.mark.parametrize('overrides,message', [
-    ({'mae.mask_ratio': 1.0}, r'config.mae.mask_ratio=1.0 must be in \[0, 1\)'),
-    ({'mae.decoder.num_heads': 3}, 'mae.decoder.hidden_size=16 must be divisible'),
-    ({'mae.decoder.num_layers': 0}, 'mae.decoder.num_layers=0 must be >= 1'),
-    ({'mae.decoder.posemb': 'sincos'}, "did you mean 'sincos2d'"),
-    ({'mae.norm_pix_loss': True}, 'single value of a 1x1 token of a 1-channel image'),
-    ({'pp.mixup': 0.8}, 'config.pp.mixup=0.8 mixes images'),
-    ({'pretrained_path': '/x.npz'}, 'MAE pre-training starts from scratch'),
-    ({'objective': 'mea'}, "did you mean 'mae'"),
-])
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        ({'mae.mask_ratio': 1.0}, r'config.mae.mask_ratio=1.0 must be in \[0, 1\)'),
+        ({'mae.decoder.num_heads': 3}, 'mae.decoder.hidden_size=16 must be divisible'),
+        ({'mae.decoder.num_layers': 0}, 'mae.decoder.num_layers=0 must be >= 1'),
+        ({'mae.decoder.posemb': 'sincos'}, "did you mean 'sincos2d'"),
+        ({'mae.norm_pix_loss': True}, 'single value of a 1x1 token of a 1-channel image'),
+        ({'pp.mixup': 0.8}, 'config.pp.mixup=0.8 mixes images'),
+        ({'pretrained_path': '/x.npz'}, 'MAE pre-training starts from scratch'),
+        ({'objective': 'mea'}, "did you mean 'mae'"),
+    ],
+)
 def test_bad_mae_config_is_one_clear_error(overrides, message):
   config = tiny_mae_config('/nonexistent', **overrides)
   mesh = partitioning.create_mesh(config.mesh)

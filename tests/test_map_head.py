@@ -1,5 +1,6 @@
 """big_vision ViTs with the `map` head (SigLIP image towers): a big_vision-layout npz built with
 numpy loads, and its logits equal a numpy forward pass written from big_vision's semantics."""
+
 import math
 
 import numpy as np
@@ -33,10 +34,12 @@ def _norm(rng, name, out):
 def _big_vision_params(scanned):
   """A big_vision `map`-head ViT in its own layout: params/ prefix, top-level pos_embedding."""
   rng = np.random.default_rng(0)
-  p = {'embedding/kernel': rng.normal(0, 0.2, (PATCH, PATCH, 3, WIDTH)).astype(np.float32),
-       'embedding/bias': rng.normal(0, 0.2, (WIDTH,)).astype(np.float32),
-       'pos_embedding': rng.normal(0, 0.2, (1, (IMAGE // PATCH)**2, WIDTH)).astype(np.float32),
-       'MAPHead_0/probe': rng.normal(0, 0.2, (1, 1, WIDTH)).astype(np.float32)}
+  p = {
+      'embedding/kernel': rng.normal(0, 0.2, (PATCH, PATCH, 3, WIDTH)).astype(np.float32),
+      'embedding/bias': rng.normal(0, 0.2, (WIDTH,)).astype(np.float32),
+      'pos_embedding': rng.normal(0, 0.2, (1, (IMAGE // PATCH) ** 2, WIDTH)).astype(np.float32),
+      'MAPHead_0/probe': rng.normal(0, 0.2, (1, 1, WIDTH)).astype(np.float32),
+  }
   for i in range(DEPTH):
     block = f'Transformer/encoderblock_{i}'
     _norm(rng, f'{block}/LayerNorm_0', p)
@@ -55,13 +58,14 @@ def _big_vision_params(scanned):
     for key in blocks:
       rest = key.split('/', 2)[2]
       p[f'Transformer/encoderblock/{rest}'] = np.stack(
-          [p.pop(f'Transformer/encoderblock_{i}/{rest}') for i in range(DEPTH)])
+          [p.pop(f'Transformer/encoderblock_{i}/{rest}') for i in range(DEPTH)]
+      )
   return {'params/' + k: v for k, v in p.items()}
 
 
 def _layer_norm(x, p, name):
   mean = x.mean(-1, keepdims=True)
-  var = ((x - mean)**2).mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
   return (x - mean) / np.sqrt(var + 1e-6) * p[f'{name}/scale'] + p[f'{name}/bias']
 
 
@@ -115,17 +119,36 @@ def test_big_vision_map_head_checkpoint_gives_reference_logits(tmp_path, scanned
   stored = raw
   if two_towers:  # SigLIP: image tower under img/, a text tower and the loss's t and b beside
     stored = {k.replace('params/', 'params/img/'): v for k, v in raw.items()}
-    stored.update({'params/txt/Embed_0/embedding': np.zeros((7, WIDTH), np.float32),
-                   'params/t': np.ones(1, np.float32), 'params/b': np.zeros(1, np.float32)})
+    stored.update(
+        {
+            'params/txt/Embed_0/embedding': np.zeros((7, WIDTH), np.float32),
+            'params/t': np.ones(1, np.float32),
+            'params/b': np.zeros(1, np.float32),
+        }
+    )
   np.savez(tmp_path / 'siglip_like.npz', **stored)
   params = checkpoint.load(tmp_path / 'siglip_like.npz')
-  assert set(params['MAPHead_0']) == {'probe', 'MultiHeadDotProductAttention_0', 'LayerNorm_0',
-                                      'MlpBlock_0'}
+  assert set(params['MAPHead_0']) == {
+      'probe',
+      'MultiHeadDotProductAttention_0',
+      'LayerNorm_0',
+      'MlpBlock_0',
+  }
   model = VisionTransformer(
-      num_classes=CLASSES, patches={'size': (PATCH, PATCH)}, hidden_size=WIDTH,
-      classifier='map', transformer={'num_layers': DEPTH, 'num_heads': HEADS, 'mlp_dim': MLP,
-                                     'dropout_rate': 0., 'attention_dropout_rate': 0.})
+      num_classes=CLASSES,
+      patches={'size': (PATCH, PATCH)},
+      hidden_size=WIDTH,
+      classifier='map',
+      transformer={
+          'num_layers': DEPTH,
+          'num_heads': HEADS,
+          'mlp_dim': MLP,
+          'dropout_rate': 0.0,
+          'attention_dropout_rate': 0.0,
+      },
+  )
   images = np.random.default_rng(1).uniform(-1, 1, (2, IMAGE, IMAGE, 3)).astype(np.float32)
   logits = np.asarray(model.apply({'params': params}, images, train=False))
-  np.testing.assert_allclose(logits, _reference_logits(raw, images.astype(np.float64)),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+      logits, _reference_logits(raw, images.astype(np.float64)), rtol=1e-4, atol=1e-4
+  )

@@ -1,4 +1,5 @@
 """PatchEmbedding (reshape + matmul) against nn.Conv(kernel=stride=patch): params and numbers."""
+
 import json
 import pathlib
 
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 
 from vit_jax import checkpoint
-from vit_jax.models import VisionTransformer
 from vit_jax.models import patch_embedding
+from vit_jax.models import VisionTransformer
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 CASES = {  # name: (input shape, patch): ViT, the hybrid's 1x1 patches on a feature map, PiT
@@ -50,10 +51,12 @@ def test_forward_and_gradients_equal_the_conv(case):
 
   def loss(module, p, x):
     return jnp.sum(module.apply({'params': p}, x) * weights)
+
   for module in (conv, matmul):
     assert module.apply({'params': params}, x).shape == weights.shape
-  np.testing.assert_allclose(matmul.apply({'params': params}, x),
-                             conv.apply({'params': params}, x), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+      matmul.apply({'params': params}, x), conv.apply({'params': params}, x), atol=1e-5, rtol=1e-5
+  )
   grads = [jax.grad(loss, argnums=(1, 2))(m, params, x) for m in (conv, matmul)]
   for want, got in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
@@ -68,14 +71,16 @@ def test_bfloat16_compute_and_params():
   out = module.apply({'params': params}, x)
   assert out.dtype == jnp.bfloat16
   params32 = jax.tree.map(lambda p: p.astype(jnp.float32), params)
-  np.testing.assert_allclose(np.asarray(out, np.float32),
-                             conv.apply({'params': params32}, x), atol=0.1)
+  np.testing.assert_allclose(
+      np.asarray(out, np.float32), conv.apply({'params': params32}, x), atol=0.1
+  )
 
 
 def test_indivisible_input_is_a_clear_error():
   with pytest.raises(ValueError, match=r'10x8 does not divide into 4x4 patches'):
     patch_embedding.PatchEmbedding(8, patch_size=(4, 4)).init(
-        jax.random.PRNGKey(0), jnp.zeros((1, 10, 8, 3)))
+        jax.random.PRNGKey(0), jnp.zeros((1, 10, 8, 3))
+    )
 
 
 @pytest.mark.parametrize('name', ['gap', 'repr'])
@@ -86,7 +91,11 @@ def test_model_with_matmul_embedding_reproduces_the_original_logits(name):
   x = np.load(FIXTURES / f'{name}_inputs.npy')
   forward = lambda p: model.apply({'params': p}, x, train=False)
   assert 'conv_general_dilated' not in str(jax.make_jaxpr(forward)(params))
-  np.testing.assert_allclose(model.apply({'params': params}, x, train=False),
-                             np.load(FIXTURES / f'{name}_logits.npy'), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+      model.apply({'params': params}, x, train=False),
+      np.load(FIXTURES / f'{name}_logits.npy'),
+      atol=1e-5,
+      rtol=1e-5,
+  )
   flat = flax.traverse_util.flatten_dict(params)
   assert flat[('embedding', 'kernel')].shape == (4, 4, 3, 64)

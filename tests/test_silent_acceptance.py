@@ -16,14 +16,14 @@ from vit_jax import checkpoint
 from vit_jax import config_checks
 from vit_jax import errors
 from vit_jax import inference
-from vit_jax.datasets import class_names as labels
-from vit_jax.runtime import partitioning
 from vit_jax.configs import augreg as augreg_configs
 from vit_jax.configs import models as model_configs
 from vit_jax.configs import overrides as config_overrides
 from vit_jax.configs import pit as pit_configs
 from vit_jax.configs import vit as vit_configs
+from vit_jax.datasets import class_names as labels
 from vit_jax.models import VisionTransformer
+from vit_jax.runtime import partitioning
 
 
 def _validate(config, **overrides):
@@ -78,7 +78,7 @@ def test_fields_that_act_together_pass_together():
 
 
 def test_classifier_fields_are_refused_with_a_masked_autoencoder():
-  from vit_jax.configs import mae as mae_configs  # pylint: disable=import-outside-toplevel
+  from vit_jax.configs import mae as mae_configs
 
   _validate(mae_configs.get_config('fashion_mnist'))
   _validate(mae_configs.get_config('fashion_mnist_finetune'), label_smoothing=0.1)

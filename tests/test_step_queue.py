@@ -1,4 +1,5 @@
 """DispatchLimiter: how many steps it lets queue, and that it prevents XLA:CPU's deadlock."""
+
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A 2-device data-parallel step (its gradient is all-reduced) dispatched in a loop whose host
 # side is far faster than the step. The deadlock shows as an abort of the all-reduce
 # rendezvous; the terminate timeout is lowered from 40 s to 3 s so that it shows quickly.
-_LOOP = textwrap.dedent('''
+_LOOP = textwrap.dedent("""
     import sys
     import jax, jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
@@ -32,16 +33,27 @@ _LOOP = textwrap.dedent('''
       limit(g)
     jax.block_until_ready(w)
     print('finished 3000 steps')
-''')
+""")
 
 
 def _run_loop(mode):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-      '--xla_force_host_platform_device_count=2 '
-      '--xla_cpu_collective_call_warn_stuck_timeout_seconds=1 '
-      '--xla_cpu_collective_call_terminate_timeout_seconds=3'))
-  return subprocess.run([sys.executable, '-c', _LOOP, mode], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=180)
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      XLA_FLAGS=(
+          '--xla_force_host_platform_device_count=2 '
+          '--xla_cpu_collective_call_warn_stuck_timeout_seconds=1 '
+          '--xla_cpu_collective_call_terminate_timeout_seconds=3'
+      ),
+  )
+  return subprocess.run(
+      [sys.executable, '-c', _LOOP, mode],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=180,
+  )
 
 
 def test_limited_loop_finishes_where_unbounded_loop_deadlocks():

@@ -5,6 +5,7 @@ proxy there that nothing listens on), so the tests give the same answer on a mac
 network. tfds's own retries are cut to 0 in these tests: if the probe ever let a download
 through, a test fails within seconds instead of waiting tfds's ~200 s.
 """
+
 import hashlib
 import http.server
 import importlib.util
@@ -24,9 +25,15 @@ from vit_jax import input_pipeline
 
 
 def _config(**overrides):
-  config = ml_collections.ConfigDict(dict(
-      dataset='cifar10', tfds_data_dir=None, tfds_manual_dir=None, tfds_download=True,
-      fashion_mnist_dir='/nonexistent/fashion-mnist'))
+  config = ml_collections.ConfigDict(
+      dict(
+          dataset='cifar10',
+          tfds_data_dir=None,
+          tfds_manual_dir=None,
+          tfds_download=True,
+          fashion_mnist_dir='/nonexistent/fashion-mnist',
+      )
+  )
   config.update_from_flattened_dict(overrides)
   return config
 
@@ -65,7 +72,7 @@ def _offline_error(config):
 def test_offline_cifar10_is_a_clear_error_within_30_s(tmp_path, dead_proxy):
   message = _offline_error(_config(tfds_data_dir=str(tmp_path)))
   assert "config.dataset='cifar10'" in message and repr(str(tmp_path)) in message, message
-  assert 'https://www.cs.toronto.edu' in message and dead_proxy[len('http://'):] in message
+  assert 'https://www.cs.toronto.edu' in message and dead_proxy[len('http://') :] in message
   assert 'download_and_prepare' in message and 'copy the folder' in message, message
   assert 'config.tfds_download=False' in message, message
   assert 'dataset-fashion-mnist' not in message
@@ -83,7 +90,8 @@ def test_offline_fashion_mnist_names_the_debian_files(tmp_path, dead_proxy):
 
 def test_this_machine_offline_without_a_proxy(tmp_path):
   """The real network of this machine, as the task's offline CI has it (skipped online)."""
-  from vit_jax import downloads  # pylint: disable=import-outside-toplevel
+  from vit_jax import downloads
+
   if downloads.unreachable('https://www.cs.toronto.edu', 5) is None:
     pytest.skip('this machine reaches www.cs.toronto.edu: it would download cifar10')
   message = _offline_error(_config(tfds_data_dir=str(tmp_path)))
@@ -93,21 +101,24 @@ def test_this_machine_offline_without_a_proxy(tmp_path):
 def test_tfds_download_false_is_the_old_error_at_once(tmp_path, dead_proxy):
   del dead_proxy
   start = time.time()
-  with pytest.raises(errors.UserInputError, match=r'not prepared.*tfds_download=False.*'
-                     r'download_and_prepare'):
-    input_pipeline.get_dataset_info(_config(tfds_data_dir=str(tmp_path), tfds_download=False),
-                                    'train')
+  with pytest.raises(
+      errors.UserInputError, match=r'not prepared.*tfds_download=False.*' r'download_and_prepare'
+  ):
+    input_pipeline.get_dataset_info(
+        _config(tfds_data_dir=str(tmp_path), tfds_download=False), 'train'
+    )
   assert time.time() - start < 5
 
 
 def test_manual_download_dataset_names_tfds_manual_dir(tmp_path):
   with pytest.raises(errors.UserInputError, match='config.tfds_manual_dir'):
-    input_pipeline.get_dataset_info(_config(dataset='imagenet2012',
-                                            tfds_data_dir=str(tmp_path)), 'train')
+    input_pipeline.get_dataset_info(
+        _config(dataset='imagenet2012', tfds_data_dir=str(tmp_path)), 'train'
+    )
 
 
 # ------------------------------------------- a tiny TFDS dataset downloaded from 127.0.0.1
-_BUILDER = '''
+_BUILDER = """
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -130,7 +141,7 @@ class {cls}(tfds.core.GeneratorBasedBuilder):
       images, labels = data[split + '_images'], data[split + '_labels']
     for i, (image, label) in enumerate(zip(images, labels)):
       yield i, {{'image': image, 'label': label}}
-'''
+"""
 
 
 def _tiny_dataset(tmp_path, cls, url, data):
@@ -140,7 +151,8 @@ def _tiny_dataset(tmp_path, cls, url, data):
   folder.mkdir()
   (folder / f'{cls}.py').write_text(_BUILDER.format(cls=cls, url=url))
   (folder / 'checksums.tsv').write_text(
-      f'{url}\t{len(data)}\t{hashlib.sha256(data).hexdigest()}\tdata.npz\n')
+      f'{url}\t{len(data)}\t{hashlib.sha256(data).hexdigest()}\tdata.npz\n'
+  )
   spec = importlib.util.spec_from_file_location(cls, folder / f'{cls}.py')
   module = sys.modules[cls] = importlib.util.module_from_spec(spec)  # tfds finds its file
   spec.loader.exec_module(module)
@@ -149,8 +161,10 @@ def _tiny_dataset(tmp_path, cls, url, data):
 
 def _npz(tmp_path):
   rng = np.random.default_rng(0)
-  arrays = {f'{s}_images': rng.integers(0, 255, (n, 8, 8, 1), np.uint8) for s, n in
-            (('train', 6), ('test', 4))}
+  arrays = {
+      f'{s}_images': rng.integers(0, 255, (n, 8, 8, 1), np.uint8)
+      for s, n in (('train', 6), ('test', 4))
+  }
   arrays.update(train_labels=np.arange(6) % 2, test_labels=np.arange(4) % 2)
   np.savez(tmp_path / 'data.npz', **arrays)
   return (tmp_path / 'data.npz').read_bytes()
@@ -161,7 +175,8 @@ def test_unprepared_dataset_is_downloaded_and_prepared(tmp_path):
   requests = []
 
   class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # pylint: disable=invalid-name
+
+    def do_GET(self):
       requests.append(self.path)
       self.send_response(200)
       self.send_header('Content-Length', str(len(data)))
@@ -194,8 +209,9 @@ def test_unprepared_dataset_is_downloaded_and_prepared(tmp_path):
 
 def test_unreachable_host_of_a_dataset_is_a_clear_error(tmp_path):
   port = _dead_port()
-  name = _tiny_dataset(tmp_path, 'VitJaxTinyOffline',
-                       f'http://127.0.0.1:{port}/files/data.npz', _npz(tmp_path))
+  name = _tiny_dataset(
+      tmp_path, 'VitJaxTinyOffline', f'http://127.0.0.1:{port}/files/data.npz', _npz(tmp_path)
+  )
   message = _offline_error(_config(dataset=name, tfds_data_dir=str(tmp_path / 'tfds')))
   assert f'http://127.0.0.1:{port} (127.0.0.1:{port}: [Errno 111] Connection refused)' in message
   assert f"config.dataset='{name}'" in message and 'tfds_download=False' in message

@@ -1,4 +1,6 @@
-"""Train loop: real offline data, JPEGs from array_record, seq-sharded PiT, fine-tuning, errors, configs."""
+"""Train loop: real offline data, JPEGs from array_record, seq-sharded PiT, fine-tuning,
+errors, configs."""
+
 import json
 import os
 import pathlib
@@ -8,18 +10,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vit_jax import metrics
+from vit_jax import objectives
+from vit_jax import optim
+from vit_jax import train
+from vit_jax.checkpoints import orbax_state
 from vit_jax.configs import augreg as augreg_configs
 from vit_jax.configs import common
 from vit_jax.configs import pit as pit_configs
 from vit_jax.configs import vit as vit_configs
 from vit_jax.perf import hlo_flops
-from vit_jax import metrics
 from vit_jax.perf import model_flops
-from vit_jax import objectives
-from vit_jax import optim
 from vit_jax.runtime import partitioning
-from vit_jax.checkpoints import orbax_state
-from vit_jax import train
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 
@@ -28,12 +30,24 @@ def tiny_config(data_dir, **overrides):
   """The Fashion-MNIST PiT preset shrunk to seconds: 8x8 pixels, width 16, one block."""
   config = pit_configs.get_config('fashion_mnist')
   config.unlock()
-  config.update_from_flattened_dict({
-      'tfds_data_dir': data_dir, 'pp.crop': 8, 'batch': 16, 'batch_eval': 1000,
-      'model.hidden_size': 16, 'model.transformer.mlp_dim': 32,
-      'model.transformer.num_heads': 2, 'model.transformer.num_layers': 1,
-      'total_steps': 6, 'warmup_steps': 1, 'eval_every': 0, 'progress_every': 2,
-      'checkpoint_every': 3, 'mesh.data': -1})
+  config.update_from_flattened_dict(
+      {
+          'tfds_data_dir': data_dir,
+          'pp.crop': 8,
+          'batch': 16,
+          'batch_eval': 1000,
+          'model.hidden_size': 16,
+          'model.transformer.mlp_dim': 32,
+          'model.transformer.num_heads': 2,
+          'model.transformer.num_layers': 1,
+          'total_steps': 6,
+          'warmup_steps': 1,
+          'eval_every': 0,
+          'progress_every': 2,
+          'checkpoint_every': 3,
+          'mesh.data': -1,
+      }
+  )
   config.update_from_flattened_dict(overrides)
   return config.lock()
 
@@ -41,17 +55,20 @@ def tiny_config(data_dir, **overrides):
 def test_trains_on_local_fashion_mnist_and_writes_metrics(fashion_mnist_data_dir, tmp_path):
   # Flax's layers: with the recipe's grads_as_dots the compiled step also holds the parameter
   # gradients' matrix-vector products, which the FLOP count below includes (2 % more here).
-  config = tiny_config(fashion_mnist_data_dir, **{'profile.first_step': 2,
-                                                  'profile.num_steps': 2,
-                                                  'model.transformer.grads_as_dots': False})
+  config = tiny_config(
+      fashion_mnist_data_dir,
+      **{'profile.first_step': 2, 'profile.num_steps': 2, 'model.transformer.grads_as_dots': False},
+  )
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result['step'] == 6 and result['eval_examples'] == 10_000
-  assert 0. <= result['eval_accuracy'] <= 1.
+  assert 0.0 <= result['eval_accuracy'] <= 1.0
   records = metrics.read_jsonl(str(tmp_path))
   assert [r['step'] for r in records if 'train_loss' in r] == [2, 3, 4, 6]
   logged = [r for r in records if 'train_loss' in r]
-  assert all({'learning_rate', 'examples_per_sec', 'img_per_sec_per_device', 'core_hours'} <=
-             set(r) for r in logged)
+  assert all(
+      {'learning_rate', 'examples_per_sec', 'img_per_sec_per_device', 'core_hours'} <= set(r)
+      for r in logged
+  )
   for r in logged:  # 8 simulated devices
     assert r['img_per_sec_per_device'] == pytest.approx(r['examples_per_sec'] / 8)
   hours = [r['core_hours'] for r in logged]
@@ -63,13 +80,15 @@ def test_trains_on_local_fashion_mnist_and_writes_metrics(fashion_mnist_data_dir
   for r in logged:  # achieved FLOP/s per device = FLOPs per step x steps/s / 8 devices
     assert r['tflops_per_sec_per_device'] > 0 and 'mfu' not in r  # CPU: no known peak
     assert r['tflops_per_sec_per_device'] * 1e12 == pytest.approx(
-        r['flops_per_step'] * r['examples_per_sec'] / 16 / 8)
+        r['flops_per_step'] * r['examples_per_sec'] / 16 / 8
+    )
   assert any('eval_accuracy' in r for r in records)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '6']
   saved = json.loads((tmp_path / 'config.json').read_text())
   assert saved['total_steps'] == 6 and saved['model']['hidden_size'] == 16
-  assert sorted(step for step, tag, _ in metrics.read_scalars(str(tmp_path))
-                if tag == 'train_loss') == [2, 3, 4, 6]
+  assert sorted(
+      step for step, tag, _ in metrics.read_scalars(str(tmp_path)) if tag == 'train_loss'
+  ) == [2, 3, 4, 6]
   traces = list((tmp_path / 'plugins' / 'profile').rglob('*.xplane.pb'))
   assert len(traces) == 1 and traces[0].stat().st_size > 0
   # Asked again, the finished run trains nothing and reports its accuracy.
@@ -89,10 +108,10 @@ def _compiled_train_step(config, mesh, num_classes, image_shape, batch):
   with jax.set_mesh(mesh):
     state, shardings = train.abstract_train_state(config, model, tx, mesh, image_shape)
     sharding = partitioning.batch_sharding(mesh)
-    data = {'image': jax.ShapeDtypeStruct((batch,) + image_shape, jnp.float32,
-                                          sharding=sharding),
-            'label': jax.ShapeDtypeStruct((batch, num_classes), jnp.float32,
-                                          sharding=sharding)}
+    data = {
+        'image': jax.ShapeDtypeStruct((batch,) + image_shape, jnp.float32, sharding=sharding),
+        'label': jax.ShapeDtypeStruct((batch, num_classes), jnp.float32, sharding=sharding),
+    }
     jitted = train.jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh)
     return train.compile_train_step(jitted, state, data)
 
@@ -116,8 +135,9 @@ def test_accumulated_steps_count_every_micro_batch():
   counts = []
   for accum_steps in (1, 4):
     config = tiny_config('unused', batch=64, accum_steps=accum_steps)  # 2 a device a pass
-    compiled = _compiled_train_step(config, partitioning.create_mesh(config.mesh), 10, (8, 8, 1),
-                                    batch=64)
+    compiled = _compiled_train_step(
+        config, partitioning.create_mesh(config.mesh), 10, (8, 8, 1), batch=64
+    )
     counts.append((hlo_flops.count(compiled).flops, compiled.cost_analysis()['flops']))
   (plain, _), (accumulated, seen_by_xla) = counts
   assert accumulated == pytest.approx(plain, rel=0.01)
@@ -125,10 +145,20 @@ def test_accumulated_steps_count_every_micro_batch():
 
 
 def test_trains_on_jpegs_read_by_index_from_array_record(jpeg_data_dir, tmp_path):
-  config = tiny_config(jpeg_data_dir, dataset='generated_jpegs/tiny', **{
-      'pp.channels': 3, 'batch_eval': 8, 'total_steps': 2, 'checkpoint_every': 2,
-      'pp.inception_crop': True, 'pp.randaugment.num_layers': 1, 'pp.mixup': 0.2,
-      'pp.on_device': False})  # the host pipeline: on-device batches only flip
+  config = tiny_config(
+      jpeg_data_dir,
+      dataset='generated_jpegs/tiny',
+      **{
+          'pp.channels': 3,
+          'batch_eval': 8,
+          'total_steps': 2,
+          'checkpoint_every': 2,
+          'pp.inception_crop': True,
+          'pp.randaugment.num_layers': 1,
+          'pp.mixup': 0.2,
+          'pp.on_device': False,
+      },
+  )  # the host pipeline: on-device batches only flip
   result = train.train_and_evaluate(config, str(tmp_path / 'work'))
   assert result['eval_examples'] == 20 and np.isfinite(result['train_loss'])
 
@@ -147,11 +177,18 @@ def _fixed_batch_step(config):
 def test_loss_decreases_on_a_fixed_batch():
   config = pit_configs.get_config('fashion_mnist')
   config.unlock()
-  config.update_from_flattened_dict({'model.hidden_size': 16, 'model.transformer.mlp_dim': 32,
-                                     'model.transformer.num_layers': 1, 'warmup_steps': 1,
-                                     'model.posemb': 'learn',  # memorising noise needs it
-                                     'accum_steps': 2, 'label_smoothing': 0.1,
-                                     'base_lr': 1e-2})
+  config.update_from_flattened_dict(
+      {
+          'model.hidden_size': 16,
+          'model.transformer.mlp_dim': 32,
+          'model.transformer.num_layers': 1,
+          'warmup_steps': 1,
+          'model.posemb': 'learn',  # memorising noise needs it
+          'accum_steps': 2,
+          'label_smoothing': 0.1,
+          'base_lr': 1e-2,
+      }
+  )
   step, state, batch = _fixed_batch_step(config)
   losses = []
   for _ in range(25):
@@ -163,13 +200,21 @@ def test_loss_decreases_on_a_fixed_batch():
 def test_bfloat16_params_train_with_bfloat16_optimizer_state():
   config = pit_configs.get_config('fashion_mnist')
   config.unlock()
-  config.update_from_flattened_dict({'model.hidden_size': 16, 'model.transformer.mlp_dim': 32,
-                                     'model.transformer.num_layers': 1, 'warmup_steps': 1,
-                                     'accum_steps': 2, 'param_dtype': 'bfloat16'})
+  config.update_from_flattened_dict(
+      {
+          'model.hidden_size': 16,
+          'model.transformer.mlp_dim': 32,
+          'model.transformer.num_layers': 1,
+          'warmup_steps': 1,
+          'accum_steps': 2,
+          'param_dtype': 'bfloat16',
+      }
+  )
   step, state, batch = _fixed_batch_step(config)
   params = state['params']
-  floats = lambda tree: {x.dtype for x in jax.tree.leaves(tree)
-                         if jnp.issubdtype(x.dtype, jnp.floating)}
+  floats = lambda tree: {
+      x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)
+  }
   assert floats(state['params']) == floats(state['opt_state']) == {jnp.dtype(jnp.bfloat16)}
   for _ in range(3):
     new_state, metrics = step(state, batch)
@@ -185,9 +230,15 @@ def test_batch_weight_gives_the_weighted_mean_loss(accum_steps):
   """With batch['weight'] (skipped undecodable images) the loss is sum(w*ce) / sum(w)."""
   config = pit_configs.get_config('fashion_mnist')
   config.unlock()
-  config.update_from_flattened_dict({'model.hidden_size': 16, 'model.transformer.mlp_dim': 32,
-                                     'model.transformer.num_layers': 1,
-                                     'accum_steps': accum_steps, 'label_smoothing': 0.1})
+  config.update_from_flattened_dict(
+      {
+          'model.hidden_size': 16,
+          'model.transformer.mlp_dim': 32,
+          'model.transformer.num_layers': 1,
+          'accum_steps': accum_steps,
+          'label_smoothing': 0.1,
+      }
+  )
   model = train.make_model(config, 10)
   tx, schedule = optim.make_optimizer(config)
   images = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 1))
@@ -206,12 +257,14 @@ def test_batch_weight_gives_the_weighted_mean_loss(accum_steps):
   np.testing.assert_allclose(weighted['loss'], (weight * ce).sum() / weight.sum(), rtol=1e-5)
   np.testing.assert_allclose(ones['loss'], plain['loss'], rtol=1e-6)
   _, none_kept = step(state, {'image': images, 'label': labels, 'weight': np.zeros(8)})
-  assert float(none_kept['loss']) == 0.
+  assert float(none_kept['loss']) == 0.0
 
 
 def test_seq_mesh_trains_a_pit_step_with_ring_attention(fashion_mnist_data_dir, tmp_path):
-  config = tiny_config(fashion_mnist_data_dir, **{
-      'mesh.data': 2, 'mesh.seq': 4, 'total_steps': 2, 'checkpoint_every': 2})
+  config = tiny_config(
+      fashion_mnist_data_dir,
+      **{'mesh.data': 2, 'mesh.seq': 4, 'total_steps': 2, 'checkpoint_every': 2},
+  )
   config.unlock()
   config.model.transformer.attention = {'impl': 'ring', 'block_size': 8}
   result = train.train_and_evaluate(config.lock(), str(tmp_path))
@@ -219,11 +272,19 @@ def test_seq_mesh_trains_a_pit_step_with_ring_attention(fashion_mnist_data_dir, 
 
 
 def test_fine_tunes_fixture_checkpoint_at_new_resolution_and_classes(
-    fashion_mnist_data_dir, tmp_path):
+    fashion_mnist_data_dir, tmp_path
+):
   fixture = json.loads((FIXTURES / 'gap_config.json').read_text())
-  config = tiny_config(fashion_mnist_data_dir, **{
-      'pp.crop': 16, 'pp.channels': 3, 'total_steps': 2, 'checkpoint_every': 2,
-      'pretrained_path': str(FIXTURES / 'gap.npz')})
+  config = tiny_config(
+      fashion_mnist_data_dir,
+      **{
+          'pp.crop': 16,
+          'pp.channels': 3,
+          'total_steps': 2,
+          'checkpoint_every': 2,
+          'pretrained_path': str(FIXTURES / 'gap.npz'),
+      },
+  )
   config.unlock()
   config.model = fixture['model_config']  # 32x32 / 5 classes -> 16x16 / 10 classes
   config.lock()
@@ -236,19 +297,24 @@ def test_fine_tunes_fixture_checkpoint_at_new_resolution_and_classes(
   _, shardings = train.abstract_train_state(config, model, tx, mesh, (16, 16, 3))
   params = train.create_train_state(config, model, tx, shardings, (16, 16, 3))['params']
   raw = np.load(FIXTURES / 'gap_linen.npz')
-  np.testing.assert_array_equal(params['Transformer']['encoderblock_1']['MlpBlock_0'][
-      'Dense_0']['kernel'], raw['Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel'])
+  np.testing.assert_array_equal(
+      params['Transformer']['encoderblock_1']['MlpBlock_0']['Dense_0']['kernel'],
+      raw['Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel'],
+  )
   assert params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 16, 64)
   assert params['head']['kernel'].shape == (64, 10) and not np.any(params['head']['kernel'])
 
 
-@pytest.mark.parametrize('overrides,message', [
-    ({'dataset': 'no_such_dataset'}, "config.dataset='no_such_dataset'"),
-    ({'batch': 12}, 'config.batch=12 is not divisible'),
-    ({'pp.crop': 10, 'model.patches.size': (4, 4)}, 'config.pp.crop=10 is not divisible'),
-    ({'mesh.data': 3}, 'needs 3 devices but there are 8'),
-    ({'pretrained_path': '/no/such/file.npz'}, 'config.pretrained_path'),
-])
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        ({'dataset': 'no_such_dataset'}, "config.dataset='no_such_dataset'"),
+        ({'batch': 12}, 'config.batch=12 is not divisible'),
+        ({'pp.crop': 10, 'model.patches.size': (4, 4)}, 'config.pp.crop=10 is not divisible'),
+        ({'mesh.data': 3}, 'needs 3 devices but there are 8'),
+        ({'pretrained_path': '/no/such/file.npz'}, 'config.pretrained_path'),
+    ],
+)
 def test_bad_input_is_a_clear_error(fashion_mnist_data_dir, tmp_path, overrides, message):
   with pytest.raises((ValueError, FileNotFoundError), match=message):
     train.train_and_evaluate(tiny_config(fashion_mnist_data_dir, **overrides), str(tmp_path))
@@ -267,11 +333,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(fashion_mnist_data_dir, t
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']  # nothing moved or deleted
 
 
-def test_resume_with_the_other_block_layout_is_one_clear_error(fashion_mnist_data_dir,
-                                                               tmp_path):
+def test_resume_with_the_other_block_layout_is_one_clear_error(fashion_mnist_data_dir, tmp_path):
   """The train state keeps the model's layout: flipping scan_layers says how to resume."""
-  train.train_and_evaluate(tiny_config(fashion_mnist_data_dir, total_steps=1, warmup_steps=0),
-                           str(tmp_path))
+  train.train_and_evaluate(
+      tiny_config(fashion_mnist_data_dir, total_steps=1, warmup_steps=0), str(tmp_path)
+  )
   scanned = tiny_config(fashion_mnist_data_dir, total_steps=2)
   scanned.unlock()
   scanned.model.transformer.scan_layers = True
@@ -283,20 +349,21 @@ def test_resume_with_the_other_block_layout_is_one_clear_error(fashion_mnist_dat
   assert '--config.model.transformer.scan_layers=False' in message, message
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1']  # nothing moved or deleted
   stacked = {'params/Transformer/encoderblock/LayerNorm_0/scale': ((2, 4), 'float32')}
-  unstacked = {'opt_state/0/trace/Transformer/encoderblock_0/LayerNorm_0/scale': ((4,),
-                                                                                'float32')}
+  unstacked = {'opt_state/0/trace/Transformer/encoderblock_0/LayerNorm_0/scale': ((4,), 'float32')}
   assert 'scan_layers=True' in orbax_state.describe_layout_mismatch(stacked, unstacked)
   assert orbax_state.describe_layout_mismatch(stacked, stacked) is None
 
 
 def test_truncated_newest_checkpoint_falls_back_and_ends_bitwise_equal(
-    fashion_mnist_data_dir, tmp_path, caplog):
+    fashion_mnist_data_dir, tmp_path, caplog
+):
   train.train_and_evaluate(tiny_config(fashion_mnist_data_dir), str(tmp_path))
   uninterrupted = orbax_state.load_params(str(tmp_path / 'checkpoints'), 6)
-  arrays = sorted((tmp_path / 'checkpoints' / '6' / 'default' / 'd').iterdir(),
-                  key=lambda p: -p.stat().st_size)
+  arrays = sorted(
+      (tmp_path / 'checkpoints' / '6' / 'default' / 'd').iterdir(), key=lambda p: -p.stat().st_size
+  )
   damaged = arrays[0]  # the array data file, truncated as a full disk or a killed copy leaves it
-  damaged.write_bytes(damaged.read_bytes()[:damaged.stat().st_size // 2])
+  damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
   result = train.train_and_evaluate(tiny_config(fashion_mnist_data_dir), str(tmp_path))
   assert 'is damaged' in caplog.text and 'different train state' not in caplog.text
   assert result['step'] == 6  # resumed from step 3 and trained again to 6
@@ -329,12 +396,23 @@ def test_every_config_field_is_read():
 
 
 def test_presets_build_and_reject_unknown_names():
-  for arg in ('b16,cifar10', 'ti16,imagenet2012', 'r50_b16,oxford_flowers102',
-              'vit4,fashion_mnist', 'testing,mnist'):
+  for arg in (
+      'b16,cifar10',
+      'ti16,imagenet2012',
+      'r50_b16,oxford_flowers102',
+      'vit4,fashion_mnist',
+      'testing,mnist',
+  ):
     config = vit_configs.get_config(arg)
     assert config.model.model_name and config.total_steps > 0
-  for recipe in ('fashion_mnist', 'fashion_mnist_vit2', 'cifar100_pit_t', 'cifar100_pit_t_vit2',
-                 'imagenet_pit_b', 'imagenet_pit_b_vit2'):
+  for recipe in (
+      'fashion_mnist',
+      'fashion_mnist_vit2',
+      'cifar100_pit_t',
+      'cifar100_pit_t_vit2',
+      'imagenet_pit_b',
+      'imagenet_pit_b_vit2',
+  ):
     config = pit_configs.get_config(recipe)
     assert config.optim == 'adamw'
   assert pit_configs.get_config('imagenet_pit_s_vit2').model.patches.size == (2, 2)
@@ -351,13 +429,14 @@ def test_schedule_matches_closed_form():
   config = common.get_config()
   config.update_from_flattened_dict({'base_lr': 0.1, 'warmup_steps': 10, 'total_steps': 110})
   schedule = optim.make_schedule(config)
-  assert float(schedule(0)) == 0.
+  assert float(schedule(0)) == 0.0
   np.testing.assert_allclose(schedule(5), 0.05, rtol=1e-6)
   np.testing.assert_allclose(schedule(10), 0.1, rtol=1e-6)
   np.testing.assert_allclose(schedule(60), 0.1 * 0.5 * (1 + np.cos(np.pi * 0.5)), rtol=1e-5)
   config.decay_type = 'linear'
-  np.testing.assert_allclose(optim.make_schedule(config)(60),
-                             0.1 * (1e-5 + (1 - 1e-5) * 0.5), rtol=1e-5)
+  np.testing.assert_allclose(
+      optim.make_schedule(config)(60), 0.1 * (1e-5 + (1 - 1e-5) * 0.5), rtol=1e-5
+  )
   np.testing.assert_allclose(optim.make_schedule(config)(110), 0.1 * 1e-5, rtol=1e-5)
 
 
@@ -365,8 +444,14 @@ def test_eval_flip_averages_each_image_with_its_mirror():
   """config.eval_flip: correct counts of logits(x) + logits(mirror x), and of logits(x)."""
   config = pit_configs.get_config('fashion_mnist')
   config.unlock()
-  config.update_from_flattened_dict({'model.hidden_size': 16, 'model.transformer.mlp_dim': 32,
-                                     'model.transformer.num_layers': 1, 'eval_flip': True})
+  config.update_from_flattened_dict(
+      {
+          'model.hidden_size': 16,
+          'model.transformer.mlp_dim': 32,
+          'model.transformer.num_layers': 1,
+          'eval_flip': True,
+      }
+  )
   model = train.make_model(config, 10)
   images = jax.random.normal(jax.random.PRNGKey(0), (64, 8, 8, 1))
   params = model.init(jax.random.PRNGKey(1), images[:1], train=False)['params']

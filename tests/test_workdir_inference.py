@@ -14,20 +14,18 @@ import jax
 import numpy as np
 from PIL import Image
 import pytest
+from test_gcs import BUCKET
+from test_train import tiny_config
 
 from vit_jax import checkpoint
 from vit_jax import errors
 from vit_jax import export
 from vit_jax import inference
-from vit_jax.datasets import class_names as labels
 from vit_jax import paths
-from vit_jax.checkpoints import orbax_state
 from vit_jax import train
+from vit_jax.checkpoints import orbax_state
+from vit_jax.datasets import class_names as labels
 from vit_jax.models import layer_stack
-
-from test_gcs import BUCKET
-from test_gcs import gcs  # pylint: disable=unused-import  (the GCS emulator fixture)
-from test_train import tiny_config
 
 pytestmark = pytest.mark.slow  # every test reads the trained run of the fixture
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,7 +158,7 @@ def test_the_export_command_and_its_mistakes(run, tmp_path):
     assert lines[0].startswith('error: ') and expected in lines[0], lines[0]
 
 
-def test_a_workdir_in_a_bucket_classifies_and_exports(gcs, run, tmp_path):  # pylint: disable=redefined-outer-name
+def test_a_workdir_in_a_bucket_classifies_and_exports(gcs, run, tmp_path):
   del gcs
   local, pngs = run
   remote = f'gs://{BUCKET}/trained'

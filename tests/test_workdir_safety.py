@@ -18,16 +18,14 @@ import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
+from test_gcs import BUCKET
+from test_train import tiny_config
 
 from vit_jax import errors
 from vit_jax import metrics
 from vit_jax import paths
 from vit_jax import train
 from vit_jax.runtime import workdir as workdir_lib
-
-from test_gcs import BUCKET
-from test_gcs import gcs  # pylint: disable=unused-import  (the GCS emulator fixture)
-from test_train import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = {'pp.test': 'test[:1000]', 'total_steps': 2, 'checkpoint_every': 1000}
@@ -288,7 +286,7 @@ def test_an_error_after_step_one_keeps_the_last_state(
 
 
 @pytest.mark.slow
-def test_the_lock_in_a_bucket_takes_one_run(gcs, tmp_path):  # pylint: disable=redefined-outer-name
+def test_the_lock_in_a_bucket_takes_one_run(gcs, tmp_path):
   del gcs
   workdir = f'gs://{BUCKET}/locked'
   first = workdir_lib.Lock(workdir)

@@ -6,11 +6,13 @@
 needs libtpu (`pip install 'vit_jax[tpu]'`), not a TPU: XLA compiles for compile-only devices
 of the topology (`jax.experimental.topologies`). Prints, per chip: HBM use of each step
 (arguments, outputs, temporaries against the chip's HBM), FLOPs per step (counted from the
-optimized HLO, vit_jax/perf/hlo_flops.py), HBM traffic (vit_jax/perf/hlo_traffic.py), and the roofline bound on the step time
+optimized HLO, vit_jax/perf/hlo_flops.py), HBM traffic (vit_jax/perf/hlo_traffic.py), and
+the roofline bound on the step time
 and MFU from the chip's peak FLOP/s and HBM bandwidth (vit_jax/perf/hardware.py). Exits 1 with
 XLA's out-of-memory message when a step does not fit (or, when XLA compiled it anyway, with
 the report and the step that needs more HBM than the chip has).
 """
+
 import dataclasses
 import json
 import os
@@ -26,19 +28,32 @@ from vit_jax import errors
 FLAGS = flags.FLAGS
 
 # Label counts of datasets the configs name, so no dataset has to be present to compile.
-NUM_CLASSES = {'imagenet2012': 1000, 'imagenet21k': 21843, 'cifar10': 10, 'cifar100': 100,
-               'mnist': 10, 'fashion_mnist': 10, 'oxford_iiit_pet': 37,
-               'oxford_flowers102': 102, 'imagenet256_latents': 1000}
+NUM_CLASSES = {
+    'imagenet2012': 1000,
+    'imagenet21k': 21843,
+    'cifar10': 10,
+    'cifar100': 100,
+    'mnist': 10,
+    'fashion_mnist': 10,
+    'oxford_iiit_pet': 37,
+    'oxford_flowers102': 102,
+    'imagenet256_latents': 1000,
+}
 # libtpu looks for a TPU VM's metadata server and worker list at start (there is none here)
 # and takes /tmp/libtpu_lockfile, which would fail this compile-only use whenever any other
 # JAX process on the machine holds it.
-LIBTPU_ENV = {'TPU_SKIP_MDS_QUERY': '1', 'TPU_WORKER_HOSTNAMES': 'localhost',
-              'TPU_ACCELERATOR_TYPE': 'v5litepod-4', 'ALLOW_MULTIPLE_LIBTPU_LOAD': '1'}
+LIBTPU_ENV = {
+    'TPU_SKIP_MDS_QUERY': '1',
+    'TPU_WORKER_HOSTNAMES': 'localhost',
+    'TPU_ACCELERATOR_TYPE': 'v5litepod-4',
+    'ALLOW_MULTIPLE_LIBTPU_LOAD': '1',
+}
 
 
 @dataclasses.dataclass
 class StepReport:
   """Per-chip figures of one compiled step."""
+
   argument_bytes: int
   output_bytes: int
   alias_bytes: int
@@ -50,56 +65,78 @@ class StepReport:
   @property
   def hbm_bytes(self):
     """Peak HBM held by the step: live arguments, new outputs, temporaries, code."""
-    return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
-            + self.code_bytes)
+    return (
+        self.argument_bytes
+        + self.output_bytes
+        - self.alias_bytes
+        + self.temp_bytes
+        + self.code_bytes
+    )
 
 
 def num_classes_of(config, override=None):
   if override is not None:
     if not isinstance(override, int) or override < 1:
-      raise errors.UserInputError(f'--num_classes={override} must be >= 1 (classes of the '
-                                  'head), or omitted to take the dataset\'s')
+      raise errors.UserInputError(
+          f'--num_classes={override} must be >= 1 (classes of the '
+          "head), or omitted to take the dataset's"
+      )
     return override
   if config.dataset in NUM_CLASSES:
     return NUM_CLASSES[config.dataset]
   raise errors.UserInputError(
       f'config.dataset={config.dataset!r}: its number of classes is not known without the '
-      f'data; pass --num_classes=N (known: {sorted(NUM_CLASSES)}).')
+      f'data; pass --num_classes=N (known: {sorted(NUM_CLASSES)}).'
+  )
 
 
 def topology_devices(topology, num_slices=1):
   """Compile-only TPU devices of `topology` (libtpu required, no TPU)."""
   if not isinstance(num_slices, int) or num_slices < 1:
-    raise errors.UserInputError(f'--num_slices={num_slices} must be >= 1 (slices of the '
-                                'topology, data parallel across them)')
+    raise errors.UserInputError(
+        f'--num_slices={num_slices} must be >= 1 (slices of the '
+        'topology, data parallel across them)'
+    )
   for key, value in LIBTPU_ENV.items():
     os.environ.setdefault(key, value)
-  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  from jax.experimental import topologies
+
   try:
-    return topologies.get_topology_desc(topology_name=topology, platform='tpu',
-                                        num_slices=num_slices).devices
-  except Exception as e:  # pylint: disable=broad-except
+    return topologies.get_topology_desc(
+        topology_name=topology, platform='tpu', num_slices=num_slices
+    ).devices
+  except Exception as e:
     text = f'{type(e).__name__}: {e}'
-    hint = ("install libtpu: pip install 'vit_jax[tpu]'" if 'tpu' in text.lower() and (
-        'unknown backend' in text.lower() or 'not found' in text.lower() or
-        'plugin' in text.lower()) else "use a name such as 'v5e:4x4', 'v5p:2x2x2', 'v4:2x2x1'")
-    raise errors.UserInputError(f'--topology={topology!r} gave no TPU devices ({text[:300]}); '
-                                f'{hint}.') from e
+    hint = (
+        "install libtpu: pip install 'vit_jax[tpu]'"
+        if 'tpu' in text.lower()
+        and (
+            'unknown backend' in text.lower()
+            or 'not found' in text.lower()
+            or 'plugin' in text.lower()
+        )
+        else "use a name such as 'v5e:4x4', 'v5p:2x2x2', 'v4:2x2x1'"
+    )
+    raise errors.UserInputError(
+        f'--topology={topology!r} gave no TPU devices ({text[:300]}); ' f'{hint}.'
+    ) from e
 
 
 def _abstract(shape, dtype, sharding):
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
+
   return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
 def compile_steps(config, devices, num_classes):
   """(train, eval) jax.stages.Compiled of `config` on a mesh of `devices`."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from vit_jax import config_checks  # pylint: disable=g-import-not-at-top
-  from vit_jax import optim  # pylint: disable=g-import-not-at-top
-  from vit_jax.runtime import partitioning  # pylint: disable=g-import-not-at-top
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+
+  from vit_jax import config_checks
+  from vit_jax import optim
+  from vit_jax import train
+  from vit_jax.runtime import partitioning
 
   mesh = partitioning.create_mesh(config.mesh, devices)
   config_checks.validate(config, mesh)
@@ -111,12 +148,17 @@ def compile_steps(config, devices, num_classes):
     batch_sharding = partitioning.batch_sharding(mesh)
     images = lambda n: _abstract((n,) + image_shape, jnp.float32, batch_sharding)
     labels = lambda n: _abstract((n, num_classes), jnp.float32, batch_sharding)
-    train_batch = {'image': images(config.batch), 'label': labels(config.batch),
-                   'stop': _abstract((config.batch,), jnp.int32, batch_sharding)}
-    eval_batch = {'image': images(config.batch_eval), 'label': labels(config.batch_eval),
-                  'mask': _abstract((config.batch_eval,), jnp.float32, batch_sharding)}
-    train_step = train.jit_train_step(config, model, tx, schedule, num_classes, shardings,
-                                      mesh)
+    train_batch = {
+        'image': images(config.batch),
+        'label': labels(config.batch),
+        'stop': _abstract((config.batch,), jnp.int32, batch_sharding),
+    }
+    eval_batch = {
+        'image': images(config.batch_eval),
+        'label': labels(config.batch_eval),
+        'mask': _abstract((config.batch_eval,), jnp.float32, batch_sharding),
+    }
+    train_step = train.jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh)
     compiled_train = train_step.lower(state, train_batch).compile()
     eval_step = train.jit_eval_step(model, shardings, mesh, config)
     compiled_eval = eval_step.lower(state['params'], eval_batch).compile()
@@ -124,18 +166,21 @@ def compile_steps(config, devices, num_classes):
 
 
 def step_report(compiled):
-  from vit_jax.perf import hlo_flops  # pylint: disable=g-import-not-at-top
-  from vit_jax.perf import hlo_traffic  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import hlo_flops
+  from vit_jax.perf import hlo_traffic
+
   memory = compiled.memory_analysis()
   text = compiled.as_text()  # large for big programs: read once for both counts
   counted = hlo_flops.count_text(text)
-  return StepReport(argument_bytes=memory.argument_size_in_bytes,
-                    output_bytes=memory.output_size_in_bytes,
-                    alias_bytes=memory.alias_size_in_bytes,
-                    temp_bytes=memory.temp_size_in_bytes,
-                    code_bytes=memory.generated_code_size_in_bytes,
-                    flops=float(counted.flops),
-                    hbm_traffic_bytes=float(hlo_traffic.count_text(text)))
+  return StepReport(
+      argument_bytes=memory.argument_size_in_bytes,
+      output_bytes=memory.output_size_in_bytes,
+      alias_bytes=memory.alias_size_in_bytes,
+      temp_bytes=memory.temp_size_in_bytes,
+      code_bytes=memory.generated_code_size_in_bytes,
+      flops=float(counted.flops),
+      hbm_traffic_bytes=float(hlo_traffic.count_text(text)),
+  )
 
 
 def roofline(step, chip):
@@ -145,17 +190,28 @@ def roofline(step, chip):
   compute = step.flops / chip.peak_flops
   memory = step.hbm_traffic_bytes / chip.hbm_bytes_per_sec
   seconds = max(compute, memory)
-  return {'compute_seconds': compute, 'memory_seconds': memory, 'roofline_seconds': seconds,
-          'mfu_bound': compute / seconds if seconds else 0.}
+  return {
+      'compute_seconds': compute,
+      'memory_seconds': memory,
+      'roofline_seconds': seconds,
+      'mfu_bound': compute / seconds if seconds else 0.0,
+  }
 
 
 def summarize(topology, num_slices, devices, mesh, batch, compiled_train, compiled_eval):
   """The report of two compiled steps, as a dict (per-chip figures)."""
-  from vit_jax.perf import hardware  # pylint: disable=g-import-not-at-top
+  from vit_jax.perf import hardware
+
   chip = hardware.for_topology(topology)
-  result = {'topology': topology, 'num_slices': num_slices, 'chips': len(devices),
-            'device_kind': devices[0].device_kind, 'mesh': dict(mesh.shape),
-            'chip': dataclasses.asdict(chip) if chip else None, 'batch': batch}
+  result = {
+      'topology': topology,
+      'num_slices': num_slices,
+      'chips': len(devices),
+      'device_kind': devices[0].device_kind,
+      'mesh': dict(mesh.shape),
+      'chip': dataclasses.asdict(chip) if chip else None,
+      'batch': batch,
+  }
   for name, compiled in (('train_step', compiled_train), ('eval_step', compiled_eval)):
     step = step_report(compiled)
     entry = dict(dataclasses.asdict(step), hbm_bytes=step.hbm_bytes)
@@ -171,8 +227,7 @@ def report(config, topology, num_slices=1, num_classes=None):
   classes = num_classes_of(config, num_classes)  # the flags' errors before libtpu starts
   devices = topology_devices(topology, num_slices)
   compiled_train, compiled_eval, mesh = compile_steps(config, devices, classes)
-  return summarize(topology, num_slices, devices, mesh, config.batch, compiled_train,
-                   compiled_eval)
+  return summarize(topology, num_slices, devices, mesh, config.batch, compiled_train, compiled_eval)
 
 
 def _gib(x):
@@ -181,24 +236,32 @@ def _gib(x):
 
 def format_report(result):
   chip = result['chip']
-  lines = [f"{result['topology']} x{result['num_slices']}: {result['chips']} chips "
-           f"({result['device_kind']}), mesh {result['mesh']}, batch {result['batch']}"]
+  lines = [
+      f"{result['topology']} x{result['num_slices']}: {result['chips']} chips "
+      f"({result['device_kind']}), mesh {result['mesh']}, batch {result['batch']}"
+  ]
   for name in ('train_step', 'eval_step'):
     s = result[name]
-    line = (f"  {name}: HBM {_gib(s['hbm_bytes'])} per chip (arguments "
-            f"{_gib(s['argument_bytes'])}, outputs {_gib(s['output_bytes'])}, aliased "
-            f"{_gib(s['alias_bytes'])}, temporaries {_gib(s['temp_bytes'])})")
+    line = (
+        f"  {name}: HBM {_gib(s['hbm_bytes'])} per chip (arguments "
+        f"{_gib(s['argument_bytes'])}, outputs {_gib(s['output_bytes'])}, aliased "
+        f"{_gib(s['alias_bytes'])}, temporaries {_gib(s['temp_bytes'])})"
+    )
     if chip:
       line += f" of {_gib(chip['hbm_bytes'])} ({100 * s['hbm_fraction']:.0f} %)"
-    line += (f"\n    {s['flops'] / 1e12:.4g} TFLOP per chip per step, HBM traffic "
-             f"~{_gib(s['hbm_traffic_bytes'])} (estimate)")
+    line += (
+        f"\n    {s['flops'] / 1e12:.4g} TFLOP per chip per step, HBM traffic "
+        f"~{_gib(s['hbm_traffic_bytes'])} (estimate)"
+    )
     if chip:
-      line += (f"\n    step >= {1e3 * s['compute_seconds']:.3g} ms of compute, "
-               f"~{1e3 * s['memory_seconds']:.3g} ms of memory traffic: roofline "
-               f"{1e3 * s['roofline_seconds']:.3g} ms, MFU <= {100 * s['mfu_bound']:.0f} % "
-               f"({chip['name']}: "
-               f"{chip['peak_flops'] / 1e12:.0f} TFLOP/s, "
-               f"{chip['hbm_bytes_per_sec'] / 1e9:.0f} GB/s)")
+      line += (
+          f"\n    step >= {1e3 * s['compute_seconds']:.3g} ms of compute, "
+          f"~{1e3 * s['memory_seconds']:.3g} ms of memory traffic: roofline "
+          f"{1e3 * s['roofline_seconds']:.3g} ms, MFU <= {100 * s['mfu_bound']:.0f} % "
+          f"({chip['name']}: "
+          f"{chip['peak_flops'] / 1e12:.0f} TFLOP/s, "
+          f"{chip['hbm_bytes_per_sec'] / 1e9:.0f} GB/s)"
+      )
     lines.append(line)
   return '\n'.join(lines)
 
@@ -208,30 +271,31 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
     result = report(FLAGS.config, FLAGS.topology, FLAGS.num_slices, FLAGS.num_classes)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     text = str(e)
     if 'RESOURCE_EXHAUSTED' in text or 'Ran out of memory' in text:
       print(f'Does not fit on {FLAGS.topology}: {text}', file=sys.stderr)
       sys.exit(1)
     raise
   print(json.dumps(result) if FLAGS.json else format_report(result))
-  over = [name for name in ('train_step', 'eval_step')
-          if result[name].get('hbm_fraction', 0.) > 1.]
+  over = [
+      name for name in ('train_step', 'eval_step') if result[name].get('hbm_fraction', 0.0) > 1.0
+  ]
   if over:  # XLA does not always refuse a program over HBM at compile time
-    print(f'Does not fit on {FLAGS.topology}: {" and ".join(over)} need more HBM per chip '
-          f'than the {result["chip"]["name"]} has (see above).', file=sys.stderr)
+    print(
+        f'Does not fit on {FLAGS.topology}: {" and ".join(over)} need more HBM per chip '
+        f'than the {result["chip"]["name"]} has (see above).',
+        file=sys.stderr,
+    )
     sys.exit(1)
 
 
 def _define_flags():
   """The command's flags, defined only when it runs (importers keep their own flags)."""
-  config_flags.DEFINE_config_file('config', None, 'Training config file:arg.',
-                                  lock_config=True)
-  flags.DEFINE_string('topology', None,
-                      "TPU topology, e.g. 'v5e:4x4', 'v5p:4x4x4', 'v6e:2x2'.")
+  config_flags.DEFINE_config_file('config', None, 'Training config file:arg.', lock_config=True)
+  flags.DEFINE_string('topology', None, "TPU topology, e.g. 'v5e:4x4', 'v5p:4x4x4', 'v6e:2x2'.")
   flags.DEFINE_integer('num_slices', 1, 'Number of slices (multislice, data parallel).')
-  flags.DEFINE_integer('num_classes', None,
-                       'Classes of the head; default: from the dataset name.')
+  flags.DEFINE_integer('num_classes', None, 'Classes of the head; default: from the dataset name.')
   flags.DEFINE_bool('json', False, 'Print the report as one JSON object.')
   flags.mark_flags_as_required(['config', 'topology'])
 

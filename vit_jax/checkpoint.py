@@ -4,6 +4,7 @@ The formats live in `vit_jax/checkpoints/`; this module is the face the original
 notebooks import. `load(path)` detects the format (original / Linen / AugReg / big_vision npz,
 timm, Hugging Face) and returns the parameter tree of `VisionTransformer`.
 """
+
 from vit_jax.checkpoints.loading import check_shapes
 from vit_jax.checkpoints.loading import export_hf
 from vit_jax.checkpoints.loading import export_timm
@@ -15,6 +16,13 @@ from vit_jax.checkpoints.loading import resize_posemb
 from vit_jax.checkpoints.loading import save
 
 __all__ = [
-    'check_shapes', 'export_hf', 'export_timm', 'load', 'load_pretrained', 'load_with_format',
-    'POSEMB_PATH', 'resize_posemb', 'save',
+    'POSEMB_PATH',
+    'check_shapes',
+    'export_hf',
+    'export_timm',
+    'load',
+    'load_pretrained',
+    'load_with_format',
+    'resize_posemb',
+    'save',
 ]

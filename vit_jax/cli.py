@@ -34,7 +34,7 @@ def _fail(message):
 def _config_flag_names():
   return [
       name
-      for name, flag in FLAGS._flags().items()  # pylint: disable=protected-access
+      for name, flag in FLAGS._flags().items()
       if isinstance(flag.parser, config_flags.ConfigFileFlagParser) and '.' not in name
   ]
 
@@ -92,7 +92,7 @@ def _explain_config(name, argv):
   value = _value_in(argv, name)
   if not value:
     return None
-  path, _, arg = value.partition(':')
+  path, _, _ = value.partition(':')
   if not paths.exists(path):
     return _missing_config_file(name, path)
   try:

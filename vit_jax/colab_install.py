@@ -15,6 +15,7 @@ and this script installs only the requirements the runtime does not already sati
 It runs by path, before the package can be imported (its `__init__` needs these
 dependencies), so it uses only the standard library and `packaging`.
 """
+
 import importlib.metadata
 import subprocess
 import sys
@@ -49,8 +50,11 @@ def plan(requirements, installed):
     todo.append(str(req))
   if jax_moves:
     jax = next(r for r in base if r.name == 'jax')
-    plugins = [extra for extra, dist in (('tpu', 'libtpu'), ('cuda12', 'jax-cuda12-plugin'))
-               if dist in installed]
+    plugins = [
+        extra
+        for extra, dist in (('tpu', 'libtpu'), ('cuda12', 'jax-cuda12-plugin'))
+        if dist in installed
+    ]
     if plugins:
       todo = [r for r in todo if Requirement(r).name != 'jax']
       todo.append(f'jax[{",".join(plugins)}]{jax.specifier}')

@@ -15,6 +15,7 @@ every read of such a path through it. Nothing here writes to a remote.
   `HF_TOKEN` and `HF_HUB_OFFLINE=1` work as usual. REVISION is a branch, tag or commit
   without `/`.
 """
+
 import hashlib
 import http.client
 import os
@@ -40,8 +41,13 @@ _CHUNK = 1 << 20
 # Files of a Hub repo that a checkpoint can need (huggingface_hub's fnmatch patterns; `*`
 # also matches `/`). PyTorch weights only come when none of _WEIGHTS is in the repo.
 _CONFIG = ('config.json',)
-_WEIGHTS = ('*.safetensors', '*.safetensors.index.json', 'flax_model*.msgpack',
-            'flax_model.msgpack.index.json', '*.npz')
+_WEIGHTS = (
+    '*.safetensors',
+    '*.safetensors.index.json',
+    'flax_model*.msgpack',
+    'flax_model.msgpack.index.json',
+    '*.npz',
+)
 _TORCH = ('pytorch_model*.bin', 'pytorch_model.bin.index.json')
 
 
@@ -84,6 +90,7 @@ def unreachable(url, timeout=5.0):
       outcome.append(None)
     except OSError as e:
       outcome.append(e)
+
   thread = threading.Thread(target=probe, daemon=True)
   thread.start()
   thread.join(timeout)
@@ -143,27 +150,37 @@ def _fetch(url, part):
     except (OSError, http.client.HTTPException) as e:  # reset, timeout, IncompleteRead
       raise errors.UserInputError(
           f'Downloading {url!r} broke off after {received} of {expected or "?"} bytes ({e!r}); '
-          'nothing was cached. Run again to retry.') from e
+          'nothing was cached. Run again to retry.'
+      ) from e
   if expected is not None and received != expected:
     raise errors.UserInputError(
         f'Downloading {url!r} gave {received} bytes but the server announced {expected} '
-        '(Content-Length): the body was cut short; nothing was cached. Run again to retry.')
+        '(Content-Length): the body was cut short; nothing was cached. Run again to retry.'
+    )
 
 
 def _progress(url, total):
-  import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm.tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024,
-                   desc=cache_name(url).split('-', 1)[1], file=sys.stderr,
-                   disable=not sys.stderr.isatty())
+  import tqdm
+
+  return tqdm.tqdm(
+      total=total,
+      unit='B',
+      unit_scale=True,
+      unit_divisor=1024,
+      desc=cache_name(url).split('-', 1)[1],
+      file=sys.stderr,
+      disable=not sys.stderr.isatty(),
+  )
 
 
 def _http_error(url, code, reason):
   error = errors.MissingInputError if code in (404, 410) else errors.UserInputError
-  hint = {401: 'the server wants credentials; download it by hand and use the local file',
-          403: 'access is denied; check the URL, or download it by hand and use the local file',
-          404: 'no such file on the server; check the URL',
-          410: 'the file was removed from the server; check the URL'}.get(
-              code, 'a server problem; try again later or use a local copy')
+  hint = {
+      401: 'the server wants credentials; download it by hand and use the local file',
+      403: 'access is denied; check the URL, or download it by hand and use the local file',
+      404: 'no such file on the server; check the URL',
+      410: 'the file was removed from the server; check the URL',
+  }.get(code, 'a server problem; try again later or use a local copy')
   return error(f'Downloading {url!r} failed: HTTP {code} {reason} ({hint}).')
 
 
@@ -171,32 +188,38 @@ def _unreachable(url, reason):
   if isinstance(reason, ssl.SSLError):
     return errors.UserInputError(
         f'Downloading {url!r} failed: TLS error ({reason}); check the URL and the system '
-        'certificates, or download it by hand and use the local file.')
-  kind = ('no network (the host name does not resolve)' if isinstance(reason, socket.gaierror)
-          else 'the host cannot be reached')
+        'certificates, or download it by hand and use the local file.'
+    )
+  kind = (
+      'no network (the host name does not resolve)'
+      if isinstance(reason, socket.gaierror)
+      else 'the host cannot be reached'
+  )
   return errors.UserInputError(
       f'Downloading {url!r} failed: {kind}: {reason}. This machine looks offline (or the '
       f'server is down). A file already in the cache {cache_dir()!r} is used without network: '
       f'download it on a machine with network and copy it to '
-      f'{os.path.join(cache_dir(), cache_name(url))!r}, or use a local path instead of the URL.')
+      f'{os.path.join(cache_dir(), cache_name(url))!r}, or use a local path instead of the URL.'
+  )
 
 
 # ---------------------------------------------------------------------------- hf:// Hub paths
 def parse_hf(path):
   """`hf://ORG/NAME[@REV][/file]` -> (repo_id, revision or None, file or None)."""
-  parts = path[len(HF_PREFIX):].strip('/').split('/')
+  parts = path[len(HF_PREFIX) :].strip('/').split('/')
   if len(parts) < 2 or not all(parts[:2]):
     raise errors.UserInputError(
         f'{path!r} is not a Hugging Face Hub path; write hf://ORG/NAME for a model repo '
-        '(optionally hf://ORG/NAME@REVISION) or hf://ORG/NAME/path/in/repo for one file.')
+        '(optionally hf://ORG/NAME@REVISION) or hf://ORG/NAME/path/in/repo for one file.'
+    )
   name, _, revision = parts[1].partition('@')
   return f'{parts[0]}/{name}', revision or None, '/'.join(parts[2:]) or None
 
 
 def _hf_copy(path):
   repo_id, revision, filename = parse_hf(path)
-  import huggingface_hub as hub  # pylint: disable=g-import-not-at-top
-  from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+  import huggingface_hub as hub
+  from huggingface_hub import constants
   # huggingface_hub retries an unreachable Hub for ~25 s before it says a file is not cached;
   # a probe of a few seconds sends it straight to its cache instead (HF_HUB_OFFLINE=1 too).
   offline = constants.HF_HUB_OFFLINE or unreachable(constants.ENDPOINT)
@@ -206,9 +229,10 @@ def _hf_copy(path):
       return hub.hf_hub_download(repo_id, filename, **get)
     folder = hub.snapshot_download(repo_id, allow_patterns=list(_CONFIG + _WEIGHTS), **get)
     if not _has_weights(folder):
-      folder = hub.snapshot_download(repo_id, allow_patterns=list(_CONFIG + _WEIGHTS + _TORCH),
-                                     **get)
-  except Exception as e:  # pylint: disable=broad-except
+      folder = hub.snapshot_download(
+          repo_id, allow_patterns=list(_CONFIG + _WEIGHTS + _TORCH), **get
+      )
+  except Exception as e:
     error = _hf_error(path, e, offline)
     if error is None:
       raise
@@ -216,13 +240,15 @@ def _hf_copy(path):
   if not _has_weights(folder, torch=True):
     raise errors.UserInputError(
         f'{path!r} ({folder!r}) has no checkpoint weights: none of '
-        f'{_WEIGHTS + _TORCH}. Check the repo name, or name one file: hf://{repo_id}/FILE.')
+        f'{_WEIGHTS + _TORCH}. Check the repo name, or name one file: hf://{repo_id}/FILE.'
+    )
   return folder
 
 
 def _has_weights(folder, torch=False):
   """Whether the snapshot folder holds weights (PyTorch .bin counts only with `torch`)."""
-  import fnmatch  # pylint: disable=g-import-not-at-top
+  import fnmatch
+
   patterns = _WEIGHTS + (_TORCH if torch else ())
   for root, _, files in os.walk(folder):
     rel = os.path.relpath(root, folder)
@@ -235,37 +261,45 @@ def _has_weights(folder, torch=False):
 
 def _hf_error(path, e, offline):
   """One UserInputError naming the hf path, the Hub cache and the way out (None: a bug)."""
-  from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
-  from huggingface_hub import errors as hub_errors  # pylint: disable=g-import-not-at-top
+  from huggingface_hub import constants
+  from huggingface_hub import errors as hub_errors
+
   cache = constants.HF_HUB_CACHE
   if isinstance(e, hub_errors.GatedRepoError):
     return errors.UserInputError(
         f'{path!r}: the repo is gated; accept its terms on the Hub and log in '
-        '(`hf auth login` or the HF_TOKEN environment variable).')
+        '(`hf auth login` or the HF_TOKEN environment variable).'
+    )
   if isinstance(e, hub_errors.RepositoryNotFoundError):
     return errors.MissingInputError(
         f'{path!r}: no such model repo on the Hub (or it is private: log in with `hf auth '
-        'login` or set HF_TOKEN); check ORG/NAME.')
+        'login` or set HF_TOKEN); check ORG/NAME.'
+    )
   if isinstance(e, hub_errors.RevisionNotFoundError):
     return errors.MissingInputError(f'{path!r}: the repo has no such revision; check @REVISION.')
   if isinstance(e, hub_errors.LocalEntryNotFoundError):  # offline and not (fully) cached
-    why = ('HF_HUB_OFFLINE=1 is set' if offline is True else
-           f'the Hub {constants.ENDPOINT} cannot be reached ({offline or "no network?"})')
+    why = (
+        'HF_HUB_OFFLINE=1 is set'
+        if offline is True
+        else f'the Hub {constants.ENDPOINT} cannot be reached ({offline or "no network?"})'
+    )
     repo_id = parse_hf(path)[0]
     return errors.UserInputError(
         f'{path!r} is not in the Hugging Face cache {cache!r} and {why}. Download it once '
         f'with network (`hf download {repo_id}`, or a run with network access) and copy that '
         f"cache's models--{repo_id.replace('/', '--')} folder into {cache!r} (HF_HUB_CACHE or "
         'HF_HOME choose the cache), or use a local path. (Offline, a repo or file missing '
-        'from the Hub looks the same.)'
-        + ('' if offline else f' {e}'))
+        'from the Hub looks the same.)' + ('' if offline else f' {e}')
+    )
   if isinstance(e, hub_errors.EntryNotFoundError):
     return errors.MissingInputError(
-        f'{path!r}: the repo has no such file; check the path in the repo.')
+        f'{path!r}: the repo has no such file; check the path in the repo.'
+    )
   if isinstance(e, (hub_errors.HFValidationError, ValueError)):
     return errors.UserInputError(f'{path!r} is not a valid Hub path: {e}')
   if isinstance(e, OSError):
     return errors.UserInputError(
         f'{path!r}: the Hub download failed ({e!r}); Hugging Face cache: {cache!r}. '
-        'Check the network and try again, or use a local path.')
+        'Check the network and try again, or use a local path.'
+    )
   return None

@@ -5,6 +5,7 @@ The commands (main, inference, aot, export: vit_jax/cli.py) print these as one l
 and keeps its traceback. Both are ValueErrors, so code and tests catching ValueError (or
 FileNotFoundError) keep working.
 """
+
 import sys
 
 
@@ -27,6 +28,7 @@ def reporting_user_errors(main):
 
   For absl `app.run` entry points; everything else (a bug) keeps its traceback.
   """
+
   def run(argv):
     try:
       return main(argv)
@@ -34,4 +36,5 @@ def reporting_user_errors(main):
       sys.stdout.flush()
       print(one_line(e), file=sys.stderr, flush=True)
       sys.exit(2)
+
   return run

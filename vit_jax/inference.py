@@ -11,6 +11,7 @@ model and class names of its config.json (vit_jax/trained_run.py), at its crop s
 Resolution follows the checkpoint (its position-embedding grid times the patch size) unless
 --image_size is given; images are resized to it and scaled to [-1, 1] as in training.
 """
+
 import time
 
 from absl import app
@@ -21,32 +22,53 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from vit_jax.configs import models as model_configs
+from vit_jax import checkpoint
 from vit_jax import cli
 from vit_jax import errors
-from vit_jax import checkpoint
+from vit_jax import paths
 from vit_jax.checkpoints import architecture
 from vit_jax.checkpoints import hf_format
-from vit_jax.datasets import class_names as labels_lib
-from vit_jax import paths
 from vit_jax.checkpoints import trained_run
-from vit_jax.models import VisionTransformer
+from vit_jax.configs import models as model_configs
+from vit_jax.datasets import class_names as labels_lib
 from vit_jax.models import layer_stack
 from vit_jax.models import resnet
+from vit_jax.models import VisionTransformer
 
-flags.DEFINE_string('checkpoint', None, 'npz / safetensors / msgpack file, Hugging Face '
-                    'folder or training workdir: local, gs://, https:// or hf://ORG/NAME.')
-flags.DEFINE_integer('step', None, 'The checkpoint step of a training workdir; default: its '
-                     'newest.')
-flags.DEFINE_string('model', None, 'A configs/models.py name; default: the model the '
-                    'checkpoint implies (its config.json, or its parameter shapes).')
+flags.DEFINE_string(
+    'checkpoint',
+    None,
+    'npz / safetensors / msgpack file, Hugging Face '
+    'folder or training workdir: local, gs://, https:// or hf://ORG/NAME.',
+)
+flags.DEFINE_integer(
+    'step', None, 'The checkpoint step of a training workdir; default: its ' 'newest.'
+)
+flags.DEFINE_string(
+    'model',
+    None,
+    'A configs/models.py name; default: the model the '
+    'checkpoint implies (its config.json, or its parameter shapes).',
+)
 flags.DEFINE_integer('image_size', 0, 'Input resolution; 0 = from the checkpoint.')
-flags.DEFINE_string('labels', None, "'imagenet1k', 'fashion_mnist' or a file; default: the "
-                    "checkpoint's own names, else ImageNet's for 1000 classes.")
-flags.DEFINE_bool('exact_gelu', None, 'erf GELU instead of tanh; default: erf for timm and '
-                  'Hugging Face files (as trained), tanh for Google ones.')
-flags.DEFINE_bool('scan_layers', False, 'Run the encoder blocks under nn.scan (one block '
-                  'compiled, whatever the depth); the same numbers.')
+flags.DEFINE_string(
+    'labels',
+    None,
+    "'imagenet1k', 'fashion_mnist' or a file; default: the "
+    "checkpoint's own names, else ImageNet's for 1000 classes.",
+)
+flags.DEFINE_bool(
+    'exact_gelu',
+    None,
+    'erf GELU instead of tanh; default: erf for timm and '
+    'Hugging Face files (as trained), tanh for Google ones.',
+)
+flags.DEFINE_bool(
+    'scan_layers',
+    False,
+    'Run the encoder blocks under nn.scan (one block '
+    'compiled, whatever the depth); the same numbers.',
+)
 flags.DEFINE_integer('top_k', 5, 'How many classes to print per image.')
 flags.DEFINE_bool('benchmark', False, 'Time the jitted forward pass instead.')
 flags.DEFINE_integer('steps', 10, 'Timed steps for --benchmark (after one warm-up step).')
@@ -62,8 +84,10 @@ def _model_config(params, fmt, hf, model_name, exact_gelu):
   """
   if model_name:
     if model_name not in model_configs.MODEL_CONFIGS:
-      raise errors.UserInputError(f'--model={model_name!r} is not in vit_jax/configs/models.py; '
-                                  'omit --model to build the model the checkpoint implies')
+      raise errors.UserInputError(
+          f'--model={model_name!r} is not in vit_jax/configs/models.py; '
+          'omit --model to build the model the checkpoint implies'
+      )
     config = model_configs.MODEL_CONFIGS[model_name].to_dict()
   elif hf is not None:
     config = hf.model_config
@@ -89,7 +113,8 @@ def checkpoint_description(checkpoint_path, model_name=None):
   if fmt == 'DiT':
     raise errors.UserInputError(
         f'{checkpoint_path} is a DiT (diffusion transformer) checkpoint, not a classifier: '
-        'generate images from it with python -m vit_jax.sample --checkpoint=...')
+        'generate images from it with python -m vit_jax.sample --checkpoint=...'
+    )
   hf = None
   if fmt == 'Hugging Face':
     hf_json = hf_format.config_for(local)
@@ -97,8 +122,9 @@ def checkpoint_description(checkpoint_path, model_name=None):
   return fmt, params, hf
 
 
-def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None, scan_layers=False,
-          step=None):
+def build(
+    checkpoint_path, model_name=None, image_size=0, exact_gelu=None, scan_layers=False, step=None
+):
   """(model, params, image_size, channels, class names or None) for a checkpoint.
 
   Class names come from a Hugging Face checkpoint's id2label, or a training workdir's
@@ -106,14 +132,18 @@ def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None, scan_
   fit. `scan_layers=True` builds the scanned model and stacks the blocks after the checks.
   """
   if trained_run.is_run(checkpoint_path):
-    return _build_from_workdir(checkpoint_path, model_name, image_size, exact_gelu,
-                               scan_layers, step)
+    return _build_from_workdir(
+        checkpoint_path, model_name, image_size, exact_gelu, scan_layers, step
+    )
   if step is not None:
-    raise errors.UserInputError(f'--step={step} is for a training workdir; '
-                                f'{checkpoint_path} is a checkpoint file or folder')
+    raise errors.UserInputError(
+        f'--step={step} is for a training workdir; '
+        f'{checkpoint_path} is a checkpoint file or folder'
+    )
   if image_size < 0:
-    raise errors.UserInputError(f'--image_size={image_size} must be > 0, or 0 for the '
-                                "checkpoint's own")
+    raise errors.UserInputError(
+        f'--image_size={image_size} must be > 0, or 0 for the ' "checkpoint's own"
+    )
   fmt, params, hf = checkpoint_description(checkpoint_path, model_name)
   config = _model_config(params, fmt, hf, model_name, exact_gelu)
   config['transformer']['scan_layers'] = scan_layers
@@ -128,32 +158,46 @@ def build(checkpoint_path, model_name=None, image_size=0, exact_gelu=None, scan_
   step = model.patches['size'][0] * resnet.stem_downsampling(model.resnet)
   if image_size % step:
     raise errors.UserInputError(
-        f'--image_size={image_size} is not a multiple of the model\'s {step}-pixel patches; '
-        f'pick e.g. {max(step, image_size // step * step)}')
-  abstract = jax.eval_shape(lambda: layer_stack.unstack(model.init(  # the file's layout
-      jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, channels)),
-      train=False)['params']))
+        f"--image_size={image_size} is not a multiple of the model's {step}-pixel patches; "
+        f'pick e.g. {max(step, image_size // step * step)}'
+    )
+  abstract = jax.eval_shape(
+      lambda: layer_stack.unstack(
+          model.init(  # the file's layout
+              jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, channels)), train=False
+          )['params']
+      )
+  )
   name = model_name or 'the model it implies'
-  missing, extra = checkpoint.check_shapes(params, abstract,
-                                           context=f'{checkpoint_path} vs {name}: ')
+  missing, extra = checkpoint.check_shapes(
+      params, abstract, context=f'{checkpoint_path} vs {name}: '
+  )
   if missing or extra:
-    raise errors.UserInputError(f'{checkpoint_path} does not fit {name}: missing '
-                                f'{missing[:5]}, unexpected {extra[:5]}')
+    raise errors.UserInputError(
+        f'{checkpoint_path} does not fit {name}: missing ' f'{missing[:5]}, unexpected {extra[:5]}'
+    )
   params = layer_stack.to_layout(params, scan_layers)
   return model, params, image_size, channels, (hf.class_names if hf else None)
 
 
 def _build_from_workdir(workdir, model_name, image_size, exact_gelu, scan_layers, step):
-  given = [f'--{flag}={value}' for flag, value in (('model', model_name),
-                                                    ('exact_gelu', exact_gelu)) if value]
+  given = [
+      f'--{flag}={value}'
+      for flag, value in (('model', model_name), ('exact_gelu', exact_gelu))
+      if value
+  ]
   if given:
-    raise errors.UserInputError(f'{" and ".join(given)}: {workdir} is a training workdir, '
-                                'whose config.json sets the model; omit them')
+    raise errors.UserInputError(
+        f'{" and ".join(given)}: {workdir} is a training workdir, '
+        'whose config.json sets the model; omit them'
+    )
   run = trained_run.load(workdir, step)
   model, params, size, channels = trained_run.classifier(run, scan_layers)
   if image_size and image_size != size:
-    raise errors.UserInputError(f'--image_size={image_size}: the run in {workdir} trained at '
-                                f'{size}x{size} (config.pp.crop); omit --image_size')
+    raise errors.UserInputError(
+        f'--image_size={image_size}: the run in {workdir} trained at '
+        f'{size}x{size} (config.pp.crop); omit --image_size'
+    )
   logging.info('%s: step %d of a training run', workdir, run.step)
   return model, params, size, channels, run.class_names
 
@@ -181,8 +225,10 @@ def load_images(image_paths, image_size, channels, patch):
     except OSError as e:
       raise errors.UserInputError(f'image {path!r} cannot be read as an image ({e})') from e
     if min(img.size) < patch:
-      raise errors.UserInputError(f'image {path!r} is {img.size[0]}x{img.size[1]}, smaller than one '
-                       f'{patch}x{patch} patch of the model')
+      raise errors.UserInputError(
+          f'image {path!r} is {img.size[0]}x{img.size[1]}, smaller than one '
+          f'{patch}x{patch} patch of the model'
+      )
     img = img.resize((image_size, image_size), Image.BILINEAR)
     array = np.asarray(img, np.float32).reshape(image_size, image_size, channels)
     images.append((array - 127.5) / 127.5)
@@ -202,7 +248,8 @@ def classify(model, params, images, class_names, top_k=5):
   if len(class_names) != num_classes:
     raise errors.UserInputError(
         f'{len(class_names)} class names for a head of {num_classes} classes; give --labels '
-        f'with {num_classes} names (a file: one per line) or omit it')
+        f'with {num_classes} names (a file: one per line) or omit it'
+    )
   logits = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(params, images)
   probs = np.asarray(jax.nn.softmax(logits.astype(jnp.float32)))
   top = np.argsort(-probs, axis=1)[:, :top_k]
@@ -216,8 +263,9 @@ def benchmark(model, params, batch, image_size, channels, steps):
       raise errors.UserInputError(f'--{flag}={value} must be >= 1 for --benchmark')
   x = jnp.zeros((batch, image_size, image_size, channels))
   start = time.perf_counter()
-  forward = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False)).lower(
-      params, x).compile()
+  forward = (
+      jax.jit(lambda p, x: model.apply({'params': p}, x, train=False)).lower(params, x).compile()
+  )
   compile_s = time.perf_counter() - start
   forward(params, x).block_until_ready()
   start = time.perf_counter()
@@ -230,24 +278,28 @@ def benchmark(model, params, batch, image_size, channels, steps):
 def _check_flags(image_paths):
   """The flags' own errors, before a checkpoint is read."""
   if FLAGS.top_k < 1:
-    raise errors.UserInputError(f'--top_k={FLAGS.top_k} must be >= 1 (classes printed per '
-                                'image)')
+    raise errors.UserInputError(
+        f'--top_k={FLAGS.top_k} must be >= 1 (classes printed per ' 'image)'
+    )
   if FLAGS.benchmark:
     for flag in ('batch', 'steps'):
       if FLAGS[flag].value < 1:
-        raise errors.UserInputError(f'--{flag}={FLAGS[flag].value} must be >= 1 for '
-                                    '--benchmark')
+        raise errors.UserInputError(f'--{flag}={FLAGS[flag].value} must be >= 1 for ' '--benchmark')
     ignored = [f for f in ('top_k', 'labels') if FLAGS[f].present] + (
-        ['image paths'] if image_paths else [])
+        ['image paths'] if image_paths else []
+    )
     if ignored:
-      raise errors.UserInputError(f'--benchmark times the model and classifies nothing: '
-                                  f'{", ".join(ignored)} would be ignored; drop them or '
-                                  '--benchmark')
+      raise errors.UserInputError(
+          f'--benchmark times the model and classifies nothing: '
+          f'{", ".join(ignored)} would be ignored; drop them or '
+          '--benchmark'
+      )
   else:
     given = [f'--{f}' for f in ('batch', 'steps') if FLAGS[f].present]
     if given:
-      raise errors.UserInputError(f'{" and ".join(given)} only act with --benchmark; add it '
-                                  'or drop them')
+      raise errors.UserInputError(
+          f'{" and ".join(given)} only act with --benchmark; add it ' 'or drop them'
+      )
     if not image_paths:
       raise app.UsageError('give image paths, or --benchmark')
 
@@ -258,13 +310,20 @@ def main(argv):
     raise app.UsageError('--checkpoint is required')
   _check_flags(image_paths)
   model, params, size, channels, own_names = build(
-      FLAGS.checkpoint, FLAGS.model, FLAGS.image_size, FLAGS.exact_gelu, FLAGS.scan_layers,
-      FLAGS.step)
+      FLAGS.checkpoint,
+      FLAGS.model,
+      FLAGS.image_size,
+      FLAGS.exact_gelu,
+      FLAGS.scan_layers,
+      FLAGS.step,
+  )
   if FLAGS.benchmark:
     rate, compile_s = benchmark(model, params, FLAGS.batch, size, channels, FLAGS.steps)
     name = FLAGS.model or paths.basename(FLAGS.checkpoint)
-    print(f'{name} {size}x{size} batch {FLAGS.batch}: {rate:.2f} images/s over '
-          f'{FLAGS.steps} timed steps (compile {compile_s:.1f} s)')
+    print(
+        f'{name} {size}x{size} batch {FLAGS.batch}: {rate:.2f} images/s over '
+        f'{FLAGS.steps} timed steps (compile {compile_s:.1f} s)'
+    )
     return
   images = load_images(image_paths, size, channels, model.patches['size'][0])
   if FLAGS.labels:

@@ -24,6 +24,7 @@ Image folders (vit_jax/datasets/image_folder.py): a file that cannot be decoded 
 train batches carry `weight` (0 for it, else 1; eval sets its `mask` to 0): batches stay a
 fixed function of (seed, step), and the iterator counts (`.skipped`) and logs each one.
 """
+
 import functools
 import os
 import re
@@ -36,8 +37,8 @@ import tensorflow_datasets as tfds
 
 from vit_jax import errors
 from vit_jax import paths
-from vit_jax.datasets import preprocessing as pp_lib
 from vit_jax.datasets import image_folder
+from vit_jax.datasets import preprocessing as pp_lib
 from vit_jax.datasets import tfds_source
 from vit_jax.datasets.source import Source
 
@@ -56,8 +57,12 @@ def get_dataset_info(config, split):
   if _is_folder(config):
     image_folder.check_splits(config.dataset, config.pp.train, config.pp.test)
     listing = image_folder.listing(config.dataset, split)
-    return dict(num_examples=len(listing.paths), num_classes=len(listing.classes),
-                image_shape=(None, None, 3), class_names=listing.classes)
+    return dict(
+        num_examples=len(listing.paths),
+        num_classes=len(listing.classes),
+        image_shape=(None, None, 3),
+        class_names=listing.classes,
+    )
   return tfds_source.dataset_info(config, split)
 
 
@@ -78,11 +83,13 @@ def check_splits(config):
       raise errors.UserInputError(
           f'config.{field}={split!r} cannot be read from config.dataset={config.dataset!r} '
           f"({reason}); name one of its splits, optionally sliced: 'train', 'test', "
-          "'train[:90%]', 'train[1000:]'.") from e
+          "'train[:90%]', 'train[1000:]'."
+      ) from e
     if info['num_examples'] < 1:
       raise errors.UserInputError(
           f'config.{field}={split!r} of config.dataset={config.dataset!r} has no examples; '
-          'widen the slice.')  # (an image folder's split with no images)
+          'widen the slice.'
+      )  # (an image folder's split with no images)
     infos.append(info)
   return infos[0]
 
@@ -122,8 +129,9 @@ def _preprocess(config, image, position, train, channels=None):
     if pp.flip:
       image = pp_lib.random_flip(image, seed + 1)
     if pp.randaugment.num_layers:
-      image = pp_lib.randaugment(image, seed + 2, pp.randaugment.num_layers,
-                                 pp.randaugment.magnitude)
+      image = pp_lib.randaugment(
+          image, seed + 2, pp.randaugment.num_layers, pp.randaugment.magnitude
+      )
   elif pp.resize and pp.resize > pp.crop:
     image = pp_lib.resize_small_central_crop(image, pp.resize, pp.crop)
   else:
@@ -134,8 +142,10 @@ def _preprocess(config, image, position, train, channels=None):
 
 def _process_slice(batch_size, process_index, process_count, field):
   if batch_size % process_count:
-    raise errors.UserInputError(f'{field}={batch_size} is not divisible by the process count '
-                                f'{process_count}; pick a multiple of it.')
+    raise errors.UserInputError(
+        f'{field}={batch_size} is not divisible by the process count '
+        f'{process_count}; pick a multiple of it.'
+    )
   local = batch_size // process_count
   return local, process_index * local
 
@@ -144,7 +154,8 @@ def _shuffled_index(seed, position, n):
   """The example at global `position`: a fresh permutation of the split every epoch."""
   epoch, within = position // n, position % n
   return tf.random.experimental.index_shuffle(
-      within, tf.stack([tf.cast(seed, tf.int64), epoch]), n - 1)
+      within, tf.stack([tf.cast(seed, tf.int64), epoch]), n - 1
+  )
 
 
 def _zero_if_skipped(example, ok):
@@ -152,8 +163,9 @@ def _zero_if_skipped(example, ok):
   if ok is None:
     return example
   weight = tf.cast(ok, tf.float32)
-  return dict(example, image=example['image'] * weight, label=example['label'] * weight,
-              weight=weight)
+  return dict(
+      example, image=example['image'] * weight, label=example['label'] * weight, weight=weight
+  )
 
 
 # ------------------------------------------------------------------------------------ train
@@ -171,13 +183,18 @@ def _indexed_train(config, source, start_step, process_index, process_count):
   def example(i):
     position = position_of(i)
     image, label, ok = example_fn(_shuffled_index(config.seed, position, n))
-    return _zero_if_skipped({'image': _preprocess(config, image, position, train=True,
-                                                   channels=source.channels),
-                             'label': tf.one_hot(label, num_classes), 'position': position},
-                            ok)
+    return _zero_if_skipped(
+        {
+            'image': _preprocess(config, image, position, train=True, channels=source.channels),
+            'label': tf.one_hot(label, num_classes),
+            'position': position,
+        },
+        ok,
+    )
 
-  ds = tf.data.Dataset.range(2**62).map(example, num_parallel_calls=tf.data.AUTOTUNE,
-                                         deterministic=True)
+  ds = tf.data.Dataset.range(2**62).map(
+      example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+  )
   return ds.batch(local, drop_remainder=True)
 
 
@@ -194,17 +211,21 @@ def _eval_dataset(config, source, process_index, process_count):
   local, offset = _process_slice(batch, process_index, process_count, 'config.batch_eval')
   example_fn, n, num_classes = source.example_fn, source.n, source.num_classes
   num_batches = -(-n // batch)
-  positions = np.concatenate([np.arange(s * batch + offset, s * batch + offset + local)
-                              for s in range(num_batches)])
+  positions = np.concatenate(
+      [np.arange(s * batch + offset, s * batch + offset + local) for s in range(num_batches)]
+  )
   ds = tf.data.Dataset.from_tensor_slices(positions)
 
   def example(position):
     image, label, ok = example_fn(tf.minimum(position, n - 1))
     real = position < n if ok is None else tf.logical_and(position < n, ok)
     image = _preprocess(config, image, position, train=False, channels=source.channels)
-    return {'image': image * tf.cast(real, tf.float32),
-            'label': tf.one_hot(label, num_classes) * tf.cast(real, tf.float32),
-            'mask': tf.cast(real, tf.float32)}
+    return {
+        'image': image * tf.cast(real, tf.float32),
+        'label': tf.one_hot(label, num_classes) * tf.cast(real, tf.float32),
+        'mask': tf.cast(real, tf.float32),
+    }
+
   return ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(local)
 
 
@@ -239,8 +260,9 @@ class _FolderBatches:
     positions = number * self._size + self._offset + np.arange(self._local)
     if self._mode == 'eval':
       return np.where(positions < n, np.minimum(positions, n - 1), -1)
-    return np.array([int(_shuffled_index(self._config.seed, tf.constant(p, tf.int64), n))
-                     for p in positions])
+    return np.array(
+        [int(_shuffled_index(self._config.seed, tf.constant(p, tf.int64), n)) for p in positions]
+    )
 
   def __next__(self):
     number = self._number
@@ -252,12 +274,14 @@ class _FolderBatches:
       if not bad:
         raise
       split = _split_name(self._config, self._mode)
-      files = '; '.join(f'{path} (example {index} of split {split!r}: {reason})'
-                        for index, path, reason in bad)
+      files = '; '.join(
+          f'{path} (example {index} of split {split!r}: {reason})' for index, path, reason in bad
+      )
       raise errors.UserInputError(
           f'cannot decode image file(s) of config.dataset={self._config.dataset!r} needed by '
           f'{self._where(number)}: {files}. Delete or replace the file(s), or set '
-          'config.pp.skip_undecodable=True to run with them skipped (weight 0).') from e
+          'config.pp.skip_undecodable=True to run with them skipped (weight 0).'
+      ) from e
     self._number += 1
     if self._config.pp.skip_undecodable:
       kept = batch['weight'] if self._mode == 'train' else batch['mask']
@@ -277,15 +301,22 @@ def get_data(config, mode, *, start_step=0, process_index=None, process_count=No
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   batch_field = 'config.batch' if mode == 'train' else 'config.batch_eval'
-  _process_slice(config.batch if mode == 'train' else config.batch_eval, process_index,
-                 process_count, batch_field)
+  _process_slice(
+      config.batch if mode == 'train' else config.batch_eval,
+      process_index,
+      process_count,
+      batch_field,
+  )
   source = _source(config, _split_name(config, mode))
   if mode == 'eval':
     ds = _eval_dataset(config, source, process_index, process_count)
   else:
     ds = _indexed_train(config, source, start_step, process_index, process_count)
-    ds = ds.map(functools.partial(_finish_train_batch, config),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(
+        functools.partial(_finish_train_batch, config),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
   options = tf.data.Options()
   options.deterministic = True
   options.threading.private_threadpool_size = max(os.cpu_count() or 1, 1)
@@ -294,11 +325,15 @@ def get_data(config, mode, *, start_step=0, process_index=None, process_count=No
   # without it), which delayed the end of every long run.
   options.autotune.enabled = False
   ds = ds.with_options(options).prefetch(config.prefetch)
-  logging.info('Input pipeline %s: %s, start_step=%d, process %d/%d', mode, config.dataset,
-               start_step, process_index, process_count)
+  logging.info(
+      'Input pipeline %s: %s, start_step=%d, process %d/%d',
+      mode,
+      config.dataset,
+      start_step,
+      process_index,
+      process_count,
+  )
   batches = iter(tfds.as_numpy(ds))
   if source.listing is None:
     return batches
-  return _FolderBatches(config, mode, source, batches, start_step, process_index,
-                        process_count)
-
+  return _FolderBatches(config, mode, source, batches, start_step, process_index, process_count)

@@ -19,6 +19,7 @@ On start the process re-executes itself with tcmalloc preloaded when it is insta
 (VIT_JAX_TCMALLOC=0 disables this) and creates `config.cpu_devices` CPU devices; see
 vit_jax/runtime/host_setup.py.
 """
+
 import json
 import sys
 
@@ -36,10 +37,18 @@ flags.DEFINE_string('workdir', None, 'Where checkpoints and metrics go; resumes 
 flags.DEFINE_string('coordinator_address', None, 'jax.distributed coordinator host:port.')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process runs).')
 flags.DEFINE_integer('process_id', None, 'This process index (multi-process runs).')
-flags.DEFINE_integer('coordinator_timeout', 300, 'Seconds to wait for the coordinator and '
-                     'the other processes at start (multi-process runs); then exit 2.')
-flags.DEFINE_bool('force_unlock', False, 'Take over the workdir lock of a run that is gone '
-                  '(one that is not recognised as stale by itself: another host, recently).')
+flags.DEFINE_integer(
+    'coordinator_timeout',
+    300,
+    'Seconds to wait for the coordinator and '
+    'the other processes at start (multi-process runs); then exit 2.',
+)
+flags.DEFINE_bool(
+    'force_unlock',
+    False,
+    'Take over the workdir lock of a run that is gone '
+    '(one that is not recognised as stale by itself: another host, recently).',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -47,7 +56,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from vit_jax.runtime import processes  # pylint: disable=g-import-not-at-top
+  from vit_jax.runtime import processes
+
   processes.resolve(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.workdir.startswith('gs://'):
     gcs_credentials.check(f'--workdir={FLAGS.workdir}')
@@ -55,31 +65,42 @@ def main(argv):
   host_setup.reexec_with_tcmalloc('vit_jax.main')
   # Imported here so that the flags above parse before TensorFlow and JAX start.
   host_setup.set_cpu_devices(FLAGS.config.cpu_devices)  # before JAX's backends start
-  from vit_jax.runtime import partitioning  # pylint: disable=g-import-not-at-top
-  from vit_jax.runtime import preemption  # pylint: disable=g-import-not-at-top
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
-  partitioning.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                      FLAGS.process_id, FLAGS.coordinator_timeout)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from vit_jax import train
+  from vit_jax.runtime import partitioning
+  from vit_jax.runtime import preemption
+
+  partitioning.initialize_distributed(
+      FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.coordinator_timeout
+  )
+  import tensorflow as tf
+
   tf.config.set_visible_devices([], 'GPU')  # tf.data only; the accelerators are JAX's
   result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.force_unlock)
   if result.get('stopped_by_signal'):
     status = preemption.exit_status(result['stopped_by_signal'])
     print(json.dumps(result))
-    print(f'Stopped early at step {result["step"]} by a signal, checkpoint saved; exit status '
-          f'{status}. Run the same command to resume.')
+    print(
+        f'Stopped early at step {result["step"]} by a signal, checkpoint saved; exit status '
+        f'{status}. Run the same command to resume.'
+    )
     sys.exit(status)
   if 'eval_accuracy' in result:
     how = ''
     if 'eval_accuracy_single_view' in result:  # config.eval_flip
-      how = (f' (logits of each image and its mirror averaged; single view '
-             f'{result["eval_accuracy_single_view"]:.4f})')
-    print(f'Final test accuracy: {result["eval_accuracy"]:.4f}{how} over '
-          f'{result["eval_examples"]} test images (step {result["step"]})')
+      how = (
+          f' (logits of each image and its mirror averaged; single view '
+          f'{result["eval_accuracy_single_view"]:.4f})'
+      )
+    print(
+        f'Final test accuracy: {result["eval_accuracy"]:.4f}{how} over '
+        f'{result["eval_examples"]} test images (step {result["step"]})'
+    )
   if 'eval_reconstruction_loss' in result:
-    print(f'Final test reconstruction loss (masked tokens): '
-          f'{result["eval_reconstruction_loss"]:.4f} over {result["eval_examples"]} test images '
-          f'(step {result["step"]}); encoder for fine-tuning: {result["encoder_checkpoint"]}')
+    print(
+        f'Final test reconstruction loss (masked tokens): '
+        f'{result["eval_reconstruction_loss"]:.4f} over {result["eval_examples"]} test images '
+        f'(step {result["step"]}); encoder for fine-tuning: {result["encoder_checkpoint"]}'
+    )
   print(json.dumps(result))
 
 

@@ -6,14 +6,16 @@ Process 0 writes the files. Local files are appended at every write; on an objec
 loop calls at every checkpoint and at the end. After a resume, `resume_at(step)` drops what a
 killed run logged after the checkpoint it resumes from, so every step appears once.
 
-TensorBoard event files are written and pruned here through the path layer too: tf.summary writes through TensorFlow's own filesystem, whose GCS client cannot be pointed at
-an emulator and which would be the one part of a run not going through `vit_jax/paths.py`.
-Scalars need nothing of TensorFlow: an event file is TFRecord framing around `Event` protos
-(TensorBoard's own protos and crc32c, no TensorFlow).
+TensorBoard event files are written and pruned here through the path layer too: tf.summary
+writes through TensorFlow's own filesystem, whose GCS client cannot be pointed at an emulator
+and which would be the one part of a run not going through `vit_jax/paths.py`. Scalars need
+nothing of TensorFlow: an event file is TFRecord framing around `Event` protos (TensorBoard's
+own protos and crc32c, no TensorFlow).
 
 `drop_steps_after` removes the records a killed run logged after the checkpoint it resumes
 from, so TensorBoard shows one value per step after a restart.
 """
+
 import json
 import os
 import socket
@@ -91,27 +93,32 @@ EVENT_FILE_MARKER = 'tfevents'
 def encode_record(data):
   """One TFRecord: length, its masked crc32c, the data, the data's masked crc32c."""
   header = struct.pack('<Q', len(data))
-  return (header + struct.pack('<I', masked_crc32c(header)) + data +
-          struct.pack('<I', masked_crc32c(data)))
+  return (
+      header
+      + struct.pack('<I', masked_crc32c(header))
+      + data
+      + struct.pack('<I', masked_crc32c(data))
+  )
 
 
 def decode_records(blob, name='event file'):
   """The records of a TFRecord file's bytes; a torn last record (a killed writer) is dropped."""
   records, offset = [], 0
   while offset + 12 <= len(blob):
-    (length,) = struct.unpack('<Q', blob[offset:offset + 8])
+    (length,) = struct.unpack('<Q', blob[offset : offset + 8])
     end = offset + 12 + length + 4
     if end > len(blob):
       logging.warning('%s: dropping a torn record at byte %d', name, offset)
       break
-    records.append(blob[offset + 12:offset + 12 + length])
+    records.append(blob[offset + 12 : offset + 12 + length])
     offset = end
   return records
 
 
 def _scalar_event(step, tag, value, wall_time):
-  summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag,
-                                                                 simple_value=float(value))])
+  summary = summary_pb2.Summary(
+      value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(value))]
+  )
   return event_pb2.Event(wall_time=wall_time, step=int(step), summary=summary)
 
 
@@ -123,8 +130,10 @@ class EventFileWriter(interface.MetricWriter):
 
   def __init__(self, logdir):
     now = time.time()
-    name = (f'events.out.{EVENT_FILE_MARKER}.{now:.0f}.{socket.gethostname()}.{os.getpid()}'
-            '.vit_jax.v2')
+    name = (
+        f'events.out.{EVENT_FILE_MARKER}.{now:.0f}.{socket.gethostname()}.{os.getpid()}'
+        '.vit_jax.v2'
+    )
     self._path = paths.join(logdir, name)
     first = event_pb2.Event(wall_time=now, file_version='brain.Event:2')
     self._pending = [encode_record(first.SerializeToString())]
@@ -136,8 +145,7 @@ class EventFileWriter(interface.MetricWriter):
   def write_scalars(self, step, scalars):
     now = time.time()
     for tag, value in scalars.items():
-      self._pending.append(encode_record(
-          _scalar_event(step, tag, value, now).SerializeToString()))
+      self._pending.append(encode_record(_scalar_event(step, tag, value, now).SerializeToString()))
 
   def write_summaries(self, step, values, metadata=None):
     del metadata
@@ -188,5 +196,9 @@ def drop_steps_after(logdir, step):
     kept = [r for r in records if not _summary_after(r, step)]
     if len(kept) != len(records):
       paths.write_bytes(path, b''.join(encode_record(r) for r in kept))
-      logging.info('%s: dropped %d records after step %d (logged by a run that did not '
-                   'save them)', path, len(records) - len(kept), step)
+      logging.info(
+          '%s: dropped %d records after step %d (logged by a run that did not ' 'save them)',
+          path,
+          len(records) - len(kept),
+          step,
+      )

@@ -18,15 +18,16 @@ error when it cannot tell (offline, denied). Writers raise a clear error for the
 `join`, `parent` and `basename` treat them as strings (`hf://org/name` joined with
 `config.json` is that file of the repo).
 """
+
 import os
 
 os.environ.setdefault('EPATH_USE_TF', '0')
 
-from etils import epath  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from etils import epath
 
-from vit_jax import downloads  # pylint: disable=g-import-not-at-top
-from vit_jax import errors  # pylint: disable=g-import-not-at-top
-from vit_jax.runtime import gcs_credentials  # pylint: disable=g-import-not-at-top
+from vit_jax import downloads
+from vit_jax import errors
+from vit_jax.runtime import gcs_credentials
 
 REMOTE_PREFIXES = ('gs://', 's3://', 'az://')
 
@@ -49,7 +50,8 @@ def as_path(path):
   path = os.fspath(path)
   if downloads.is_download(path):
     raise errors.UserInputError(
-        f'{path!r} is a read-only download; write to a local or gs:// path instead.')
+        f'{path!r} is a read-only download; write to a local or gs:// path instead.'
+    )
   if path.startswith('gs://'):
     gcs_credentials.check(path)
   return epath.Path(path if is_remote(path) else os.path.expanduser(path))
@@ -164,10 +166,12 @@ def create_exclusive(path, data):
   p = as_path(path)
   p.parent.mkdir(parents=True, exist_ok=True)
   if is_remote(path):
-    import fsspec  # pylint: disable=g-import-not-at-top
+    import fsspec
+
     try:
       fsspec.filesystem(os.fspath(path).split('://', 1)[0]).pipe_file(
-          os.fspath(path), data, mode='create')
+          os.fspath(path), data, mode='create'
+      )
     except FileExistsError:
       return False
     return True

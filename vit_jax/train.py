@@ -6,6 +6,7 @@ of the train split, gathered inside the step (vit_jax/datasets/device_input.py);
 fold_in(seed, step). A run killed at any point and restarted from its last checkpoint ends
 bitwise equal to one that was never interrupted.
 """
+
 import signal
 import time
 
@@ -20,25 +21,23 @@ import optax
 
 from vit_jax import checkpoint
 from vit_jax import config_checks
-from vit_jax.datasets import device_input
-from vit_jax.runtime import step_queue
 from vit_jax import errors
-from vit_jax.runtime import gcs_credentials
 from vit_jax import input_pipeline
 from vit_jax import metrics
 from vit_jax import objectives
 from vit_jax import optim
-from vit_jax.runtime import partitioning
 from vit_jax import paths
-from vit_jax.runtime import preemption
-from vit_jax.perf import profiling
 from vit_jax.checkpoints import orbax_state
-from vit_jax.perf import utilization
+from vit_jax.datasets import device_input
 from vit_jax.models import resnet
+from vit_jax.perf import profiling
+from vit_jax.perf import utilization
 from vit_jax.runtime import failure
+from vit_jax.runtime import gcs_credentials
+from vit_jax.runtime import partitioning
+from vit_jax.runtime import preemption
+from vit_jax.runtime import step_queue
 from vit_jax.runtime import workdir as workdir_lib
-
-
 
 
 def make_model(config, num_classes):
@@ -59,7 +58,8 @@ def validate_config(config, mesh):
   if config.pretrained_path and not paths.exists(config.pretrained_path):
     raise errors.MissingInputError(
         f'config.pretrained_path={config.pretrained_path!r} does not exist; fix the path or '
-        'set it to None to train from scratch.')
+        'set it to None to train from scratch.'
+    )
 
 
 def _example_scale(batch):
@@ -71,7 +71,7 @@ def _example_scale(batch):
   if 'weight' not in batch:
     return ()
   weight = batch['weight']
-  return (weight * (weight.shape[0] / jnp.maximum(jnp.sum(weight), 1.)),)
+  return (weight * (weight.shape[0] / jnp.maximum(jnp.sum(weight), 1.0)),)
 
 
 def make_train_step(model, tx, schedule, config, num_classes):
@@ -85,29 +85,35 @@ def make_train_step(model, tx, schedule, config, num_classes):
   dropout_grad_fn = jax.value_and_grad(loss_fn(True), has_aux=True)
   dropout_steps = objectives.patch_dropout_steps(config)
   accum = config.accum_steps
-  ema_decay = config.get('ema_decay', 0.)
+  ema_decay = config.get('ema_decay', 0.0)
 
   def train_step(state, batch):
     rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state['step'])
     params = state['params']
     grad_fn = full_grad_fn
     if dropout_steps:  # the first steps on fewer tokens: each branch its own fwd + bwd
-      grad_fn = lambda *args: jax.lax.cond(state['step'] < dropout_steps, dropout_grad_fn,
-                                           full_grad_fn, *args)
+      grad_fn = lambda *args: jax.lax.cond(
+          state['step'] < dropout_steps, dropout_grad_fn, full_grad_fn, *args
+      )
     if accum == 1:
-      (loss, terms), grads = grad_fn(params, batch['image'], batch['label'], rng,
-                                     *_example_scale(batch))
+      (loss, terms), grads = grad_fn(
+          params, batch['image'], batch['label'], rng, *_example_scale(batch)
+      )
     else:
       split = lambda x: x.reshape((-1, accum) + x.shape[1:]).swapaxes(0, 1)
       images, labels = split(batch['image']), split(batch['label'])
       scales = [split(x) for x in _example_scale(batch)]
 
       def micro_step(carry, i):
-        out = grad_fn(params, images[i], labels[i], jax.random.fold_in(rng, i),
-                      *[x[i] for x in scales])
+        out = grad_fn(
+            params, images[i], labels[i], jax.random.fold_in(rng, i), *[x[i] for x in scales]
+        )
         return jax.tree.map(jnp.add, carry, out), None
-      zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
-          grad_fn, params, images[0], labels[0], rng, *[x[0] for x in scales]))
+
+      zeros = jax.tree.map(
+          lambda a: jnp.zeros(a.shape, a.dtype),
+          jax.eval_shape(grad_fn, params, images[0], labels[0], rng, *[x[0] for x in scales]),
+      )
       ((loss, terms), grads), _ = jax.lax.scan(micro_step, zeros, jnp.arange(accum))
       loss, terms, grads = jax.tree.map(lambda x: x / accum, (loss, terms, grads))
     updates, opt_state = tx.update(grads, state['opt_state'], params)
@@ -116,16 +122,21 @@ def make_train_step(model, tx, schedule, config, num_classes):
     if ema_decay:
       new_state['ema_params'] = jax.tree.map(
           lambda e, p: e * ema_decay + p.astype(e.dtype) * (1 - ema_decay),
-          state['ema_params'], new_params)
-    return new_state, {'loss': loss, **{f'train_{k}': v for k, v in terms.items()},
-                       'grad_norm': optax.global_norm(grads),
-                       'learning_rate': schedule(state['step']),
-                       'stop': jnp.max(batch['stop']) if 'stop' in batch else 0}
+          state['ema_params'],
+          new_params,
+      )
+    return new_state, {
+        'loss': loss,
+        **{f'train_{k}': v for k, v in terms.items()},
+        'grad_norm': optax.global_norm(grads),
+        'learning_rate': schedule(state['step']),
+        'stop': jnp.max(batch['stop']) if 'stop' in batch else 0,
+    }
+
   return train_step
 
 
-def jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh,
-                   on_device=False):
+def jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh, on_device=False):
   """The train step under jax.jit: state and batch laid out on the mesh, the state donated.
 
   With `on_device` (config.pp.on_device) it takes a third argument, the replicated
@@ -135,13 +146,20 @@ def jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh,
   step_fn = make_train_step(model, tx, schedule, config, num_classes)
   in_shardings = (shardings, partitioning.batch_sharding(mesh))
   if on_device:
+
     def step_on_device(state, batch, data):
       made = device_input.batch_at(config, data, state['step'], num_classes, mesh)
       return step_fn(state, dict(batch, **made))
-    return jax.jit(step_on_device, in_shardings=in_shardings + (replicated,),
-                   out_shardings=(shardings, replicated), donate_argnums=0)
-  return jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(shardings, replicated),
-                 donate_argnums=0)
+
+    return jax.jit(
+        step_on_device,
+        in_shardings=in_shardings + (replicated,),
+        out_shardings=(shardings, replicated),
+        donate_argnums=0,
+    )
+  return jax.jit(
+      step_fn, in_shardings=in_shardings, out_shardings=(shardings, replicated), donate_argnums=0
+  )
 
 
 def compile_train_step(jitted, state, batch, *more):
@@ -152,17 +170,20 @@ def compile_train_step(jitted, state, batch, *more):
   is the one it runs, compiled once.
   """
   abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding,
-                                     weak_type=x.weak_type), (state, batch) + more)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding, weak_type=x.weak_type),
+      (state, batch) + more,
+  )
   return jitted.lower(*abstract).compile()
 
 
 def jit_eval_step(model, shardings, mesh, config=None):
   """The eval step under jax.jit: params as trained, batch laid out on the mesh."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(make_eval_step(model, config),
-                 in_shardings=(shardings['params'], partitioning.batch_sharding(mesh)),
-                 out_shardings=replicated)
+  return jax.jit(
+      make_eval_step(model, config),
+      in_shardings=(shardings['params'], partitioning.batch_sharding(mesh)),
+      out_shardings=replicated,
+  )
 
 
 def make_eval_step(model, config=None):
@@ -172,7 +193,7 @@ def make_eval_step(model, config=None):
 
 def _state_from(config, tx, params):
   state = {'step': jnp.zeros([], jnp.int32), 'params': params, 'opt_state': tx.init(params)}
-  if config.get('ema_decay', 0.):
+  if config.get('ema_decay', 0.0):
     state['ema_params'] = jax.tree.map(jnp.copy, params)
   return state
 
@@ -184,13 +205,20 @@ def _init_params(config, model, rng, image_shape):
 
 def abstract_train_state(config, model, tx, mesh, image_shape):
   """Shapes, dtypes and shardings of the train state, nothing allocated."""
+
   def init():
-    return _state_from(config, tx, _init_params(config, model, jax.random.PRNGKey(config.seed),
-                                                image_shape))
+    return _state_from(
+        config, tx, _init_params(config, model, jax.random.PRNGKey(config.seed), image_shape)
+    )
+
   abstract = jax.eval_shape(init)
   shardings = partitioning.param_shardings(abstract, mesh)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings), shardings
+  return (
+      jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+      ),
+      shardings,
+  )
 
 
 def _patch_grid(config, image_shape):
@@ -208,8 +236,10 @@ def create_train_state(config, model, tx, shardings, image_shape):
     params = checkpoint.load_pretrained(
         pretrained_path=config.pretrained_path,
         init_params=multihost_utils.process_allgather(params, tiled=True),
-        model_config=config.model, model_grid=_patch_grid(config, image_shape),
-        strict=config.pretrained_strict)
+        model_config=config.model,
+        model_grid=_patch_grid(config, image_shape),
+        strict=config.pretrained_strict,
+    )
   return jax.jit(lambda p: _state_from(config, tx, p), out_shardings=shardings)(params)
 
 
@@ -237,12 +267,12 @@ def evaluate_metrics(config, eval_step, params, mesh):
   """({'eval_<metric>': value, ...}, examples): `evaluate`'s metric and, with
   config.eval_flip, the single-view accuracy beside the flip-averaged one
   (objectives.make_eval_step)."""
-  summed, total = 0., 0.
+  summed, total = 0.0, 0.0
   for batch in input_pipeline.get_data(config, 'eval'):
     s, n = eval_step(params, partitioning.global_batch(batch, mesh))
     summed = summed + np.asarray(_to_host(s), np.float64)
     total += float(_to_host(n))
-  values = np.atleast_1d(summed / max(total, 1.))
+  values = np.atleast_1d(summed / max(total, 1.0))
   names = objectives.eval_metric_names(config)
   return {f'eval_{name}': float(v) for name, v in zip(names, values)}, int(total)
 
@@ -255,13 +285,15 @@ def _first_restorable(ckpt, target, config, workdir):
     raise errors.UserInputError(
         f'{workdir} holds a checkpoint at step {start_step}, beyond config.total_steps='
         f'{config.total_steps}: nothing would be trained. Raise config.total_steps to continue '
-        'that run, or pass a new --workdir.')
+        'that run, or pass a new --workdir.'
+    )
   return (None if restored is None else restored[0]), start_step
 
 
 def _checkpointer(config, workdir):
   return orbax_state.TrainStateCheckpointer(
-      paths.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints)
+      paths.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints
+  )
 
 
 def train_and_evaluate(config, workdir, force_unlock=False):
@@ -287,14 +319,26 @@ def train_and_evaluate(config, workdir, force_unlock=False):
   stop = preemption.StopRequest().install()
   try:
     with workdir_lib.claim(workdir, force_unlock) as held, jax.set_mesh(mesh):
-      return _run(config, held, mesh, model, tx, schedule, num_classes, image_shape, stop,
-                  started, info.get('class_names'))
+      return _run(
+          config,
+          held,
+          mesh,
+          model,
+          tx,
+          schedule,
+          num_classes,
+          image_shape,
+          stop,
+          started,
+          info.get('class_names'),
+      )
   finally:
     stop.uninstall()
 
 
-def _run(config, held, mesh, model, tx, schedule, num_classes, image_shape, stop, started,
-         class_names):
+def _run(
+    config, held, mesh, model, tx, schedule, num_classes, image_shape, stop, started, class_names
+):
   """Restores or creates the state (nothing written yet), then trains in the workdir."""
   workdir = held.workdir
   target, shardings = abstract_train_state(config, model, tx, mesh, image_shape)
@@ -309,8 +353,22 @@ def _run(config, held, mesh, model, tx, schedule, num_classes, image_shape, stop
     ckpt = ckpt or _checkpointer(config, workdir)
     if jax.process_index() == 0:
       workdir_lib.write_config(config, workdir, class_names)
-    result = _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, target,
-                         shardings, state, start_step, ckpt, stop, started)
+    result = _train_loop(
+        config,
+        workdir,
+        mesh,
+        model,
+        tx,
+        schedule,
+        num_classes,
+        target,
+        shardings,
+        state,
+        start_step,
+        ckpt,
+        stop,
+        started,
+    )
   except BaseException as e:
     # A checkpoint being written is finished before the error propagates (no half-written
     # *.orbax-checkpoint-tmp, no noise from its threads at exit); the error stays the last word.
@@ -320,9 +378,12 @@ def _run(config, held, mesh, model, tx, schedule, num_classes, image_shape, stop
         ckpt.wait_until_finished()
         saved = ckpt.latest_step()
         ckpt.close()
-    except Exception as close_error:  # pylint: disable=broad-except
-      logging.error('Finishing the pending checkpoint failed too: %s: %s',
-                    type(close_error).__name__, close_error)
+    except Exception as close_error:
+      logging.error(
+          'Finishing the pending checkpoint failed too: %s: %s',
+          type(close_error).__name__,
+          close_error,
+      )
     if held.is_started and isinstance(e, Exception):
       failure.note_saved_step(e, saved, workdir)
     raise
@@ -331,25 +392,45 @@ def _run(config, held, mesh, model, tx, schedule, num_classes, image_shape, stop
   return result
 
 
-def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, target, shardings,
-                state, start_step, ckpt, stop, started):
+def _train_loop(
+    config,
+    workdir,
+    mesh,
+    model,
+    tx,
+    schedule,
+    num_classes,
+    target,
+    shardings,
+    state,
+    start_step,
+    ckpt,
+    stop,
+    started,
+):
   logger = metrics.MetricsLogger(workdir)
   previous = logger.resume_at(start_step)  # drops what a killed run logged after its checkpoint
-  core_hours = previous.get('core_hours', 0.)
+  core_hours = previous.get('core_hours', 0.0)
   parameter_overview.log_parameter_overview(
-      target['params'], include_stats=False, msg=f'{config.model.model_name} parameters')
+      target['params'], include_stats=False, msg=f'{config.model.model_name} parameters'
+  )
 
   # --------------------------------------------------------------------------- steps
   on_device = device_input.enabled(config)
-  jitted_train_step = jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh,
-                                     on_device)
+  jitted_train_step = jit_train_step(
+      config, model, tx, schedule, num_classes, shardings, mesh, on_device
+  )
   train_step = step_flops = None  # compiled once, at the first step (see compile_train_step)
   eval_step = jit_eval_step(model, shardings, mesh, config)
 
   # ---------------------------------------------------------------------------- loop
   total, devices = config.total_steps, jax.device_count()
-  report = periodic_actions.ReportProgress(num_train_steps=total, writer=logger.writer,
-                                           every_secs=None, every_steps=config.progress_every)
+  report = periodic_actions.ReportProgress(
+      num_train_steps=total,
+      writer=logger.writer,
+      every_secs=None,
+      every_steps=config.progress_every,
+  )
   profiler = profiling.StepProfiler(config.profile, workdir)
   if on_device:  # the step gathers its own batch; the host only sends the stop field
     device_data = (device_input.load(config, mesh)[0],)
@@ -358,8 +439,9 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, target,
     device_data = ()
     train_iter = input_pipeline.get_data(config, 'train', start_step=start_step)
   local_batch = config.batch // jax.process_count()
-  logging.info('Training steps %d..%d of %s on %s', start_step + 1, total, config.dataset,
-               dict(mesh.shape))
+  logging.info(
+      'Training steps %d..%d of %s on %s', start_step + 1, total, config.dataset, dict(mesh.shape)
+  )
   result, last_log, last_time = {}, start_step, time.time()
   limit_dispatch = step_queue.DispatchLimiter()
   stopped_by, stop_sent, stop_array, step_metrics = 0, None, None, None
@@ -368,18 +450,22 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, target,
       profiler.before_step(step)
       if stop.signum != stop_sent:  # the device copy is made again only when it changes
         stop_sent = stop.signum
-        stop_array = partitioning.global_batch({'stop': stop.batch_field(local_batch)},
-                                               mesh)['stop']
+        stop_array = partitioning.global_batch({'stop': stop.batch_field(local_batch)}, mesh)[
+            'stop'
+        ]
       batch = dict(partitioning.global_batch(next(train_iter), mesh), stop=stop_array)
       if train_step is None:
         train_step = compile_train_step(jitted_train_step, state, batch, *device_data)
         step_flops = utilization.StepFlops(train_step, mesh.devices.flat)
         dropout_steps = objectives.patch_dropout_steps(config)
         if dropout_steps > step:
-          logging.info('flops_per_step and MFU count the full-token step (a conditional '
-                       'counts its costliest branch): they overstate the first %d steps, '
-                       'which run on %.0f%% of the patch tokens (config.patch_dropout).',
-                       dropout_steps, 100 * (1 - config.patch_dropout.rate))
+          logging.info(
+              'flops_per_step and MFU count the full-token step (a conditional '
+              'counts its costliest branch): they overstate the first %d steps, '
+              'which run on %.0f%% of the patch tokens (config.patch_dropout).',
+              dropout_steps,
+              100 * (1 - config.patch_dropout.rate),
+          )
         last_time = time.time()  # compiling is not a step
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, step_metrics = train_step(state, batch, *device_data)
@@ -397,15 +483,20 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, target,
               f'train loss is {host["loss"]} at step {step}; stopping without saving this '
               f'state. The last good checkpoint (step {ckpt.latest_step()}) is kept in '
               f'{workdir}. Lower config.base_lr, raise config.warmup_steps or set '
-              'config.grad_norm_clip.')
+              'config.grad_norm_clip.'
+          )
         now = time.time()
         rate = (step - last_log) * config.batch / (now - last_time)
-        record = dict(train_loss=host['loss'], learning_rate=host['learning_rate'],
-                      grad_norm=host['grad_norm'], examples_per_sec=rate,
-                      img_per_sec_per_device=rate / devices,
-                      core_hours=core_hours + devices * (now - started) / 3600,
-                      **step_flops.scalars(step - last_log, now - last_time),
-                      **{k: v for k, v in host.items() if k.startswith('train_')})
+        record = dict(
+            train_loss=host['loss'],
+            learning_rate=host['learning_rate'],
+            grad_norm=host['grad_norm'],
+            examples_per_sec=rate,
+            img_per_sec_per_device=rate / devices,
+            core_hours=core_hours + devices * (now - started) / 3600,
+            **step_flops.scalars(step - last_log, now - last_time),
+            **{k: v for k, v in host.items() if k.startswith('train_')},
+        )
         if config.pp.skip_undecodable:  # this process's count; each file is logged with its path
           record['skipped_undecodable'] = float(getattr(train_iter, 'skipped', 0))
         result['train_loss'] = host['loss']
@@ -423,8 +514,12 @@ def _train_loop(config, workdir, mesh, model, tx, schedule, num_classes, target,
       if due_ckpt:
         logger.flush()
       if stopped_by:
-        logging.warning('Stopped at step %d by %s on some process; checkpoint saved. Run the '
-                        'same command to resume.', step, signal.Signals(stopped_by).name)
+        logging.warning(
+            'Stopped at step %d by %s on some process; checkpoint saved. Run the '
+            'same command to resume.',
+            step,
+            signal.Signals(stopped_by).name,
+        )
         result['stopped_by_signal'] = stopped_by
         break
   except Exception as e:

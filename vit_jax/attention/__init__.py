@@ -9,6 +9,7 @@ All take Flax's [batch, length, heads, head_dim] layout and return it. Lengths t
 divide into blocks (or devices x blocks) are padded with masked keys; padded queries are
 dropped.
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -18,9 +19,9 @@ from vit_jax.attention.blockwise import blockwise_attention
 from vit_jax.attention.core import attention_weights
 from vit_jax.attention.core import dense_attention
 from vit_jax.attention.cudnn import cudnn_attention
-from vit_jax.attention.sharded import SCHEDULES
 from vit_jax.attention.sharded import batch_sharded_kernel
 from vit_jax.attention.sharded import constrain_tokens
+from vit_jax.attention.sharded import SCHEDULES
 from vit_jax.attention.sharded import sharded_attention
 
 IMPLS = ('auto', 'dense', 'blockwise', 'pallas', 'cudnn') + tuple(SCHEDULES)
@@ -33,11 +34,15 @@ def validate_options(impl='auto', block_size=512, kernel='auto'):
   if impl not in IMPLS:
     raise ValueError(f'transformer.attention.impl={impl!r} is not one of {IMPLS}')
   if not isinstance(block_size, int) or block_size < 1:
-    raise ValueError(f'transformer.attention.block_size={block_size!r} must be a positive '
-                     'integer (keys per block, e.g. 512)')
+    raise ValueError(
+        f'transformer.attention.block_size={block_size!r} must be a positive '
+        'integer (keys per block, e.g. 512)'
+    )
   if kernel not in KERNELS:
-    raise ValueError(f'transformer.attention.kernel={kernel!r} is not one of {KERNELS} (the '
-                     "per-device work of ring/allgather/ulysses; 'auto': pallas on TPU)")
+    raise ValueError(
+        f'transformer.attention.kernel={kernel!r} is not one of {KERNELS} (the '
+        "per-device work of ring/allgather/ulysses; 'auto': pallas on TPU)"
+    )
 
 
 def _current_mesh(impl):
@@ -46,7 +51,8 @@ def _current_mesh(impl):
     raise ValueError(
         f"transformer.attention.impl={impl!r} shards the sequence over a mesh axis 'seq', but "
         f'the current mesh is {mesh}; run under `with jax.set_mesh(mesh):` with a mesh that has '
-        "a 'seq' axis (config.mesh.seq, size 1 is fine) or use impl='blockwise'.")
+        "a 'seq' axis (config.mesh.seq, size 1 is fine) or use impl='blockwise'."
+    )
   return mesh
 
 
@@ -56,8 +62,10 @@ def _key_mask(mask, batch, length):
     return jnp.ones((batch, length), bool)
   mask = jnp.asarray(mask)
   if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[2] != 1:
-    raise ValueError(f'non-dense attention supports key masks of shape [batch, 1, 1, keys]; '
-                     f'got {mask.shape}. Use impl=dense for general masks.')
+    raise ValueError(
+        f'non-dense attention supports key masks of shape [batch, 1, 1, keys]; '
+        f'got {mask.shape}. Use impl=dense for general masks.'
+    )
   return jnp.broadcast_to(mask[:, 0, 0, :], (batch, length)).astype(bool)
 
 
@@ -72,22 +80,44 @@ def resolved_impl(impl, length, dtype, dropout_active=False):
   return select.choose_impl(length, dtype, dropout_active) if impl == 'auto' else impl
 
 
-def dot_product_attention(q, k, v, *, impl='auto', block_size=512, kernel='auto', mask=None,
-                          dropout_rng=None, dropout_rate=0., deterministic=True,
-                          precision=None):
+def dot_product_attention(
+    q,
+    k,
+    v,
+    *,
+    impl='auto',
+    block_size=512,
+    kernel='auto',
+    mask=None,
+    dropout_rng=None,
+    dropout_rate=0.0,
+    deterministic=True,
+    precision=None,
+):
   """Attention on [batch, length, heads, head_dim]; returns the same layout and dtype as q."""
   validate_options(impl, block_size, kernel)
-  impl = resolved_impl(impl, q.shape[1], q.dtype, dropout_rate > 0. and not deterministic)
+  impl = resolved_impl(impl, q.shape[1], q.dtype, dropout_rate > 0.0 and not deterministic)
   if impl == 'dense':
-    return dense_attention(q, k, v, mask=mask, dropout_rng=dropout_rng,
-                           dropout_rate=dropout_rate, deterministic=deterministic,
-                           precision=precision)
-  if dropout_rate > 0. and not deterministic:
-    raise ValueError(f'transformer.attention_dropout_rate={dropout_rate} is only supported '
-                     f"with impl='dense' (got impl={impl!r}); set it to 0.")
+    return dense_attention(
+        q,
+        k,
+        v,
+        mask=mask,
+        dropout_rng=dropout_rng,
+        dropout_rate=dropout_rate,
+        deterministic=deterministic,
+        precision=precision,
+    )
+  if dropout_rate > 0.0 and not deterministic:
+    raise ValueError(
+        f'transformer.attention_dropout_rate={dropout_rate} is only supported '
+        f"with impl='dense' (got impl={impl!r}); set it to 0."
+    )
   if q.shape[1] != k.shape[1]:
-    raise ValueError(f'{impl} attention is self-attention: query length {q.shape[1]} != key '
-                     f'length {k.shape[1]}')
+    raise ValueError(
+        f'{impl} attention is self-attention: query length {q.shape[1]} != key '
+        f'length {k.shape[1]}'
+    )
   if impl == 'cudnn':
     return cudnn_attention(q, k, v, mask)
   batch, length, heads, _ = q.shape
@@ -97,8 +127,10 @@ def dot_product_attention(q, k, v, *, impl='auto', block_size=512, kernel='auto'
     mesh = _current_mesh(impl)
     devices = mesh.shape['seq']
     if impl == 'ulysses' and heads % devices:
-      raise ValueError(f"impl='ulysses' needs num_heads ({heads}) divisible by the 'seq' mesh "
-                       f"axis size ({devices}); use impl='ring' or another mesh.")
+      raise ValueError(
+          f"impl='ulysses' needs num_heads ({heads}) divisible by the 'seq' mesh "
+          f"axis size ({devices}); use impl='ring' or another mesh."
+      )
   pallas = impl == 'pallas' or (impl in SHARDED and select.use_pallas_kernel(kernel))
   local = -(-length // devices)
   if pallas:  # blocks of whole 128-lane tiles
@@ -112,8 +144,11 @@ def dot_product_attention(q, k, v, *, impl='auto', block_size=512, kernel='auto'
     out = blockwise_attention(q, k, v, kmask, block)
   elif impl == 'pallas':
     mesh = jax.sharding.get_abstract_mesh()
-    out = (pallas_tpu.flash_attention(q, k, v, kmask, block) if mesh.empty
-           else batch_sharded_kernel(q, k, v, kmask, block, mesh))
+    out = (
+        pallas_tpu.flash_attention(q, k, v, kmask, block)
+        if mesh.empty
+        else batch_sharded_kernel(q, k, v, kmask, block, mesh)
+    )
   else:
     out = sharded_attention(impl, q, k, v, kmask, block, mesh, pallas)
   return out[:, :length]

@@ -7,6 +7,7 @@ sequence length instead of storing an [L, L] matrix or every scan step's carry.
 
 Internal layout is [batch, heads, length, head_dim]; key masks are [batch, length] booleans.
 """
+
 import functools
 
 import jax
@@ -25,8 +26,11 @@ def scores(q, k, kmask, scale):
 
 def init_carry(q):
   b, h, n, d = q.shape
-  return (jnp.zeros((b, h, n, d), F32), jnp.full((b, h, n), -jnp.inf, F32),
-          jnp.zeros((b, h, n), F32))
+  return (
+      jnp.zeros((b, h, n, d), F32),
+      jnp.full((b, h, n), -jnp.inf, F32),
+      jnp.zeros((b, h, n), F32),
+  )
 
 
 def forward_block(carry, q, k, v, kmask, scale):
@@ -37,8 +41,9 @@ def forward_block(carry, q, k, v, kmask, scale):
   correction = jnp.exp(m - m_new)
   p = jnp.exp(s - m_new[..., None])
   l = l * correction + p.sum(-1)
-  o = o * correction[..., None] + jnp.einsum('bhqk,bhkd->bhqd', p.astype(v.dtype), v,
-                                             preferred_element_type=F32)
+  o = o * correction[..., None] + jnp.einsum(
+      'bhqk,bhkd->bhqd', p.astype(v.dtype), v, preferred_element_type=F32
+  )
   return o, m_new, l
 
 
@@ -61,32 +66,39 @@ def backward_block(q, k, v, kmask, do, lse, delta, scale):
 
 def _blocks(x, block, axis):
   """Splits `axis` into [num_blocks, block] and moves num_blocks to the front."""
-  shape = x.shape[:axis] + (x.shape[axis] // block, block) + x.shape[axis + 1:]
+  shape = x.shape[:axis] + (x.shape[axis] // block, block) + x.shape[axis + 1 :]
   return jnp.moveaxis(x.reshape(shape), axis, 0)
 
 
 def _unblocks(x, axis):
   x = jnp.moveaxis(x, 0, axis)
-  return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2:])
+  return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2 :])
 
 
 def chunk_forward(carry, q, k, v, kmask, block, scale):
   """Folds a whole key/value chunk (a multiple of `block` long) into the carry."""
+
   def step(c, kv):
     return forward_block(c, q, *kv, scale), None
-  carry, _ = jax.lax.scan(step, carry, (_blocks(k, block, 2), _blocks(v, block, 2),
-                                        _blocks(kmask, block, 1)))
+
+  carry, _ = jax.lax.scan(
+      step, carry, (_blocks(k, block, 2), _blocks(v, block, 2), _blocks(kmask, block, 1))
+  )
   return carry
 
 
 def chunk_backward(q, k, v, kmask, do, lse, delta, block, scale):
   """(dq, dk, dv) of a whole key/value chunk, block by block."""
+
   def step(dq, kv):
     dq_part, dk, dv = backward_block(q, *kv, do, lse, delta, scale)
     return dq + dq_part, (dk, dv)
-  dq, (dk, dv) = jax.lax.scan(step, jnp.zeros(q.shape, F32),
-                              (_blocks(k, block, 2), _blocks(v, block, 2),
-                               _blocks(kmask, block, 1)))
+
+  dq, (dk, dv) = jax.lax.scan(
+      step,
+      jnp.zeros(q.shape, F32),
+      (_blocks(k, block, 2), _blocks(v, block, 2), _blocks(kmask, block, 1)),
+  )
   return dq, _unblocks(dk, 2), _unblocks(dv, 2)
 
 
@@ -113,10 +125,15 @@ def _blockwise_bwd(block, residuals, dout):
   scale = q.shape[-1] ** -0.5
   do = to_heads(dout).astype(F32)
   delta = jnp.sum(do * to_heads(out).astype(F32), axis=-1)
-  dq, dk, dv = chunk_backward(to_heads(q), to_heads(k), to_heads(v), kmask, do, lse, delta,
-                              block, scale)
-  return (to_heads(dq).astype(q.dtype), to_heads(dk).astype(k.dtype),
-          to_heads(dv).astype(v.dtype), None)
+  dq, dk, dv = chunk_backward(
+      to_heads(q), to_heads(k), to_heads(v), kmask, do, lse, delta, block, scale
+  )
+  return (
+      to_heads(dq).astype(q.dtype),
+      to_heads(dk).astype(k.dtype),
+      to_heads(dv).astype(v.dtype),
+      None,
+  )
 
 
 blockwise_attention.defvjp(_blockwise_fwd, _blockwise_bwd)

@@ -2,6 +2,7 @@
 
 Matmuls run in the input dtype; softmax statistics and sums in float32.
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -34,9 +35,9 @@ def _row_max(x, chunk=16):
   if length <= 2 * chunk:
     return x.max(-1, keepdims=True)
   starts = list(range(0, length - chunk, chunk)) + [length - chunk]
-  peak = x[..., starts[0]:starts[0] + chunk]
+  peak = x[..., starts[0] : starts[0] + chunk]
   for start in starts[1:]:
-    peak = jnp.maximum(peak, x[..., start:start + chunk])
+    peak = jnp.maximum(peak, x[..., start : start + chunk])
   return peak.max(-1, keepdims=True)
 
 
@@ -45,8 +46,9 @@ def attention_weights(q, k, mask=None, precision=None):
   return jax.nn.softmax(_masked_logits(q, k, mask, precision).astype(jnp.float32), axis=-1)
 
 
-def dense_attention(q, k, v, mask=None, dropout_rng=None, dropout_rate=0.,
-                    deterministic=True, precision=None):
+def dense_attention(
+    q, k, v, mask=None, dropout_rng=None, dropout_rate=0.0, deterministic=True, precision=None
+):
   """softmax(q k^T / sqrt(d)) v; `mask` broadcasts to [batch, heads, q_len, k_len].
 
   Both matmuls run in the inputs' dtype (bfloat16 logits in a bfloat16 model, as the fused
@@ -54,18 +56,24 @@ def dense_attention(q, k, v, mask=None, dropout_rng=None, dropout_rate=0.,
   the softmax is normalised after the value matmul (divide [q, d] instead of [q, k]): the same
   numbers, about 7x faster on CPU for ViT-B/16's 197 tokens.
   """
-  if dropout_rate > 0. and not deterministic:
+  if dropout_rate > 0.0 and not deterministic:
     weights = attention_weights(q, k, mask, precision)
-    keep = jax.random.bernoulli(dropout_rng, 1. - dropout_rate, weights.shape)
-    weights = jnp.where(keep, weights / (1. - dropout_rate), 0.)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v.dtype), v, precision=precision,
-                     preferred_element_type=jnp.float32)
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum(
+        'bhqk,bkhd->bqhd',
+        weights.astype(v.dtype),
+        v,
+        precision=precision,
+        preferred_element_type=jnp.float32,
+    )
     return out.astype(q.dtype)
   logits = _masked_logits(q, k, mask, precision)
   peak = jax.lax.stop_gradient(_row_max(logits))
   unnormalised = jnp.exp(logits.astype(jnp.float32) - peak.astype(jnp.float32))
   v_heads = jnp.swapaxes(v, 1, 2)  # [b, h, k, d]
-  out = jnp.matmul(unnormalised.astype(v.dtype), v_heads, precision=precision,
-                   preferred_element_type=jnp.float32)
+  out = jnp.matmul(
+      unnormalised.astype(v.dtype), v_heads, precision=precision, preferred_element_type=jnp.float32
+  )
   out = out / unnormalised.sum(-1, keepdims=True)
   return jnp.swapaxes(out, 1, 2).astype(q.dtype)

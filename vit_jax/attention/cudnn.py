@@ -6,6 +6,7 @@ GPU, bfloat16 or float16 inputs and head_dim <= 128 (checked here, before compil
 fix in the message). Its XLA implementation is the same call on any platform: the tests run
 this wiring through it against our dense reference.
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -16,23 +17,29 @@ MAX_HEAD_DIM = 128
 
 def check_supported(q):
   where = select.platform()
-  if where != 'gpu':
-    raise ValueError(f"transformer.attention.impl='cudnn' needs an NVIDIA GPU; this program "
-                     f"is compiled for {where}. Use impl='auto' (picks the kernel per "
-                     "platform), 'pallas' on TPU, or 'dense' / 'blockwise'.")
+  if where != "gpu":
+    raise ValueError(
+        f"transformer.attention.impl='cudnn' needs an NVIDIA GPU; this program "
+        f"is compiled for {where}. Use impl='auto' (picks the kernel per "
+        "platform), 'pallas' on TPU, or 'dense' / 'blockwise'."
+    )
   if jnp.dtype(q.dtype) not in select.HALF:
-    raise ValueError(f"transformer.attention.impl='cudnn' needs bfloat16 or float16 "
-                     f"activations, got {q.dtype}; set config.dtype='bfloat16' or use "
-                     "impl='auto'.")
+    raise ValueError(
+        f"transformer.attention.impl='cudnn' needs bfloat16 or float16 "
+        f"activations, got {q.dtype}; set config.dtype='bfloat16' or use "
+        "impl='auto'."
+    )
   if q.shape[-1] > MAX_HEAD_DIM:
-    raise ValueError(f"transformer.attention.impl='cudnn' supports head_dim <= {MAX_HEAD_DIM} "
-                     f'(hidden_size / num_heads), got {q.shape[-1]}; use more heads or '
-                     "impl='blockwise'.")
+    raise ValueError(
+        f"transformer.attention.impl='cudnn' supports head_dim <= {MAX_HEAD_DIM} "
+        f"(hidden_size / num_heads), got {q.shape[-1]}; use more heads or "
+        "impl='blockwise'."
+    )
 
 
-def cudnn_attention(q, k, v, mask=None, implementation='cudnn'):
+def cudnn_attention(q, k, v, mask=None, implementation="cudnn"):
   """softmax(q k^T / sqrt(d)) v on [b, L, h, d]; `mask` broadcastable to [b, h, q, k]."""
-  if implementation == 'cudnn':
+  if implementation == "cudnn":
     check_supported(q)
   if mask is not None:
     mask = jnp.asarray(mask, bool)

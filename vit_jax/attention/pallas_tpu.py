@@ -15,13 +15,14 @@ to the kernel as segment ids (queries 1, keys 1 or 0), so masked keys get the ke
 mask value as our blockwise code does. Lengths must be multiples of the kernel block (a
 multiple of TPU's 128 lanes): `kernel_block` picks it and the caller pads.
 """
+
 import contextlib
 import functools
 
 import jax
-import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash
+import jax.numpy as jnp
 
 from vit_jax.attention import select
 
@@ -49,8 +50,9 @@ def _kernel_context():
 
 
 def _segments(q, kmask):
-  return tpu_flash.SegmentIds(q=jnp.ones(q.shape[:1] + q.shape[2:3], jnp.int32),
-                              kv=kmask.astype(jnp.int32))
+  return tpu_flash.SegmentIds(
+      q=jnp.ones(q.shape[:1] + q.shape[2:3], jnp.int32), kv=kmask.astype(jnp.int32)
+  )
 
 
 def block_forward(q, k, v, kmask, block):
@@ -58,25 +60,66 @@ def block_forward(q, k, v, kmask, block):
   # The scope names the kernel's HLO instruction `flash_attention` (vit_jax/perf/hlo_flops.py
   # counts its FLOPs by that name); the backward kernels carry their own names.
   with _kernel_context(), jax.named_scope('flash_attention'):
-    out, l, m = tpu_flash._flash_attention_impl(  # pylint: disable=protected-access
-        q, k, v, None, _segments(q, kmask), True, False, q.shape[-1] ** -0.5,
-        1, block, block, block, False)
+    out, l, m = tpu_flash._flash_attention_impl(
+        q,
+        k,
+        v,
+        None,
+        _segments(q, kmask),
+        True,
+        False,
+        q.shape[-1] ** -0.5,
+        1,
+        block,
+        block,
+        block,
+        False,
+    )
   return out, m + jnp.log(l)
 
 
 def block_backward(q, k, v, kmask, do, lse, delta, block):
   """(dq, dk, dv) of these keys given the *global* logsumexp and delta = sum(do * out)."""
-  common = dict(sm_scale=q.shape[-1] ** -0.5, causal=False,
-                mask_value=tpu_flash.DEFAULT_MASK_VALUE, debug=False)
+  common = dict(
+      sm_scale=q.shape[-1] ** -0.5,
+      causal=False,
+      mask_value=tpu_flash.DEFAULT_MASK_VALUE,
+      debug=False,
+  )
   ones = jnp.ones_like(lse)
   segments = _segments(q, kmask)
   with _kernel_context():
-    dk, dv = tpu_flash._flash_attention_bwd_dkv(  # pylint: disable=protected-access
-        q, k, v, None, segments, ones, lse, do, delta, block_q_major=block, block_q=block,
-        block_k_major=block, block_k=block, **common)
-    dq, _ = tpu_flash._flash_attention_bwd_dq(  # pylint: disable=protected-access
-        q, k, v, None, segments, ones, lse, do, delta, block_q_major=block,
-        block_k_major=block, block_k=block, **common)
+    dk, dv = tpu_flash._flash_attention_bwd_dkv(
+        q,
+        k,
+        v,
+        None,
+        segments,
+        ones,
+        lse,
+        do,
+        delta,
+        block_q_major=block,
+        block_q=block,
+        block_k_major=block,
+        block_k=block,
+        **common,
+    )
+    dq, _ = tpu_flash._flash_attention_bwd_dq(
+        q,
+        k,
+        v,
+        None,
+        segments,
+        ones,
+        lse,
+        do,
+        delta,
+        block_q_major=block,
+        block_k_major=block,
+        block_k=block,
+        **common,
+    )
   return dq, dk, dv
 
 
@@ -99,8 +142,9 @@ def _flash_fwd(q, k, v, kmask, block):
 def _flash_bwd(block, residuals, dout):
   q, k, v, kmask, out, lse = residuals
   delta = jnp.sum(_heads(dout).astype(jnp.float32) * _heads(out).astype(jnp.float32), -1)
-  dq, dk, dv = block_backward(_heads(q), _heads(k), _heads(v), kmask,
-                              _heads(dout).astype(q.dtype), lse, delta, block)
+  dq, dk, dv = block_backward(
+      _heads(q), _heads(k), _heads(v), kmask, _heads(dout).astype(q.dtype), lse, delta, block
+  )
   return _heads(dq), _heads(dk), _heads(dv), None
 
 

@@ -10,6 +10,7 @@
 The platform is that of the mesh being traced for (so an ahead-of-time compile for a TPU
 topology on a CPU machine picks the TPU path), else JAX's default backend.
 """
+
 import jax
 import jax.numpy as jnp
 

@@ -13,6 +13,7 @@ schedules compute the same numbers as `blockwise`:
 - ulysses: all-to-all from sequence-sharded to head-sharded, attention over the whole sequence
   for the local heads, and back.
 """
+
 import functools
 
 import jax
@@ -31,8 +32,9 @@ def _ring_permute(xs, n):
 
 
 def _xla_forward(qh, kh, vh, kmask, block):
-  return bw.finalize(bw.chunk_forward(bw.init_carry(qh), qh, kh, vh, kmask, block,
-                                      qh.shape[-1] ** -0.5))
+  return bw.finalize(
+      bw.chunk_forward(bw.init_carry(qh), qh, kh, vh, kmask, block, qh.shape[-1] ** -0.5)
+  )
 
 
 def _xla_backward(qh, kh, vh, kmask, do, lse, delta, block):
@@ -46,8 +48,10 @@ def _pallas_backward(qh, kh, vh, kmask, do, lse, delta, block):
 
 # A chunk's (normalised output, logsumexp) and its gradients given the global logsumexp, on
 # [b, h, l, d]: XLA's blockwise code, or the Pallas TPU kernels.
-_CHUNK_KERNELS = {False: (_xla_forward, _xla_backward),
-                  True: (pallas_tpu.block_forward, _pallas_backward)}
+_CHUNK_KERNELS = {
+    False: (_xla_forward, _xla_backward),
+    True: (pallas_tpu.block_forward, _pallas_backward),
+}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
@@ -61,12 +65,14 @@ def _ring_fwd(q, k, v, kmask, block, n, pallas):
 
   def step(state, _):
     (o, lse), kv = state
-    o_chunk, lse_chunk = chunk_forward(qh, bw.to_heads(kv[0]), bw.to_heads(kv[1]), kv[2],
-                                       block)
+    o_chunk, lse_chunk = chunk_forward(qh, bw.to_heads(kv[0]), bw.to_heads(kv[1]), kv[2], block)
     merged = jnp.logaddexp(lse, lse_chunk)
-    o = (o * jnp.exp(lse - merged)[..., None]
-         + o_chunk.astype(bw.F32) * jnp.exp(lse_chunk - merged)[..., None])
+    o = (
+        o * jnp.exp(lse - merged)[..., None]
+        + o_chunk.astype(bw.F32) * jnp.exp(lse_chunk - merged)[..., None]
+    )
     return ((o, merged), _ring_permute(kv, n)), None
+
   start = (jnp.zeros(qh.shape, bw.F32), jnp.full(qh.shape[:3], -jnp.inf, bw.F32))
   ((out, lse), _), _ = jax.lax.scan(step, (start, [k, v, kmask]), None, length=n)
   out = bw.to_heads(out).astype(q.dtype)
@@ -83,13 +89,16 @@ def _ring_bwd(block, n, pallas, residuals, dout):
   def step(state, _):
     dq, travelling = state
     k_cur, v_cur, m_cur, dk_acc, dv_acc = travelling
-    dq_part, dk, dv = chunk_backward(qh, bw.to_heads(k_cur), bw.to_heads(v_cur), m_cur,
-                                     do, lse, delta, block)
+    dq_part, dk, dv = chunk_backward(
+        qh, bw.to_heads(k_cur), bw.to_heads(v_cur), m_cur, do, lse, delta, block
+    )
     travelling = [k_cur, v_cur, m_cur, dk_acc + bw.to_heads(dk), dv_acc + bw.to_heads(dv)]
     return (dq + dq_part, _ring_permute(travelling, n)), None
+
   zeros = jnp.zeros(k.shape, bw.F32)
   (dq, (_, _, _, dk, dv)), _ = jax.lax.scan(
-      step, (jnp.zeros(qh.shape, bw.F32), [k, v, kmask, zeros, zeros]), None, length=n)
+      step, (jnp.zeros(qh.shape, bw.F32), [k, v, kmask, zeros, zeros]), None, length=n
+  )
   return (bw.to_heads(dq).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None)
 
 
@@ -110,8 +119,13 @@ def _allgather_local(q, k, v, kmask, block, n, pallas):
 def _ulysses_local(q, k, v, kmask, block, n, pallas):
   del n
   to_heads = lambda x: jax.lax.all_to_all(x, SEQ, split_axis=2, concat_axis=1, tiled=True)
-  out = _full_attention(pallas)(to_heads(q), to_heads(k), to_heads(v),
-                                jax.lax.all_gather(kmask, SEQ, axis=1, tiled=True), block)
+  out = _full_attention(pallas)(
+      to_heads(q),
+      to_heads(k),
+      to_heads(v),
+      jax.lax.all_gather(kmask, SEQ, axis=1, tiled=True),
+      block,
+  )
   return jax.lax.all_to_all(out, SEQ, split_axis=1, concat_axis=2, tiled=True)
 
 
@@ -136,18 +150,26 @@ def sharded_attention(impl, q, k, v, kmask, block, mesh, pallas=False):
   spec = P(batch_axes(mesh, q.shape[0]) or None, SEQ, None, None)
   mask_spec = P(spec[0], SEQ)
   schedule = SCHEDULES[impl]
-  return jax.shard_map(lambda q, k, v, m: schedule(q, k, v, m, block, n, pallas), mesh=mesh,
-                       in_specs=(spec, spec, spec, mask_spec), out_specs=spec,
-                       check_vma=False)(q, k, v, kmask)
+  return jax.shard_map(
+      lambda q, k, v, m: schedule(q, k, v, m, block, n, pallas),
+      mesh=mesh,
+      in_specs=(spec, spec, spec, mask_spec),
+      out_specs=spec,
+      check_vma=False,
+  )(q, k, v, kmask)
 
 
 def batch_sharded_kernel(q, k, v, kmask, block, mesh):
   """The Pallas kernel on global [b, L, h, d] arrays under a mesh, split over the batch axes
   only (a Mosaic kernel cannot be partitioned automatically)."""
   spec = P(batch_axes(mesh, q.shape[0]) or None, None, None, None)
-  return jax.shard_map(lambda q, k, v, m: pallas_tpu.flash_attention(q, k, v, m, block),
-                       mesh=mesh, in_specs=(spec, spec, spec, P(spec[0], None)),
-                       out_specs=spec, check_vma=False)(q, k, v, kmask)
+  return jax.shard_map(
+      lambda q, k, v, m: pallas_tpu.flash_attention(q, k, v, m, block),
+      mesh=mesh,
+      in_specs=(spec, spec, spec, P(spec[0], None)),
+      out_specs=spec,
+      check_vma=False,
+  )(q, k, v, kmask)
 
 
 def constrain_tokens(x, impl):

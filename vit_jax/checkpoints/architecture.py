@@ -8,6 +8,7 @@ unless the caller knows better), and which fixed position embedding a checkpoint
 learned one used (sincos2d, as our PiT presets). A scanned model's tree (stacked
 `encoderblock`) reads the same, depth from its leading axis, and implies scan_layers=True.
 """
+
 import re
 
 from vit_jax import errors
@@ -42,21 +43,27 @@ def model_config_from_params(params):
   if embedding is None or not depth:
     raise errors.UserInputError(
         'the checkpoint has no patch embedding or no encoder blocks: it is not a ViT this '
-        'library can build a model for; give --model.')
+        'library can build a model for; give --model.'
+    )
   stacked = layer_stack.is_stacked(params)
   first = layer_stack.SCANNED_BLOCK if stacked else 'encoderblock_0'
-  block_shape = lambda *keys: param_shape(blocks, first, *keys)[int(stacked):]
+  block_shape = lambda *keys: param_shape(blocks, first, *keys)[int(stacked) :]
   width, heads, _ = block_shape('MultiHeadDotProductAttention_0', 'query', 'kernel')
   mlp = block_shape('MlpBlock_0', 'Dense_0', 'kernel')[1]
-  classifier = ('map' if 'MAPHead_0' in params else 'token' if 'cls' in params else 'gap')
+  classifier = 'map' if 'MAPHead_0' in params else 'token' if 'cls' in params else 'gap'
   pre_logits = param_shape(params, 'pre_logits', 'kernel')
   head = param_shape(params, 'head', 'bias')
   config = {
       'patches': {'size': tuple(embedding[:2])},
       'hidden_size': int(width),
-      'transformer': {'num_layers': depth, 'num_heads': int(heads), 'mlp_dim': int(mlp),
-                      'dropout_rate': 0., 'attention_dropout_rate': 0.,
-                      'scan_layers': stacked},
+      'transformer': {
+          'num_layers': depth,
+          'num_heads': int(heads),
+          'mlp_dim': int(mlp),
+          'dropout_rate': 0.0,
+          'attention_dropout_rate': 0.0,
+          'scan_layers': stacked,
+      },
       'classifier': classifier,
       'representation_size': int(pre_logits[1]) if pre_logits else None,
       'resnet': _stem(params),

@@ -11,6 +11,7 @@ The pooler (Dense + tanh on the class token after the final LayerNorm) is our `p
 It is kept only when there is no `classifier`: `ViTForImageClassification` classifies the
 class token itself, so a pooler next to a classifier is unused and is dropped.
 """
+
 import json
 import os
 import re
@@ -19,11 +20,11 @@ from absl import logging
 import flax
 import numpy as np
 
+from vit_jax import errors
+from vit_jax import paths
 from vit_jax.checkpoints import file_readers
 from vit_jax.checkpoints import hf_model_config
 from vit_jax.checkpoints import timm_format
-from vit_jax import errors
-from vit_jax import paths
 from vit_jax.models import layer_stack
 
 POSEMB = hf_model_config.POSEMB
@@ -51,9 +52,14 @@ _BLOCK = {
 }
 _IGNORED = ('embeddings.mask_token',)  # ViTForMaskedImageModeling's; unused for images
 _WEIGHT_NDIM = {'param': 3, 'conv': 4, 'norm': 1, 'dense': 2, 'qkv': 2, 'out': 2}
-WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'flax_model.msgpack',
-                'flax_model.msgpack.index.json', 'pytorch_model.bin',
-                'pytorch_model.bin.index.json')
+WEIGHT_FILES = (
+    'model.safetensors',
+    'model.safetensors.index.json',
+    'flax_model.msgpack',
+    'flax_model.msgpack.index.json',
+    'pytorch_model.bin',
+    'pytorch_model.bin.index.json',
+)
 
 
 def _hf_parts(key):
@@ -66,20 +72,25 @@ def _hf_parts(key):
 
 def is_hf(flat):
   """Whether a flat state dict has transformers' ViT names (PyTorch or Flax spelling)."""
-  return any(_hf_parts(k)[:1] == ['embeddings'] or _hf_parts(k)[:2] == ['encoder', 'layer']
-             for k in flat)
+  return any(
+      _hf_parts(k)[:1] == ['embeddings'] or _hf_parts(k)[:2] == ['encoder', 'layer'] for k in flat
+  )
 
 
 def _leaf(key, kind, leaf, w, heads):
   """One HF tensor -> (our leaf name, array) for a module of `kind`."""
   allowed = ('weight', 'scale', 'bias') if kind == 'norm' else ('weight', 'kernel', 'bias')
   if leaf not in allowed:
-    raise errors.UserInputError(f'unknown Hugging Face ViT key {key!r}: a {kind} layer has no '
-                                f'{leaf!r} (expected one of {allowed})')
+    raise errors.UserInputError(
+        f'unknown Hugging Face ViT key {key!r}: a {kind} layer has no '
+        f'{leaf!r} (expected one of {allowed})'
+    )
   ndim = 1 if leaf == 'bias' else _WEIGHT_NDIM[kind]
   if w.ndim != ndim:
-    raise errors.UserInputError(f'Hugging Face ViT key {key!r} has shape {w.shape}; a {kind} '
-                                f'{leaf} has {ndim} dimensions')
+    raise errors.UserInputError(
+        f'Hugging Face ViT key {key!r} has shape {w.shape}; a {kind} '
+        f'{leaf} has {ndim} dimensions'
+    )
   if leaf == 'bias':
     return 'bias', w.reshape(heads, -1) if kind == 'qkv' else w
   if kind == 'norm':
@@ -111,7 +122,8 @@ def _locate(key):
     return _TOP[module] + (leaf,)
   raise errors.UserInputError(
       f'unknown Hugging Face ViT key {key!r}: not part of ViTModel / ViTForImageClassification '
-      '(other heads and architectures cannot be loaded into VisionTransformer)')
+      '(other heads and architectures cannot be loaded into VisionTransformer)'
+  )
 
 
 def hf_to_flat(state_dict, hf_config=None, *, num_heads=None):
@@ -130,11 +142,16 @@ def hf_to_flat(state_dict, hf_config=None, *, num_heads=None):
   width = np.shape(state_dict[cls[0]])[-1]
   if num_heads is None:
     num_heads = timm_format.default_num_heads(width)
-    logging.warning('Hugging Face checkpoint without config.json: assuming %d heads for '
-                    'width %d (pass num_heads= if that is wrong)', num_heads, width)
+    logging.warning(
+        'Hugging Face checkpoint without config.json: assuming %d heads for '
+        'width %d (pass num_heads= if that is wrong)',
+        num_heads,
+        width,
+    )
   if width % num_heads:
-    raise errors.UserInputError(f'num_attention_heads={num_heads} does not divide the '
-                                f'checkpoint width {width}')
+    raise errors.UserInputError(
+        f'num_attention_heads={num_heads} does not divide the ' f'checkpoint width {width}'
+    )
   out = {}
   for key, loc in located.items():
     if loc is None:
@@ -143,15 +160,18 @@ def hf_to_flat(state_dict, hf_config=None, *, num_heads=None):
     w = np.asarray(state_dict[key])
     if kind == 'param':
       if w.ndim != 3:
-        raise errors.UserInputError(f'Hugging Face ViT key {key!r} has shape {w.shape}, '
-                                    'expected (1, tokens, width)')
+        raise errors.UserInputError(
+            f'Hugging Face ViT key {key!r} has shape {w.shape}, ' 'expected (1, tokens, width)'
+        )
       out[path] = w
     else:
       name, value = _leaf(key, kind, leaf, w, num_heads)
       out[f'{path}/{name}'] = value
   if 'head/kernel' in out and 'pre_logits/kernel' in out:
-    logging.info('Hugging Face checkpoint has a classifier and a pooler; the classifier reads '
-                 'the class token, so the unused pooler is dropped')
+    logging.info(
+        'Hugging Face checkpoint has a classifier and a pooler; the classifier reads '
+        'the class token, so the unused pooler is dropped'
+    )
     out = {k: v for k, v in out.items() if not k.startswith('pre_logits/')}
   _fill_qkv_bias(out, hf_config, num_heads)
   _check_complete(out, hf_config)
@@ -165,19 +185,27 @@ def _fill_qkv_bias(out, hf_config, heads):
   if hf_config is not None and hf_config.get('qkv_bias', True):
     return  # the completeness check names the missing biases
   for key in [k for k in out if re.search(r'/(query|key|value)/kernel$', k)]:
-    out[key[:-len('kernel')] + 'bias'] = np.zeros((heads, out[key].shape[-1]),
-                                                  out[key].dtype)
+    out[key[: -len('kernel')] + 'bias'] = np.zeros((heads, out[key].shape[-1]), out[key].dtype)
 
 
 def _check_complete(out, hf_config):
-  layers = {int(m.group(1)) for k in out for m in [re.match(r'Transformer/encoderblock_(\d+)/', k)]
-            if m}
+  layers = {
+      int(m.group(1)) for k in out for m in [re.match(r'Transformer/encoderblock_(\d+)/', k)] if m
+  }
   depth = (hf_config or {}).get('num_hidden_layers', max(layers, default=-1) + 1)
   if layers - set(range(depth)):
-    raise errors.UserInputError(f'Hugging Face ViT checkpoint has layers {sorted(layers)} but '
-                                f'config.json says num_hidden_layers={depth}')
-  expected = ['cls', POSEMB, 'embedding/kernel', 'embedding/bias',
-              'Transformer/encoder_norm/scale', 'Transformer/encoder_norm/bias']
+    raise errors.UserInputError(
+        f'Hugging Face ViT checkpoint has layers {sorted(layers)} but '
+        f'config.json says num_hidden_layers={depth}'
+    )
+  expected = [
+      'cls',
+      POSEMB,
+      'embedding/kernel',
+      'embedding/bias',
+      'Transformer/encoder_norm/scale',
+      'Transformer/encoder_norm/bias',
+  ]
   for i in range(depth):
     for path, kind in _BLOCK.values():
       for leaf in ('scale' if kind == 'norm' else 'kernel', 'bias'):
@@ -189,7 +217,8 @@ def _check_complete(out, hf_config):
   if missing:
     raise errors.UserInputError(
         f'Hugging Face ViT checkpoint lacks {len(missing)} tensors, first '
-        f'{[_to_hf(k)[0] for k in missing[:4]]}; the file is incomplete or not a ViT')
+        f'{[_to_hf(k)[0] for k in missing[:4]]}; the file is incomplete or not a ViT'
+    )
 
 
 def _to_hf(key, prefix='vit.'):
@@ -230,7 +259,8 @@ def read_config(folder):
     raise errors.MissingInputError(
         f'{folder!r} has no config.json; a directory loads only as a Hugging Face model '
         'folder (config.json next to the weights, as save_pretrained writes them) or, for '
-        'inference and export, as a training workdir (the --workdir of a vit_jax run)')
+        'inference and export, as a training workdir (the --workdir of a vit_jax run)'
+    )
   try:
     return json.loads(paths.read_text(path))
   except ValueError as e:
@@ -304,7 +334,8 @@ def read_folder(folder):
       path = paths.join(folder, name)
       return (_read_index(path) if name.endswith('.index.json') else _read_file(path)), config
   raise errors.MissingInputError(
-      f'{folder!r} has config.json but no weights: looked for {", ".join(WEIGHT_FILES)}')
+      f'{folder!r} has config.json but no weights: looked for {", ".join(WEIGHT_FILES)}'
+  )
 
 
 def export(params, model_config, folder, class_names=None, image_size=None):
@@ -314,12 +345,13 @@ def export(params, model_config, folder, class_names=None, image_size=None):
   Stacked (scanned) blocks are written one per layer, as every Hugging Face ViT has them.
   """
   params = layer_stack.unstack(flax.core.unfreeze(params))
-  flat = {'/'.join(k): np.asarray(v) for k, v in
-          flax.traverse_util.flatten_dict(params).items()}
+  flat = {'/'.join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(params).items()}
   config = hf_model_config.to_hf(flat, model_config, class_names, image_size)
-  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+  from safetensors import numpy as safetensors_numpy
   # transformers reads the 'format' metadata to tell PyTorch files from TF and Flax ones.
-  paths.write_bytes(paths.join(folder, 'model.safetensors'),
-                    safetensors_numpy.save(flat_to_hf(flat), metadata={'format': 'pt'}))
+  paths.write_bytes(
+      paths.join(folder, 'model.safetensors'),
+      safetensors_numpy.save(flat_to_hf(flat), metadata={'format': 'pt'}),
+  )
   paths.write_text(paths.join(folder, 'config.json'), json.dumps(config, indent=2) + '\n')
   return config

@@ -4,13 +4,14 @@
 `ViTForImageClassification.from_pretrained` builds exactly our model from, or says why
 that model has no Hugging Face counterpart.
 """
-from typing import NamedTuple, Optional
+
+from typing import NamedTuple
 
 import flax
 import numpy as np
 
-from vit_jax.checkpoints import architecture
 from vit_jax import errors
+from vit_jax.checkpoints import architecture
 
 POSEMB = 'Transformer/posembed_input/pos_embedding'
 EXACT_GELU = ('gelu', 'gelu_python')  # erf
@@ -23,9 +24,10 @@ class HfConfig(NamedTuple):
   `VisionTransformer(num_classes=num_classes, **model_config)` is the model; `class_names`
   (id2label in index order) is None without a classifier; `image_size` is (h, w).
   """
+
   model_config: dict
   num_classes: int
-  class_names: Optional[list]
+  class_names: list | None
   image_size: tuple
   num_channels: int
 
@@ -35,7 +37,8 @@ def check_vit(config, where='config.json'):
   if model_type != 'vit':
     raise errors.UserInputError(
         f'{where}: model_type {model_type!r} is not a plain ViT (model_type "vit"); it is a '
-        'different architecture that VisionTransformer cannot load.')
+        'different architecture that VisionTransformer cannot load.'
+    )
 
 
 def _pair(value, name):
@@ -51,8 +54,9 @@ def _class_names(config):
     return [f'LABEL_{i}' for i in range(config.get('num_labels', 2))]  # transformers' default
   names = {int(k): v for k, v in id2label.items()}
   if sorted(names) != list(range(len(names))):
-    raise errors.UserInputError(f'config.json: id2label keys {sorted(names)[:8]} are not '
-                                f'0..{len(names) - 1}')
+    raise errors.UserInputError(
+        f'config.json: id2label keys {sorted(names)[:8]} are not ' f'0..{len(names) - 1}'
+    )
   return [names[i] for i in range(len(names))]
 
 
@@ -69,7 +73,8 @@ def from_hf(config, params=None):
   if act not in EXACT_GELU + TANH_GELU:
     raise errors.UserInputError(
         f'config.json: hidden_act={act!r} is not supported; VisionTransformer has exact GELU '
-        f'({", ".join(EXACT_GELU)}) and tanh GELU ({", ".join(TANH_GELU)}).')
+        f'({", ".join(EXACT_GELU)}) and tanh GELU ({", ".join(TANH_GELU)}).'
+    )
   if params is not None:
     head = architecture.param_shape(params, 'head', 'bias')
     pooler = architecture.param_shape(params, 'pre_logits', 'bias')
@@ -81,17 +86,22 @@ def from_hf(config, params=None):
   representation_size = None
   if has_pooler and not has_head:
     if config.get('pooler_act', 'tanh') != 'tanh':
-      raise errors.UserInputError(f'config.json: pooler_act={config["pooler_act"]!r}; only a '
-                                  'tanh pooler is VisionTransformer\'s pre_logits.')
-    representation_size = (int(pooler[0]) if params is not None
-                           else config.get('pooler_output_size') or width)
+      raise errors.UserInputError(
+          f'config.json: pooler_act={config["pooler_act"]!r}; only a '
+          "tanh pooler is VisionTransformer's pre_logits."
+      )
+    representation_size = (
+        int(pooler[0]) if params is not None else config.get('pooler_output_size') or width
+    )
   num_classes, class_names = 0, None
   if has_head:
     class_names = _class_names(config)
     num_classes = len(class_names)
     if params is not None and head[0] != num_classes:
-      raise errors.UserInputError(f'config.json: id2label has {num_classes} labels but the '
-                                  f'classifier has {head[0]} outputs')
+      raise errors.UserInputError(
+          f'config.json: id2label has {num_classes} labels but the '
+          f'classifier has {head[0]} outputs'
+      )
   model_config = {
       'patches': {'size': _pair(config.get('patch_size', 16), 'patch_size')},
       'hidden_size': width,
@@ -107,25 +117,35 @@ def from_hf(config, params=None):
       'classifier': 'token',
       'representation_size': representation_size,
   }
-  return HfConfig(model_config, num_classes, class_names,
-                  _pair(config.get('image_size', 224), 'image_size'),
-                  config.get('num_channels', 3))
+  return HfConfig(
+      model_config,
+      num_classes,
+      class_names,
+      _pair(config.get('image_size', 224), 'image_size'),
+      config.get('num_channels', 3),
+  )
 
 
 def _unsupported(model_config, flat):
   """Why ViTForImageClassification cannot represent this model, or None."""
   representation_size = model_config.get('representation_size')
   if representation_size is not None or 'pre_logits/kernel' in flat:
-    return (f'it has a pre_logits layer (representation_size={representation_size}), which '
-            'ViTForImageClassification lacks; fine-tune with representation_size=None')
+    return (
+        f'it has a pre_logits layer (representation_size={representation_size}), which '
+        'ViTForImageClassification lacks; fine-tune with representation_size=None'
+    )
   if model_config.get('classifier', 'token') != 'token':
-    return (f'classifier={model_config.get("classifier")!r}; ViTForImageClassification '
-            "classifies the class token (classifier='token')")
+    return (
+        f'classifier={model_config.get("classifier")!r}; ViTForImageClassification '
+        "classifies the class token (classifier='token')"
+    )
   if model_config.get('resnet') is not None or 'conv_root/kernel' in flat:
     return 'it is a ResNet hybrid; ViTForImageClassification has no ResNet stem'
   if model_config.get('posemb', 'learn') != 'learn' or POSEMB not in flat:
-    return (f'posemb={model_config.get("posemb", "learn")!r}; ViTForImageClassification '
-            "has learned position embeddings (posemb='learn')")
+    return (
+        f'posemb={model_config.get("posemb", "learn")!r}; ViTForImageClassification '
+        "has learned position embeddings (posemb='learn')"
+    )
   if 'head/kernel' not in flat:
     return 'it has no classification head (num_classes=0)'
   kernel = flat['embedding/kernel'].shape
@@ -149,21 +169,27 @@ def to_hf(flat, model_config, class_names=None, image_size=None):
   if image_size is None:
     side = int(round(np.sqrt(tokens)))
     if side * side != tokens:
-      raise errors.UserInputError(f'{tokens} position tokens are not a square grid; pass '
-                                  'image_size=(h, w)')
+      raise errors.UserInputError(
+          f'{tokens} position tokens are not a square grid; pass ' 'image_size=(h, w)'
+      )
     image_size = side * patch
   h, w = _pair(image_size, 'image_size')
   if h % patch or w % patch or (h // patch) * (w // patch) != tokens:
-    raise errors.UserInputError(f'image_size={image_size} with patch {patch} does not give the '
-                                f'{tokens} position tokens of the model')
+    raise errors.UserInputError(
+        f'image_size={image_size} with patch {patch} does not give the '
+        f'{tokens} position tokens of the model'
+    )
   num_classes = flat['head/bias'].shape[0]
-  names = ([f'LABEL_{i}' for i in range(num_classes)] if class_names is None
-           else [str(n) for n in class_names])
+  names = (
+      [f'LABEL_{i}' for i in range(num_classes)]
+      if class_names is None
+      else [str(n) for n in class_names]
+  )
   if len(names) != num_classes:
-    raise errors.UserInputError(f'{len(names)} class_names for a head with {num_classes} '
-                                'classes')
-  arch, _ = architecture.model_config_from_params(
-      flax.traverse_util.unflatten_dict(flat, sep='/'))
+    raise errors.UserInputError(
+        f'{len(names)} class_names for a head with {num_classes} ' 'classes'
+    )
+  arch, _ = architecture.model_config_from_params(flax.traverse_util.unflatten_dict(flat, sep='/'))
   return {
       'architectures': ['ViTForImageClassification'],
       'model_type': 'vit',

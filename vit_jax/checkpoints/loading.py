@@ -10,6 +10,7 @@ Files have one layout, one `Transformer/encoderblock_N` per layer. A scanned mod
 (`load(..., scan_layers=True)`, `load_pretrained` with scanned `init_params`); the writers
 accept either layout and write the file one.
 """
+
 import io
 import re
 
@@ -20,16 +21,19 @@ import numpy as np
 import scipy.ndimage
 
 from vit_jax import errors
+from vit_jax import paths
 from vit_jax.checkpoints import dit_format
 from vit_jax.checkpoints import file_readers
 from vit_jax.checkpoints import hf_format
 from vit_jax.checkpoints import timm_format
-from vit_jax import paths
 from vit_jax.models import layer_stack
 
 # Pre-Linen (released) block names -> current Linen names.
-_PRE_LINEN = {'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0',
-              'LayerNorm_2': 'LayerNorm_1', 'MlpBlock_3': 'MlpBlock_0'}
+_PRE_LINEN = {
+    'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0',
+    'LayerNorm_2': 'LayerNorm_1',
+    'MlpBlock_3': 'MlpBlock_0',
+}
 POSEMB_PATH = 'Transformer/posembed_input/pos_embedding'
 
 
@@ -76,8 +80,10 @@ def _normalise_names(flat):
   out = {}
   for key, value in flat.items():
     parts = key.split('/')
-    parts = [_PRE_LINEN.get(p, p) if i >= 2 and parts[0] == 'Transformer' else p
-             for i, p in enumerate(parts)]
+    parts = [
+        _PRE_LINEN.get(p, p) if i >= 2 and parts[0] == 'Transformer' else p
+        for i, p in enumerate(parts)
+    ]
     key = '/'.join(parts)
     if value.ndim == 4 and re.search(r'(^|/)gn[^/]*/(scale|bias)$', key):
       value = value.reshape(-1)  # old hybrid files store GroupNorm params as (1, 1, 1, C)
@@ -98,7 +104,8 @@ def _vit_flat(path, flat, hf_config, num_heads):
   dit_format.reject_in_vit_loader(flat)
   if hf_format.is_hf(flat):
     fmt, flat = 'Hugging Face', hf_format.hf_to_flat(
-        flat, hf_config or hf_format.config_beside(path), num_heads=num_heads)
+        flat, hf_config or hf_format.config_beside(path), num_heads=num_heads
+    )
   elif timm_format.is_timm(flat):
     fmt, flat = 'timm', timm_format.timm_to_flat(flat, num_heads=num_heads)
   elif _is_big_vision(flat):
@@ -119,7 +126,8 @@ def load_with_format(path, *, num_heads=None, scan_layers=False):
   path, flat, hf_config = _read(path)
   if dit_format.is_dit(flat):
     return 'DiT', dit_format.state_dict_to_params(
-        {k: np.asarray(v, np.float32) for k, v in flat.items()}, scan_layers=scan_layers)
+        {k: np.asarray(v, np.float32) for k, v in flat.items()}, scan_layers=scan_layers
+    )
   fmt, flat = _vit_flat(path, flat, hf_config, num_heads)
   tree = flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
   return fmt, layer_stack.to_layout(tree, scan_layers)
@@ -138,8 +146,9 @@ def load(path, *, num_heads=None, scan_layers=False):
 def _flatten(tree):
   """{'a/b/c': numpy array} in the file layout (stacked blocks unstacked)."""
   tree = jax.tree.map(np.asarray, flax.core.unfreeze(tree))
-  return {'/'.join(k): v
-          for k, v in flax.traverse_util.flatten_dict(layer_stack.unstack(tree)).items()}
+  return {
+      '/'.join(k): v for k, v in flax.traverse_util.flatten_dict(layer_stack.unstack(tree)).items()
+  }
 
 
 def save(params, path):
@@ -151,26 +160,33 @@ def save(params, path):
 
 def export_timm(params, path):
   """Writes params under timm's ViT state-dict names to a `.safetensors` file."""
-  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+  from safetensors import numpy as safetensors_numpy
+
   sd = timm_format.flat_to_timm(_flatten(params))
-  paths.write_bytes(path, safetensors_numpy.save(
-      {k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}))
+  paths.write_bytes(
+      path, safetensors_numpy.save({k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()})
+  )
 
 
 def export_hf(params, model_config, folder, *, class_names=None, image_size=None):
   """Writes a Hugging Face ViTForImageClassification folder (config.json + model.safetensors)."""
-  return hf_format.export(params, model_config, folder, class_names=class_names,
-                              image_size=image_size)
+  return hf_format.export(
+      params, model_config, folder, class_names=class_names, image_size=image_size
+  )
 
 
 def _grid_shape(num_tokens, given, what):
   if given is not None:
     if given[0] * given[1] != num_tokens:
-      raise errors.UserInputError(f'{what}={tuple(given)} does not match {num_tokens} position tokens')
+      raise errors.UserInputError(
+          f'{what}={tuple(given)} does not match {num_tokens} position tokens'
+      )
     return tuple(given)
   side = int(round(np.sqrt(num_tokens)))
   if side * side != num_tokens:
-    raise errors.UserInputError(f'{num_tokens} position tokens are not a square grid; pass {what}=(h, w)')
+    raise errors.UserInputError(
+        f'{num_tokens} position tokens are not a square grid; pass {what}=(h, w)'
+    )
   return side, side
 
 
@@ -191,16 +207,20 @@ def resize_posemb(posemb, new_num_tokens, *, num_prefix_tokens, old_grid=None, n
 def _mismatch_cause(key, got, want):
   """The likely cause of a parameter shape that differs: named by the axes that differ."""
   if key == POSEMB_PATH:
-    return 'the image size or patch size differs from the checkpoint\'s'
+    return "the image size or patch size differs from the checkpoint's"
   if key.startswith('head/'):
-    return 'num_classes differs from the checkpoint\'s'
+    return "num_classes differs from the checkpoint's"
   if key.split('/')[0] in ('embedding', 'conv_root') and len(got) == len(want) == 4:
     if got[2] != want[2] and (got[:2], got[3]) == (want[:2], want[3]):
-      return (f'the checkpoint takes {got[2]}-channel images and the model {want[2]}-channel '
-              f'ones: set config.pp.channels={got[2]} (the images are converted)')
+      return (
+          f'the checkpoint takes {got[2]}-channel images and the model {want[2]}-channel '
+          f'ones: set config.pp.channels={got[2]} (the images are converted)'
+      )
     if got[:2] != want[:2] and key.startswith('embedding'):
-      return (f'the checkpoint has {got[0]}x{got[1]} patches and the model {want[0]}x{want[1]} '
-              '(config.model.patches.size)')
+      return (
+          f'the checkpoint has {got[0]}x{got[1]} patches and the model {want[0]}x{want[1]} '
+          '(config.model.patches.size)'
+      )
   return 'the model name (width, depth, heads, patch size) does not fit the checkpoint'
 
 
@@ -209,14 +229,18 @@ def check_shapes(restored, expected, *, context=''):
 
   `expected` may hold arrays or jax.ShapeDtypeStructs. Returns (missing, extra) keys.
   """
-  shapes = lambda tree: {'/'.join(k): tuple(v.shape) for k, v in
-                         flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()}
+  shapes = lambda tree: {
+      '/'.join(k): tuple(v.shape)
+      for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()
+  }
   flat_r, flat_e = shapes(restored), shapes(expected)
   for key in sorted(set(flat_r) & set(flat_e)):
     if flat_r[key] != flat_e[key]:
-      raise errors.UserInputError(f'{context}parameter {key}: the model expects shape '
-                                  f'{flat_e[key]}, the checkpoint has {flat_r[key]}; likely '
-                                  f'cause: {_mismatch_cause(key, flat_r[key], flat_e[key])}.')
+      raise errors.UserInputError(
+          f'{context}parameter {key}: the model expects shape '
+          f'{flat_e[key]}, the checkpoint has {flat_r[key]}; likely '
+          f'cause: {_mismatch_cause(key, flat_r[key], flat_e[key])}.'
+      )
   return sorted(set(flat_e) - set(flat_r)), sorted(set(flat_r) - set(flat_e))
 
 
@@ -224,20 +248,30 @@ def _fit_posemb(restored, init, model_grid, old_grid, new_grid):
   """Resizes the checkpoint's position embedding to the model's grid (prefix rows kept)."""
   if new_grid is not None and model_grid is not None and tuple(new_grid) != tuple(model_grid):
     raise errors.UserInputError(
-        f'new_grid={tuple(new_grid)} is not the model\'s grid {tuple(model_grid)} (rows, '
+        f"new_grid={tuple(new_grid)} is not the model's grid {tuple(model_grid)} (rows, "
         'columns of patches); a transposed grid would resample the embedding wrongly. Omit '
-        'new_grid or give the model\'s.')
+        "new_grid or give the model's."
+    )
   new_grid = new_grid if new_grid is not None else model_grid
   if POSEMB_PATH in restored and POSEMB_PATH in init:
     old, new = restored[POSEMB_PATH], init[POSEMB_PATH]
     if old.shape != new.shape:
       prefix = 1 if 'cls' in init else 0
-      restored[POSEMB_PATH] = resize_posemb(old, new.shape[1], num_prefix_tokens=prefix,
-                                            old_grid=old_grid, new_grid=new_grid)
+      restored[POSEMB_PATH] = resize_posemb(
+          old, new.shape[1], num_prefix_tokens=prefix, old_grid=old_grid, new_grid=new_grid
+      )
 
 
-def load_pretrained(*, pretrained_path, init_params, model_config, old_grid=None,
-                    new_grid=None, model_grid=None, strict=True):
+def load_pretrained(
+    *,
+    pretrained_path,
+    init_params,
+    model_config,
+    old_grid=None,
+    new_grid=None,
+    model_grid=None,
+    strict=True,
+):
   """Loads a checkpoint for fine-tuning, with the original's semantics.
 
   - drops `pre_logits` when `model_config.representation_size` is None;
@@ -269,13 +303,15 @@ def load_pretrained(*, pretrained_path, init_params, model_config, old_grid=None
         f'{len(missing)} model parameters are not in the file (e.g. {missing[:4]}), '
         f'{len(extra)} file entries are not in the model (e.g. {extra[:4]}). Pick the model '
         '(name, classifier, representation_size, resnet) that the checkpoint was trained '
-        'with, or set config.pretrained_strict=False to load the matching part on purpose.')
+        'with, or set config.pretrained_strict=False to load the matching part on purpose.'
+    )
   restored.update({k: init[k] for k in reset})
   _fit_posemb(restored, init, model_grid, old_grid, new_grid)
   check_shapes(restored, init, context=f'{pretrained_path}: ')
   if missing:
-    logging.warning('load_pretrained: keys missing from %s (kept at init): %s',
-                    pretrained_path, missing)
+    logging.warning(
+        'load_pretrained: keys missing from %s (kept at init): %s', pretrained_path, missing
+    )
   if extra:
     logging.warning('load_pretrained: extra keys in %s (ignored): %s', pretrained_path, extra)
   merged = {k: restored.get(k, v).astype(v.dtype) for k, v in init.items()}

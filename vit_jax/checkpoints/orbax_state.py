@@ -11,6 +11,7 @@ Restoring tells two failures apart before reading any array:
 In a multi-process run every process tries the same step, they agree (all-gather) whether any
 failed, only process 0 moves a damaged step aside, and the others wait for it.
 """
+
 import re
 import time
 
@@ -51,22 +52,27 @@ def describe_layout_mismatch(stored, expected):
   was, now = _stacked_blocks(stored), _stacked_blocks(expected)
   if was is None or now is None or was == now:
     return None
-  return (f'it was written with config.model.transformer.scan_layers={was} (encoder blocks '
-          f'{"stacked in one encoderblock" if was else "as encoderblock_N"}) and this run has '
-          f'scan_layers={now}. Resume with --config.model.transformer.scan_layers={was} '
-          '(the layout does not change the numbers)')
+  return (
+      f'it was written with config.model.transformer.scan_layers={was} (encoder blocks '
+      f'{"stacked in one encoderblock" if was else "as encoderblock_N"}) and this run has '
+      f'scan_layers={now}. Resume with --config.model.transformer.scan_layers={was} '
+      '(the layout does not change the numbers)'
+  )
 
 
 def describe_mismatch(stored, expected):
   """A sentence naming the first difference between two flat {key: (shape, dtype)}; or None."""
   missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
   if missing or extra:
-    return (f'the checkpoint lacks {missing[:3]} and has {extra[:3]} that this config does not '
-            f'({len(missing)} missing, {len(extra)} unexpected entries)')
+    return (
+        f'the checkpoint lacks {missing[:3]} and has {extra[:3]} that this config does not '
+        f'({len(missing)} missing, {len(extra)} unexpected entries)'
+    )
   for key in sorted(expected):
     if stored[key] != expected[key]:
-      return (f'{key} is stored with shape/dtype {stored[key]}, this config expects '
-              f'{expected[key]}')
+      return (
+          f'{key} is stored with shape/dtype {stored[key]}, this config expects ' f'{expected[key]}'
+      )
   return None
 
 
@@ -75,14 +81,21 @@ class TrainStateCheckpointer:
 
   def __init__(self, directory, *, max_to_keep, save_interval_steps=1):
     if max_to_keep < 1:
-      raise ValueError(f'max_to_keep={max_to_keep} must be at least 1: with 0 Orbax deletes '
-                       'every checkpoint, the final one included.')
+      raise ValueError(
+          f'max_to_keep={max_to_keep} must be at least 1: with 0 Orbax deletes '
+          'every checkpoint, the final one included.'
+      )
     self._directory = directory
     self._manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
-            enable_async_checkpointing=True, create=True),
-        item_handlers=ocp.StandardCheckpointHandler())  # so that metadata reads before a save
+        directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            save_interval_steps=save_interval_steps,
+            enable_async_checkpointing=True,
+            create=True,
+        ),
+        item_handlers=ocp.StandardCheckpointHandler(),
+    )  # so that metadata reads before a save
 
   def restore(self, abstract_state):
     """(state, step) from the newest readable checkpoint, or None when there is none."""
@@ -93,16 +106,21 @@ class TrainStateCheckpointer:
         logging.info('Restored checkpoint at step %d from %s', step, self._directory)
         return state, step
       aside = self._move_aside(step)
-      logging.warning('Checkpoint at step %d in %s is damaged (%s); moved it to %s and trying '
-                      'the previous one. Nothing is deleted.', step, self._directory,
-                      problem or 'unreadable on another process', aside)
+      logging.warning(
+          'Checkpoint at step %d in %s is damaged (%s); moved it to %s and trying '
+          'the previous one. Nothing is deleted.',
+          step,
+          self._directory,
+          problem or 'unreadable on another process',
+          aside,
+      )
     return None
 
   def _try_restore(self, step, abstract_state, expected):
     """(state, None), or (None, why it is damaged); raises CheckpointMismatchError."""
     try:
       metadata = self._manager.item_metadata(step)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       return None, f'metadata unreadable: {type(e).__name__}: {str(e)[:300]}'
     tree = getattr(metadata, 'tree', metadata)
     if not tree:
@@ -115,16 +133,18 @@ class TrainStateCheckpointer:
     if layout:
       raise CheckpointMismatchError(
           f'The checkpoint at step {step} in {self._directory} does not fit this run: '
-          f'{layout}, or pass a new --workdir to start afresh (this one is left as it is).')
+          f'{layout}, or pass a new --workdir to start afresh (this one is left as it is).'
+      )
     mismatch = describe_mismatch(stored, expected)
     if mismatch:
       raise CheckpointMismatchError(
           f'The checkpoint at step {step} in {self._directory} was written by a different train '
           f'state (another model or optimizer config): {mismatch}. Run with the config that '
-          'wrote it, or pass a new --workdir to start afresh (this one is left as it is).')
+          'wrote it, or pass a new --workdir to start afresh (this one is left as it is).'
+      )
     try:
       return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state)), None
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       return None, f'{type(e).__name__}: {str(e)[:300]}'
 
   def _move_aside(self, step):
@@ -168,8 +188,10 @@ def load_params(directory, step=None, prefer_ema=False):
   if step is None:
     raise errors.MissingInputError(f'no checkpoint in {directory!r}')
   one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
-                        manager.item_metadata(step).tree)
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+      manager.item_metadata(step).tree,
+  )
   state = manager.restore(step, args=ocp.args.StandardRestore(target))
   manager.close()
   key = 'ema_params' if prefer_ema and 'ema_params' in state else 'params'

@@ -5,6 +5,7 @@ timm stores PyTorch layouts: Linear weights [out, in], conv weights OIHW, a fuse
 kernels (D, heads, D/heads) and out kernel (heads, D/heads, D). Both directions are exact
 reshapes/transposes, so weights round-trip bitwise.
 """
+
 import re
 
 import numpy as np
@@ -13,8 +14,17 @@ from vit_jax import errors
 
 # Widths of the standard ViTs -> heads (timm does not store the head count).
 _STANDARD_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16, 1664: 16}
-_UNSUPPORTED = ('fc_norm.', '.ls1.', '.ls2.', 'attn_pool.', 'reg_token', 'dist_token',
-                'norm_pre.', '.q_norm.', '.k_norm.')
+_UNSUPPORTED = (
+    'fc_norm.',
+    '.ls1.',
+    '.ls2.',
+    'attn_pool.',
+    'reg_token',
+    'dist_token',
+    'norm_pre.',
+    '.q_norm.',
+    '.k_norm.',
+)
 
 
 def is_timm(flat):
@@ -37,14 +47,26 @@ def _conv_to_torch(w):
 _BACKBONE_RULES = [
     (r'patch_embed\.backbone\.stem\.conv\.weight', 'conv_root/kernel', 'conv'),
     (r'patch_embed\.backbone\.stem\.norm\.(weight|bias)', 'gn_root/{norm}', 'vec'),
-    (r'patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.conv(\d)\.weight',
-     'block{s}/unit{b}/conv{c}/kernel', 'conv'),
-    (r'patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.norm(\d)\.(weight|bias)',
-     'block{s}/unit{b}/gn{c}/{norm}', 'vec'),
-    (r'patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.downsample\.conv\.weight',
-     'block{s}/unit{b}/conv_proj/kernel', 'conv'),
-    (r'patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.downsample\.norm\.(weight|bias)',
-     'block{s}/unit{b}/gn_proj/{norm}', 'vec'),
+    (
+        r'patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.conv(\d)\.weight',
+        'block{s}/unit{b}/conv{c}/kernel',
+        'conv',
+    ),
+    (
+        r'patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.norm(\d)\.(weight|bias)',
+        'block{s}/unit{b}/gn{c}/{norm}',
+        'vec',
+    ),
+    (
+        r'patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.downsample\.conv\.weight',
+        'block{s}/unit{b}/conv_proj/kernel',
+        'conv',
+    ),
+    (
+        r'patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.downsample\.norm\.(weight|bias)',
+        'block{s}/unit{b}/gn_proj/{norm}',
+        'vec',
+    ),
 ]
 _NORM_NAMES = {'weight': 'scale', 'bias': 'bias'}
 
@@ -71,9 +93,11 @@ def timm_to_flat(sd, num_heads=None):
   """timm state dict (name -> numpy) -> our flat {'a/b/c': array} in the original layout."""
   bad = sorted(k for k in sd if any(u in k for u in _UNSUPPORTED) or k.startswith(_UNSUPPORTED))
   if bad:
-    raise errors.UserInputError(f'timm checkpoint has parts the original ViT does not: {bad[:4]} '
-                     '(fc_norm / LayerScale / registers / distillation / qk-norm models are '
-                     'different architectures and cannot be loaded into VisionTransformer).')
+    raise errors.UserInputError(
+        f'timm checkpoint has parts the original ViT does not: {bad[:4]} '
+        '(fc_norm / LayerScale / registers / distillation / qk-norm models are '
+        'different architectures and cannot be loaded into VisionTransformer).'
+    )
   width = sd['patch_embed.proj.weight'].shape[0]
   heads = num_heads or default_num_heads(width)
   if width % heads:
@@ -94,11 +118,11 @@ def timm_to_flat(sd, num_heads=None):
     elif key in ('norm.weight', 'norm.bias'):
       out['Transformer/encoder_norm/' + _NORM_NAMES[key.split('.')[1]]] = w
     elif key in ('head.weight', 'head.bias'):
-      out['head/' + ('kernel' if key.endswith('weight') else 'bias')] = (
-          w.T if w.ndim == 2 else w)
+      out['head/' + ('kernel' if key.endswith('weight') else 'bias')] = w.T if w.ndim == 2 else w
     elif key in ('pre_logits.fc.weight', 'pre_logits.fc.bias'):
       out['pre_logits/' + ('kernel' if key.endswith('weight') else 'bias')] = (
-          w.T if w.ndim == 2 else w)
+          w.T if w.ndim == 2 else w
+      )
     elif block:
       prefix = f'Transformer/encoderblock_{block.group(1)}/'
       try:
@@ -109,13 +133,15 @@ def timm_to_flat(sd, num_heads=None):
         raise errors.UserInputError(
             f'timm entry {key!r} has shape {tuple(w.shape)}, which does not fit a ViT of '
             f'width {width} with {heads} heads ({e}); the file is damaged or not a plain '
-            'ViT.') from e
+            'ViT.'
+        ) from e
     elif _backbone_key(key):
       path, kind = _backbone_key(key)
       out[path] = _conv_to_flax(w) if kind == 'conv' else w
     else:
-      raise errors.UserInputError(f'unknown timm key {key!r} (shape {w.shape}): not a ViT checkpoint '
-                       'this loader knows')
+      raise errors.UserInputError(
+          f'unknown timm key {key!r} (shape {w.shape}): not a ViT checkpoint ' 'this loader knows'
+      )
   return out
 
 
@@ -127,11 +153,15 @@ def _block_to_flat(prefix, name, w, heads, hd):
     ln = 'LayerNorm_0/' if name.startswith('norm1') else 'LayerNorm_1/'
     return {prefix + ln + _NORM_NAMES[name.split('.')[1]]: w}
   if name == 'attn.qkv.weight':  # [3D, D]
-    return {attn + f'{n}/kernel': w[i * width:(i + 1) * width].T.reshape(width, heads, hd)
-            for i, n in enumerate(('query', 'key', 'value'))}
+    return {
+        attn + f'{n}/kernel': w[i * width : (i + 1) * width].T.reshape(width, heads, hd)
+        for i, n in enumerate(('query', 'key', 'value'))
+    }
   if name == 'attn.qkv.bias':
-    return {attn + f'{n}/bias': w[i * width:(i + 1) * width].reshape(heads, hd)
-            for i, n in enumerate(('query', 'key', 'value'))}
+    return {
+        attn + f'{n}/bias': w[i * width : (i + 1) * width].reshape(heads, hd)
+        for i, n in enumerate(('query', 'key', 'value'))
+    }
   if name == 'attn.proj.weight':
     return {attn + 'out/kernel': w.T.reshape(heads, hd, width)}
   if name == 'attn.proj.bias':
@@ -139,8 +169,11 @@ def _block_to_flat(prefix, name, w, heads, hd):
   fc = re.fullmatch(r'mlp\.fc([12])\.(weight|bias)', name)
   if fc:
     dense = mlp + f'Dense_{int(fc.group(1)) - 1}/'
-    return {dense + ('kernel' if fc.group(2) == 'weight' else 'bias'):
-            w.T if fc.group(2) == 'weight' else w}
+    return {
+        dense + ('kernel' if fc.group(2) == 'weight' else 'bias'): w.T
+        if fc.group(2) == 'weight'
+        else w
+    }
   raise errors.UserInputError(f'unknown timm block key {name!r} (shape {w.shape})')
 
 
@@ -164,7 +197,8 @@ def flat_to_timm(flat):
     elif parts[0] in ('head', 'pre_logits'):
       name = 'head.' if parts[0] == 'head' else 'pre_logits.fc.'
       sd[name + ('weight' if parts[-1] == 'kernel' else 'bias')] = (
-          w.T if parts[-1] == 'kernel' else w)
+          w.T if parts[-1] == 'kernel' else w
+      )
     elif key.startswith('Transformer/encoderblock_'):
       _flat_block_to_timm(sd, parts, w)
     else:
@@ -192,11 +226,13 @@ def _flat_block_to_timm(sd, parts, w):
     proj = parts[3]
     if proj == 'out':
       sd[f'blocks.{i}.attn.proj.{torch_leaf}'] = (
-          w.reshape(-1, w.shape[-1]).T if leaf == 'kernel' else w)
+          w.reshape(-1, w.shape[-1]).T if leaf == 'kernel' else w
+      )
     else:
       short = {'query': 'q', 'key': 'k', 'value': 'v'}[proj]
       sd[f'blocks.{i}.attn.{short}.{torch_leaf}'] = (
-          w.reshape(w.shape[0], -1).T if leaf == 'kernel' else w.reshape(-1))
+          w.reshape(w.shape[0], -1).T if leaf == 'kernel' else w.reshape(-1)
+      )
   elif layer == 'MlpBlock_0':
     fc = int(parts[3].split('_')[1]) + 1
     sd[f'blocks.{i}.mlp.fc{fc}.{torch_leaf}'] = w.T if leaf == 'kernel' else w
@@ -212,14 +248,18 @@ def _backbone_to_timm(flat):
       for c in '123':
         for leaf, torch_leaf in (('scale', 'weight'), ('bias', 'bias')):
           forward[f'block{s}/unit{b}/gn{c}/{leaf}'] = (
-              f'patch_embed.backbone.stages.{s - 1}.blocks.{b - 1}.norm{c}.{torch_leaf}')
+              f'patch_embed.backbone.stages.{s - 1}.blocks.{b - 1}.norm{c}.{torch_leaf}'
+          )
         forward[f'block{s}/unit{b}/conv{c}/kernel'] = (
-            f'patch_embed.backbone.stages.{s - 1}.blocks.{b - 1}.conv{c}.weight')
+            f'patch_embed.backbone.stages.{s - 1}.blocks.{b - 1}.conv{c}.weight'
+        )
       forward[f'block{s}/unit{b}/conv_proj/kernel'] = (
-          f'patch_embed.backbone.stages.{s - 1}.blocks.{b - 1}.downsample.conv.weight')
+          f'patch_embed.backbone.stages.{s - 1}.blocks.{b - 1}.downsample.conv.weight'
+      )
       for leaf, torch_leaf in (('scale', 'weight'), ('bias', 'bias')):
         forward[f'block{s}/unit{b}/gn_proj/{leaf}'] = (
-            f'patch_embed.backbone.stages.{s - 1}.blocks.{b - 1}.downsample.norm.{torch_leaf}')
+            f'patch_embed.backbone.stages.{s - 1}.blocks.{b - 1}.downsample.norm.{torch_leaf}'
+        )
   forward['conv_root/kernel'] = 'patch_embed.backbone.stem.conv.weight'
   forward['gn_root/scale'] = 'patch_embed.backbone.stem.norm.weight'
   forward['gn_root/bias'] = 'patch_embed.backbone.stem.norm.bias'

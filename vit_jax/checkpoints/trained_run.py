@@ -8,7 +8,7 @@ Local and gs:// workdirs alike.
 """
 
 import json
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import ml_collections
 
@@ -27,7 +27,7 @@ class Run(NamedTuple):
   config: ml_collections.ConfigDict
   params: dict
   step: int
-  class_names: Optional[list]
+  class_names: list | None
 
 
 def is_run(path):
@@ -55,7 +55,7 @@ def _class_names(names, dataset, num_classes):
 
 def load(workdir, step=None):
   """The Run of `workdir` at `step` (default: its newest checkpoint)."""
-  from vit_jax.checkpoints import orbax_state  # pylint: disable=g-import-not-at-top
+  from vit_jax.checkpoints import orbax_state
 
   saved = json.loads(paths.read_text(paths.join(workdir, workdir_lib.CONFIG)))
   steps = saved_steps(workdir)
@@ -90,10 +90,11 @@ def model_config(run, scan_layers=None):
 
 def classifier(run, scan_layers=False):
   """(model, params in its layout, image size, channels) of a Run."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from vit_jax import attention  # pylint: disable=g-import-not-at-top
-  from vit_jax.models import VisionTransformer  # pylint: disable=g-import-not-at-top
-  from vit_jax.models import layer_stack  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+
+  from vit_jax import attention
+  from vit_jax.models import layer_stack
+  from vit_jax.models import VisionTransformer
 
   config = model_config(run, scan_layers)
   transformer = config.get('transformer') or {}

@@ -7,6 +7,7 @@ configs.models.AUGREG_CONFIGS): then --config.pretrained_path must name the file
 stops at start (the recipe fine-tunes; it never trains from scratch). <dataset> defaults to
 cifar100.
 """
+
 import os
 
 import ml_collections
@@ -26,7 +27,8 @@ def get_config(name_and_dataset='B_16'):
     raise errors.UserInputError(
         f'{name_or_file!r} names an AugReg checkpoint but is not a .npz file: give its path, '
         f'e.g. configs/augreg.py:{name_or_file}.npz (or '
-        f'gs://vit_models/augreg/{os.path.basename(name_or_file)}.npz)')
+        f'gs://vit_models/augreg/{os.path.basename(name_or_file)}.npz)'
+    )
   config = common.get_config()
   config.model = ml_collections.ConfigDict(models.AUGREG_CONFIGS[model].to_dict())
   vit.apply_dataset_preset(config, dataset or 'cifar100')

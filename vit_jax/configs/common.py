@@ -3,6 +3,7 @@
 The fields, their defaults, types, ranges and docs are declared once in `schema.py`; the
 recipes (`vit.py`, `pit.py`, `mae.py`, `augreg.py`) start from `get_config()` and fill it in.
 """
+
 from vit_jax.configs import schema
 
 

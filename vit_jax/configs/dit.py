@@ -14,6 +14,7 @@ Sources: [DiT] Peebles & Xie, "Scalable Diffusion Models with Transformers", ICC
 sampling 250 DDPM steps, cfg 1.5 guiding 3 channels); [PiT] Nguyen et al., arXiv:2406.09415,
 §4.3 (DiT-L with patch 1 on the same latents, the same recipe).
 """
+
 import ml_collections
 
 from vit_jax.configs import common
@@ -23,18 +24,20 @@ from vit_jax.configs import vit
 
 def diffusion_fields(**overrides):
   """config.diffusion: the process DiT trains with and how evaluations sample."""
-  fields = ml_collections.ConfigDict({
-      'steps': 1000,                # diffusion steps of the linear schedule (1e-4 .. 0.02)
-      'noise_schedule': 'linear',
-      'sampler': 'ddpm',            # 'ddpm' (ancestral) or 'ddim'
-      'sample_steps': 250,          # respaced steps for sampling ([DiT]: 250 DDPM)
-      'cfg_scale': 1.5,             # classifier-free guidance; 1 samples unguided
-      'guide_channels': 3,          # [DiT] guides the first 3 of 4 latent channels; None: all
-      'eval_samples_per_class': 10,
-      'sample_batch': 64,           # samples per compiled sampling call (a multiple of the
-                                    # data-parallel devices)
-      'feature_network': None,      # classifier features for FID and conditional accuracy
-  })
+  fields = ml_collections.ConfigDict(
+      {
+          'steps': 1000,  # diffusion steps of the linear schedule (1e-4 .. 0.02)
+          'noise_schedule': 'linear',
+          'sampler': 'ddpm',  # 'ddpm' (ancestral) or 'ddim'
+          'sample_steps': 250,  # respaced steps for sampling ([DiT]: 250 DDPM)
+          'cfg_scale': 1.5,  # classifier-free guidance; 1 samples unguided
+          'guide_channels': 3,  # [DiT] guides the first 3 of 4 latent channels; None: all
+          'eval_samples_per_class': 10,
+          'sample_batch': 64,  # samples per compiled sampling call (a multiple of the
+          # data-parallel devices)
+          'feature_network': None,  # classifier features for FID and conditional accuracy
+      }
+  )
   fields.update(overrides)
   return fields
 
@@ -51,8 +54,11 @@ def _fashion_mnist(model):
   config.objective = 'diffusion'
   config.dataset = 'fashion_mnist'
   config.model = model
-  config.pp.update(dict(train='train', test='test', crop=14, resize=0, inception_crop=False,
-                        flip=True, channels=1))
+  config.pp.update(
+      dict(
+          train='train', test='test', crop=14, resize=0, inception_crop=False, flip=True, channels=1
+      )
+  )
   common.apply_cpu_recipe(config)
   config.eval_flip = False  # flip test-time augmentation is for classifiers
   config.optim = 'adamw'
@@ -73,9 +79,14 @@ def _fashion_mnist(model):
   # Guidance 3 against 1 / 5 / 8: conditional accuracy 0.52 vs 0.35 / 0.54 / 0.51, FID 14 vs
   # 13 / 24 / 31 (an earlier, shorter run); 25 DDIM steps gave what 50 DDPM steps did.
   config.diffusion = diffusion_fields(
-      sampler='ddim', sample_steps=25, cfg_scale=3.0, guide_channels=None,
-      eval_samples_per_class=50, sample_batch=250,
-      feature_network='package:fashion_mnist14_classifier')
+      sampler='ddim',
+      sample_steps=25,
+      cfg_scale=3.0,
+      guide_channels=None,
+      eval_samples_per_class=50,
+      sample_batch=250,
+      feature_network='package:fashion_mnist14_classifier',
+  )
   return config
 
 
@@ -109,8 +120,11 @@ def fid_classifier():
   config.dataset = 'fashion_mnist'
   config.model = vit.small_vit('ViT-fmnist14/2', 2, 64, 4, 2, 256)
   config.model.posemb = 'sincos2d'
-  config.pp.update(dict(train='train', test='test', crop=14, resize=0, inception_crop=False,
-                        flip=True, channels=1))
+  config.pp.update(
+      dict(
+          train='train', test='test', crop=14, resize=0, inception_crop=False, flip=True, channels=1
+      )
+  )
   common.apply_cpu_recipe(config)
   config.total_steps = 4_000
   config.eval_every = 0
@@ -125,8 +139,17 @@ def _imagenet256(model_name):
   config.objective = 'diffusion'
   config.dataset = 'imagenet256_latents'
   config.model = models.MODEL_CONFIGS[model_name].copy_and_resolve_references()
-  config.pp.update(dict(train='train', test='validation', crop=32, resize=0,
-                        inception_crop=False, flip=True, channels=4))
+  config.pp.update(
+      dict(
+          train='train',
+          test='validation',
+          crop=32,
+          resize=0,
+          inception_crop=False,
+          flip=True,
+          channels=4,
+      )
+  )
   config.dtype = 'bfloat16'
   config.optim = 'adamw'
   config.adam_b1, config.adam_b2 = 0.9, 0.999

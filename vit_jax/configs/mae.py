@@ -20,6 +20,7 @@ Fashion-MNIST at 28x28 on this 2-core CPU (784 pixel tokens for PiT, 196 for ViT
   fashion_mnist, fashion_mnist_vit2                pre-training
   fashion_mnist_finetune, fashion_mnist_vit2_finetune
 """
+
 import ml_collections
 
 from vit_jax.configs import common
@@ -32,8 +33,15 @@ _IMAGENET = {'pit_s': 'PiT-S', 'pit_b': 'PiT-B', 'vit_s2': 'PiT-S', 'vit_b2': 'P
 
 
 def decoder(width, depth, heads, mlp, posemb='sincos2d'):
-  return ml_collections.ConfigDict({'hidden_size': width, 'num_layers': depth,
-                                    'num_heads': heads, 'mlp_dim': mlp, 'posemb': posemb})
+  return ml_collections.ConfigDict(
+      {
+          'hidden_size': width,
+          'num_layers': depth,
+          'num_heads': heads,
+          'mlp_dim': mlp,
+          'posemb': posemb,
+      }
+  )
 
 
 def _model(recipe):
@@ -56,40 +64,53 @@ def _steps(config, epochs, train_examples, warmup_epochs):
 def _imagenet(config, recipe, finetune):
   config.dataset = 'imagenet2012'
   config.model = _model(recipe)
-  config.pp.update(dict(train='train', test='validation', crop=28, resize=0, flip=True,
-                        inception_crop=True, channels=3))
+  config.pp.update(
+      dict(
+          train='train',
+          test='validation',
+          crop=28,
+          resize=0,
+          flip=True,
+          inception_crop=True,
+          channels=3,
+      )
+  )
   config.optim = 'adamw'
   config.accum_steps = 1
-  config.weight_decay = 0.05                      # [MAE] Tables 8 and 9
+  config.weight_decay = 0.05  # [MAE] Tables 8 and 9
   if not finetune:
     config.objective = 'mae'
-    config.batch = config.batch_eval = 4096       # [MAE] Table 8
-    config.adam_b1, config.adam_b2 = 0.9, 0.95    # [MAE] Table 8
+    config.batch = config.batch_eval = 4096  # [MAE] Table 8
+    config.adam_b1, config.adam_b2 = 0.9, 0.95  # [MAE] Table 8
     config.base_lr = 1.5e-4 * config.batch / 256  # [MAE] Table 8: lr = blr * batch / 256
-    config.grad_norm_clip = 0.                    # [MAE]: no clipping
-    _steps(config, 1600, IMAGENET_TRAIN, 40)      # [MAE] Table 8 (800/1600 epochs, warmup 40)
+    config.grad_norm_clip = 0.0  # [MAE]: no clipping
+    _steps(config, 1600, IMAGENET_TRAIN, 40)  # [MAE] Table 8 (800/1600 epochs, warmup 40)
     # [MAE] §4, Table 1: mask 75 %, decoder 8 blocks of width 512 (16 heads, MLP 4x). [MAE]
     # reports normalised-pixel targets best for 16x16 patches; a pixel token holds only its 3
     # colour values, so PiT predicts plain pixels, as its ViT/2 baseline does here for parity.
-    config.mae = ml_collections.ConfigDict({'mask_ratio': 0.75, 'norm_pix_loss': False,
-                                            'decoder': decoder(512, 8, 16, 2048)})
+    config.mae = ml_collections.ConfigDict(
+        {'mask_ratio': 0.75, 'norm_pix_loss': False, 'decoder': decoder(512, 8, 16, 2048)}
+    )
   else:
-    config.batch = config.batch_eval = 1024       # [MAE] Table 9
-    config.adam_b1, config.adam_b2 = 0.9, 0.999   # [MAE] Table 9
-    config.base_lr = 1e-3 * config.batch / 256    # [MAE] Table 9: blr 1e-3
-    config.label_smoothing = 0.1                  # [MAE] Table 9
-    config.layer_decay = 0.75                     # [MAE] Table 9 (ViT-B)
-    config.pp.mixup = 0.8                         # [MAE] Table 9
+    config.batch = config.batch_eval = 1024  # [MAE] Table 9
+    config.adam_b1, config.adam_b2 = 0.9, 0.999  # [MAE] Table 9
+    config.base_lr = 1e-3 * config.batch / 256  # [MAE] Table 9: blr 1e-3
+    config.label_smoothing = 0.1  # [MAE] Table 9
+    config.layer_decay = 0.75  # [MAE] Table 9 (ViT-B)
+    config.pp.mixup = 0.8  # [MAE] Table 9
     config.pp.randaugment.update(dict(num_layers=2, magnitude=9))  # [MAE] Table 9: (9, 0.5)
-    _steps(config, 100, IMAGENET_TRAIN, 5)        # [MAE] Table 9: 100 epochs (B), warmup 5
+    _steps(config, 100, IMAGENET_TRAIN, 5)  # [MAE] Table 9: 100 epochs (B), warmup 5
 
 
 def _fashion_mnist(config, recipe, finetune):
   """Sized for 2 CPU cores: a few minutes per run (README: MAE on Fashion-MNIST)."""
   config.dataset = 'fashion_mnist'
   config.model = _model(recipe)
-  config.pp.update(dict(train='train', test='test', crop=28, resize=0, inception_crop=False,
-                        flip=True, channels=1))
+  config.pp.update(
+      dict(
+          train='train', test='test', crop=28, resize=0, inception_crop=False, flip=True, channels=1
+      )
+  )
   common.apply_cpu_recipe(config)  # AdamW lr 2e-3, wd 0.05, one CPU device per core
   config.batch = 64
   config.progress_every = 50
@@ -104,8 +125,9 @@ def _fashion_mnist(config, recipe, finetune):
     config.adam_b2 = 0.95
     # One narrow decoder block: the decoder sees every token (784 for PiT). A 1-channel
     # pixel token has one value, so its normalised target would be 0: plain pixels.
-    config.mae = ml_collections.ConfigDict({'mask_ratio': 0.75, 'norm_pix_loss': False,
-                                            'decoder': decoder(32, 1, 1, 64)})
+    config.mae = ml_collections.ConfigDict(
+        {'mask_ratio': 0.75, 'norm_pix_loss': False, 'decoder': decoder(32, 1, 1, 64)}
+    )
   else:
     config.adam_b2 = 0.999
 
@@ -113,7 +135,7 @@ def _fashion_mnist(config, recipe, finetune):
 def get_config(recipe='fashion_mnist'):
   config = common.get_config()
   finetune = recipe.endswith('_finetune')
-  base = recipe[:-len('_finetune')] if finetune else recipe
+  base = recipe[: -len('_finetune')] if finetune else recipe
   if base in _IMAGENET:
     _imagenet(config, base, finetune)
   elif base in ('fashion_mnist', 'fashion_mnist_vit2'):

@@ -9,6 +9,7 @@ compile time and memory but never the numbers (`scan_layers`, `remat`, `attentio
 defaults: `--config.model.transformer.scan_layers=True` or
 `--config.model.transformer.attention.impl=ring` then works on any of them.
 """
+
 import ml_collections
 
 MODEL_CONFIGS = {}
@@ -27,8 +28,9 @@ def _register(get_config):
   return get_config
 
 
-def transformer_config(mlp_dim, num_heads, num_layers, dropout_rate=0.0,
-                       attention_dropout_rate=0.0):
+def transformer_config(
+    mlp_dim, num_heads, num_layers, dropout_rate=0.0, attention_dropout_rate=0.0
+):
   """The `transformer` field: the original's entries, then scan_layers and remat (off)."""
   config = ml_collections.ConfigDict()
   config.mlp_dim = mlp_dim
@@ -41,7 +43,8 @@ def transformer_config(mlp_dim, num_heads, num_layers, dropout_rate=0.0,
   # vit_jax/attention: impl 'auto' is dense (the original's numbers) for short sequences and
   # the platform's fused kernel for long ones; kernel: the sharded schedules' per-device work.
   config.attention = ml_collections.ConfigDict(
-      {'impl': 'auto', 'block_size': 512, 'kernel': 'auto'})
+      {'impl': 'auto', 'block_size': 512, 'kernel': 'auto'}
+  )
   return config
 
 
@@ -226,7 +229,8 @@ def dit_config(size, patch):
   config.scan_layers = False
   config.remat = 'none'
   config.attention = ml_collections.ConfigDict(
-      {'impl': 'auto', 'block_size': 512, 'kernel': 'auto'})
+      {'impl': 'auto', 'block_size': 512, 'kernel': 'auto'}
+  )
   return config
 
 

@@ -6,6 +6,7 @@ and ranges from it, and the docs' config reference (`docs/config.md`) is printed
 Checks that relate two fields (warmup within the steps, a batch the mesh divides, ...) live
 in `vit_jax.config_checks`.
 """
+
 import dataclasses
 import sys
 from typing import Any
@@ -25,6 +26,7 @@ KINDS = {
 class Field:
   """One config field. `low` / `high` bound a number (`low_open` / `high_open`: exclusive);
   `optional` admits None; `why` says in an error what a bound protects (defaults to `doc`)."""
+
   name: str
   default: Any
   kind: str  # 'int', 'number', 'bool', 'str', 'choice', 'dict' (free-form, e.g. the model)
@@ -41,121 +43,362 @@ class Field:
 DTYPES = ('float32', 'bfloat16', 'float16')
 
 FIELDS = (
-    Field('seed', 0, 'int', 'Seed of every random stream: init, data order, augmentation, '
-          'dropout. Batch s is a function of (seed, s), so a resumed run is the same run.'),
+    Field(
+        'seed',
+        0,
+        'int',
+        'Seed of every random stream: init, data order, augmentation, '
+        'dropout. Batch s is a function of (seed, s), so a resumed run is the same run.',
+    ),
     # Data.
-    Field('dataset', '', 'str', 'TFDS name (`cifar10`, `imagenet2012`, ...) or an image '
-          'folder path `root/<split>/<class>/*.jpg`.'),
-    Field('tfds_data_dir', None, 'str', 'TFDS data_dir (local or gs://); None: TFDS default.',
-          optional=True),
-    Field('tfds_manual_dir', None, 'str', 'TFDS manual_dir for datasets that need manual '
-          'downloads (ImageNet).', optional=True),
-    Field('tfds_download', True, 'bool', 'Download and prepare a TFDS dataset missing from '
-          'tfds_data_dir (offline: a clear error within seconds); False: prepared data only.'),
-    Field('fashion_mnist_dir', '/usr/share/datasets/fashion-mnist', 'str', 'Local idx files '
-          '(Debian `dataset-fashion-mnist`) that fashion_mnist is prepared from, offline.'),
+    Field(
+        'dataset',
+        '',
+        'str',
+        'TFDS name (`cifar10`, `imagenet2012`, ...) or an image '
+        'folder path `root/<split>/<class>/*.jpg`.',
+    ),
+    Field(
+        'tfds_data_dir',
+        None,
+        'str',
+        'TFDS data_dir (local or gs://); None: TFDS default.',
+        optional=True,
+    ),
+    Field(
+        'tfds_manual_dir',
+        None,
+        'str',
+        'TFDS manual_dir for datasets that need manual ' 'downloads (ImageNet).',
+        optional=True,
+    ),
+    Field(
+        'tfds_download',
+        True,
+        'bool',
+        'Download and prepare a TFDS dataset missing from '
+        'tfds_data_dir (offline: a clear error within seconds); False: prepared data only.',
+    ),
+    Field(
+        'fashion_mnist_dir',
+        '/usr/share/datasets/fashion-mnist',
+        'str',
+        'Local idx files '
+        '(Debian `dataset-fashion-mnist`) that fashion_mnist is prepared from, offline.',
+    ),
     Field('pp.train', 'train', 'str', 'Train split, TFDS slicing allowed (`train[:98%]`).'),
     Field('pp.test', 'test', 'str', 'Eval split; every example is evaluated, the tail too.'),
-    Field('pp.crop', 224, 'int', 'Image side the model sees, in pixels.', low=1,
-          why='the image side the model sees'),
-    Field('pp.resize', 0, 'int', 'Eval: resize the shorter side to this, then central crop; '
-          '0 turns it off.', low=0, why='0 turns the eval resize off'),
-    Field('pp.inception_crop', True, 'bool', 'Train: Inception-style random resized crop; '
-          'False: resize to pp.crop.'),
-    Field('pp.pad_crop', 0, 'int', 'Train: zero-pad this many pixels, then a random crop '
-          'back (CIFAR style); 0 turns it off.', low=0, why='0 turns pad-and-crop off'),
+    Field(
+        'pp.crop',
+        224,
+        'int',
+        'Image side the model sees, in pixels.',
+        low=1,
+        why='the image side the model sees',
+    ),
+    Field(
+        'pp.resize',
+        0,
+        'int',
+        'Eval: resize the shorter side to this, then central crop; ' '0 turns it off.',
+        low=0,
+        why='0 turns the eval resize off',
+    ),
+    Field(
+        'pp.inception_crop',
+        True,
+        'bool',
+        'Train: Inception-style random resized crop; ' 'False: resize to pp.crop.',
+    ),
+    Field(
+        'pp.pad_crop',
+        0,
+        'int',
+        'Train: zero-pad this many pixels, then a random crop '
+        'back (CIFAR style); 0 turns it off.',
+        low=0,
+        why='0 turns pad-and-crop off',
+    ),
     Field('pp.flip', True, 'bool', 'Train: random horizontal flips.'),
-    Field('pp.mixup', 0.0, 'number', 'Mixup with Beta(alpha, alpha) weights; 0 turns it off.',
-          low=0, why='0 turns mixup off'),
-    Field('pp.randaugment.num_layers', 0, 'int', 'RandAugment ops per image; 0 turns '
-          'RandAugment off.', low=0, why='0 turns RandAugment off'),
-    Field('pp.randaugment.magnitude', 0, 'number', 'RandAugment magnitude, 0 to 10 (the '
-          "original's scale).", low=0, high=10, why='RandAugment magnitudes run from 0 to 10'),
-    Field('pp.channels', 3, 'choice', 'Image channels: 3 (RGB) or 1 (grayscale).',
-          choices=(1, 3)),
-    Field('pp.skip_undecodable', False, 'bool', 'Image folders: an image that cannot be '
-          'decoded becomes a zero image of weight 0, logged with its path (False: an error '
-          'naming the file).'),
-    Field('pp.on_device', False, 'bool', 'Keep a small TFDS train split on the devices and '
-          'gather each batch inside the train step (only pp.flip augments there). A CPU-host '
-          'speed-up; see `vit_jax/datasets/device_input.py`.'),
-    Field('batch', 512, 'int', 'Global train batch (all processes together).', low=1,
-          why='examples per train step'),
+    Field(
+        'pp.mixup',
+        0.0,
+        'number',
+        'Mixup with Beta(alpha, alpha) weights; 0 turns it off.',
+        low=0,
+        why='0 turns mixup off',
+    ),
+    Field(
+        'pp.randaugment.num_layers',
+        0,
+        'int',
+        'RandAugment ops per image; 0 turns ' 'RandAugment off.',
+        low=0,
+        why='0 turns RandAugment off',
+    ),
+    Field(
+        'pp.randaugment.magnitude',
+        0,
+        'number',
+        'RandAugment magnitude, 0 to 10 (the ' "original's scale).",
+        low=0,
+        high=10,
+        why='RandAugment magnitudes run from 0 to 10',
+    ),
+    Field('pp.channels', 3, 'choice', 'Image channels: 3 (RGB) or 1 (grayscale).', choices=(1, 3)),
+    Field(
+        'pp.skip_undecodable',
+        False,
+        'bool',
+        'Image folders: an image that cannot be '
+        'decoded becomes a zero image of weight 0, logged with its path (False: an error '
+        'naming the file).',
+    ),
+    Field(
+        'pp.on_device',
+        False,
+        'bool',
+        'Keep a small TFDS train split on the devices and '
+        'gather each batch inside the train step (only pp.flip augments there). A CPU-host '
+        'speed-up; see `vit_jax/datasets/device_input.py`.',
+    ),
+    Field(
+        'batch',
+        512,
+        'int',
+        'Global train batch (all processes together).',
+        low=1,
+        why='examples per train step',
+    ),
     Field('batch_eval', 512, 'int', 'Global eval batch.', low=1, why='examples per eval step'),
-    Field('prefetch', 2, 'int', 'Batches prepared ahead by the input pipeline.', low=0,
-          why='batches prepared ahead'),
-    Field('objective', 'classification', 'choice', 'What the run trains for: labels with '
-          'cross-entropy, or masked-autoencoder pre-training (the fields of config.mae, '
-          '`configs/mae.py`), or denoising diffusion with a DiT (the fields of '
-          'config.diffusion, `configs/dit.py`).', choices=('classification', 'mae', 'diffusion')),
+    Field(
+        'prefetch',
+        2,
+        'int',
+        'Batches prepared ahead by the input pipeline.',
+        low=0,
+        why='batches prepared ahead',
+    ),
+    Field(
+        'objective',
+        'classification',
+        'choice',
+        'What the run trains for: labels with '
+        'cross-entropy, or masked-autoencoder pre-training (the fields of config.mae, '
+        '`configs/mae.py`), or denoising diffusion with a DiT (the fields of '
+        'config.diffusion, `configs/dit.py`).',
+        choices=('classification', 'mae', 'diffusion'),
+    ),
     # Model.
-    Field('model', {}, 'dict', 'The model: a `configs/models.py` entry '
-          '(`MODEL_CONFIGS[name]`), checked against the module\'s own fields.'),
-    Field('pretrained_path', None, 'str', 'Checkpoint to fine-tune from (any format '
-          '`vit_jax.checkpoint.load` reads; local, gs://, https:// or hf://).', optional=True),
-    Field('pretrained_strict', True, 'bool', 'Every parameter but the head must come from '
-          'pretrained_path; False allows partial loads.'),
-    Field('pretrained_required', False, 'bool', 'Set by fine-tuning recipes '
-          '(`configs/augreg.py`): a run without pretrained_path is an error, never a silent '
-          'run from scratch.'),
+    Field(
+        'model',
+        {},
+        'dict',
+        'The model: a `configs/models.py` entry '
+        "(`MODEL_CONFIGS[name]`), checked against the module's own fields.",
+    ),
+    Field(
+        'pretrained_path',
+        None,
+        'str',
+        'Checkpoint to fine-tune from (any format '
+        '`vit_jax.checkpoint.load` reads; local, gs://, https:// or hf://).',
+        optional=True,
+    ),
+    Field(
+        'pretrained_strict',
+        True,
+        'bool',
+        'Every parameter but the head must come from '
+        'pretrained_path; False allows partial loads.',
+    ),
+    Field(
+        'pretrained_required',
+        False,
+        'bool',
+        'Set by fine-tuning recipes '
+        '(`configs/augreg.py`): a run without pretrained_path is an error, never a silent '
+        'run from scratch.',
+    ),
     Field('dtype', 'float32', 'choice', 'Compute dtype of activations.', choices=DTYPES),
-    Field('param_dtype', 'float32', 'choice', "Dtype of the parameters and so of the "
-          "optimizer state; 'bfloat16' halves their memory.", choices=DTYPES),
+    Field(
+        'param_dtype',
+        'float32',
+        'choice',
+        'Dtype of the parameters and so of the ' "optimizer state; 'bfloat16' halves their memory.",
+        choices=DTYPES,
+    ),
     # Devices.
-    Field('cpu_devices', 0, 'int', 'CPU devices JAX creates on a host without accelerators: '
-          "0 JAX's default (or XLA_FLAGS), -1 one per core. Set before JAX starts.", low=-1,
-          why='-1 is one device per core, 0 the default'),
-    Field('mesh', {'data': -1, 'fsdp': 1, 'seq': 1}, 'dict', 'Device mesh axis sizes; -1 '
-          'takes the remaining devices. data and fsdp split the batch, fsdp also shards the '
-          'parameters, seq shards the tokens (sequence-sharded attention).'),
+    Field(
+        'cpu_devices',
+        0,
+        'int',
+        'CPU devices JAX creates on a host without accelerators: '
+        "0 JAX's default (or XLA_FLAGS), -1 one per core. Set before JAX starts.",
+        low=-1,
+        why='-1 is one device per core, 0 the default',
+    ),
+    Field(
+        'mesh',
+        {'data': -1, 'fsdp': 1, 'seq': 1},
+        'dict',
+        'Device mesh axis sizes; -1 '
+        'takes the remaining devices. data and fsdp split the batch, fsdp also shards the '
+        'parameters, seq shards the tokens (sequence-sharded attention).',
+    ),
     # Optimizer and schedule.
-    Field('optim', 'sgd', 'choice', "Optimizer: SGD with momentum (the original's fine-tuning) "
-          'or AdamW.', choices=('sgd', 'adamw')),
+    Field(
+        'optim',
+        'sgd',
+        'choice',
+        "Optimizer: SGD with momentum (the original's fine-tuning) " 'or AdamW.',
+        choices=('sgd', 'adamw'),
+    ),
     Field('momentum', 0.9, 'number', 'SGD momentum.'),
     Field('adam_b1', 0.9, 'number', 'AdamW beta1.'),
     Field('adam_b2', 0.999, 'number', 'AdamW beta2.'),
     Field('weight_decay', 0.0, 'number', 'Decoupled weight decay (AdamW) or L2 (SGD).'),
-    Field('base_lr', 0.03, 'number', 'Peak learning rate.', low=0, low_open=True,
-          why='the peak learning rate, e.g. 1e-3'),
+    Field(
+        'base_lr',
+        0.03,
+        'number',
+        'Peak learning rate.',
+        low=0,
+        low_open=True,
+        why='the peak learning rate, e.g. 1e-3',
+    ),
     Field('warmup_steps', 500, 'int', 'Linear warmup steps, at most total_steps.'),
-    Field('total_steps', 10_000, 'int', 'Train steps.', low=1,
-          why='the number of train steps'),
-    Field('decay_type', 'cosine', 'choice', 'Learning-rate decay after warmup.',
-          choices=('cosine', 'linear')),
+    Field('total_steps', 10_000, 'int', 'Train steps.', low=1, why='the number of train steps'),
+    Field(
+        'decay_type',
+        'cosine',
+        'choice',
+        'Learning-rate decay after warmup.',
+        choices=('cosine', 'linear'),
+    ),
     Field('linear_end', 1e-5, 'number', 'Final learning rate of the linear decay.'),
-    Field('grad_norm_clip', 1.0, 'number', 'Global gradient-norm clip; 0 or None turns it '
-          'off.', low=0, optional=True, why='0 or None turns clipping off'),
-    Field('layer_decay', 1.0, 'number', "Layer-wise lr decay (BEiT, MAE fine-tuning): block "
-          "i's lr times layer_decay ** (depth + 1 - i); 1 turns it off."),
-    Field('accum_steps', 8, 'int', 'Micro-batches per step (gradient accumulation).', low=1,
-          why='micro-batches per step; 1 means no accumulation'),
-    Field('label_smoothing', 0.0, 'number', 'Label smoothing of the cross-entropy.', low=0,
-          high=1, high_open=True, why='0 turns it off'),
-    Field('patch_dropout.rate', 0.0, 'number', 'Patch dropout: the share of patch tokens left '
-          'out of each image in the first patch_dropout.steps steps; 0 turns it off.', low=0,
-          high=1, high_open=True, why='0 turns it off'),
-    Field('patch_dropout.steps', 0, 'int', 'Train steps that use patch dropout (from the '
-          'first).', low=0, why='0 turns it off'),
-    Field('ema_decay', 0.0, 'number', 'Exponential moving average of the parameters, kept in '
-          'the train state and checkpointed, used for evaluation and sampling (DiT: 0.9999); '
-          '0 turns it off.', low=0, high=1, high_open=True, why='0 turns it off'),
-    Field('eval_flip', False, 'bool', 'Eval averages the logits of each image and its mirror '
-          '(flip test-time augmentation); the single-view accuracy is logged too.'),
+    Field(
+        'grad_norm_clip',
+        1.0,
+        'number',
+        'Global gradient-norm clip; 0 or None turns it ' 'off.',
+        low=0,
+        optional=True,
+        why='0 or None turns clipping off',
+    ),
+    Field(
+        'layer_decay',
+        1.0,
+        'number',
+        'Layer-wise lr decay (BEiT, MAE fine-tuning): block '
+        "i's lr times layer_decay ** (depth + 1 - i); 1 turns it off.",
+    ),
+    Field(
+        'accum_steps',
+        8,
+        'int',
+        'Micro-batches per step (gradient accumulation).',
+        low=1,
+        why='micro-batches per step; 1 means no accumulation',
+    ),
+    Field(
+        'label_smoothing',
+        0.0,
+        'number',
+        'Label smoothing of the cross-entropy.',
+        low=0,
+        high=1,
+        high_open=True,
+        why='0 turns it off',
+    ),
+    Field(
+        'patch_dropout.rate',
+        0.0,
+        'number',
+        'Patch dropout: the share of patch tokens left '
+        'out of each image in the first patch_dropout.steps steps; 0 turns it off.',
+        low=0,
+        high=1,
+        high_open=True,
+        why='0 turns it off',
+    ),
+    Field(
+        'patch_dropout.steps',
+        0,
+        'int',
+        'Train steps that use patch dropout (from the ' 'first).',
+        low=0,
+        why='0 turns it off',
+    ),
+    Field(
+        'ema_decay',
+        0.0,
+        'number',
+        'Exponential moving average of the parameters, kept in '
+        'the train state and checkpointed, used for evaluation and sampling (DiT: 0.9999); '
+        '0 turns it off.',
+        low=0,
+        high=1,
+        high_open=True,
+        why='0 turns it off',
+    ),
+    Field(
+        'eval_flip',
+        False,
+        'bool',
+        'Eval averages the logits of each image and its mirror '
+        '(flip test-time augmentation); the single-view accuracy is logged too.',
+    ),
     # Loop.
-    Field('eval_every', 100, 'int', 'Evaluate every N steps; 0: after the last step only.',
-          low=0, why='0 evaluates after the last step only'),
-    Field('progress_every', 10, 'int', 'Log train metrics every N steps.', low=1,
-          why='train metrics every N steps'),
-    Field('checkpoint_every', 1_000, 'int', 'Save the train state every N steps (and always '
-          'at the last step).', low=1,
-          why='a checkpoint every N steps (the last step always saves)'),
-    Field('keep_checkpoints', 3, 'int', 'Checkpoints kept on disk, newest first.', low=1,
-          why='0 would delete every checkpoint, the final one too'),
-    Field('profile.first_step', 0, 'int', 'First step of a jax.profiler trace into '
-          "WORKDIR/plugins/profile (TensorBoard's profile tab); 0 turns it off.", low=0,
-          why='0 turns profiling off'),
-    Field('profile.num_steps', 5, 'int', 'Steps in the profiler trace.', low=1,
-          why='steps in the trace'),
+    Field(
+        'eval_every',
+        100,
+        'int',
+        'Evaluate every N steps; 0: after the last step only.',
+        low=0,
+        why='0 evaluates after the last step only',
+    ),
+    Field(
+        'progress_every',
+        10,
+        'int',
+        'Log train metrics every N steps.',
+        low=1,
+        why='train metrics every N steps',
+    ),
+    Field(
+        'checkpoint_every',
+        1_000,
+        'int',
+        'Save the train state every N steps (and always ' 'at the last step).',
+        low=1,
+        why='a checkpoint every N steps (the last step always saves)',
+    ),
+    Field(
+        'keep_checkpoints',
+        3,
+        'int',
+        'Checkpoints kept on disk, newest first.',
+        low=1,
+        why='0 would delete every checkpoint, the final one too',
+    ),
+    Field(
+        'profile.first_step',
+        0,
+        'int',
+        'First step of a jax.profiler trace into '
+        "WORKDIR/plugins/profile (TensorBoard's profile tab); 0 turns it off.",
+        low=0,
+        why='0 turns profiling off',
+    ),
+    Field(
+        'profile.num_steps',
+        5,
+        'int',
+        'Steps in the profiler trace.',
+        low=1,
+        why='steps in the trace',
+    ),
 )
 
 BY_NAME = {f.name: f for f in FIELDS}
@@ -194,8 +437,10 @@ def _allowed(field):
   if field.low is None and field.high is None:
     return ''
   if field.high is not None:
-    return (f"{'(' if field.low_open else '['}{field.low}, {field.high}"
-            f"{')' if field.high_open else ']'}")
+    return (
+        f"{'(' if field.low_open else '['}{field.low}, {field.high}"
+        f"{')' if field.high_open else ']'}"
+    )
   return f"{'>' if field.low_open else '>='} {field.low}"
 
 
@@ -217,9 +462,13 @@ def reference_markdown():
     allowed = _allowed(field) + (' or None' if field.optional else '')
     doc = field.doc.replace('|', '\\|')
     lines.append(f'| `{field.name}` | `{field.default!r}` | {field.kind} | {allowed} | {doc} |')
-  lines += ['', 'Objective-specific fields: `config.mae` (mask ratio, pixel-loss '
-            'normalisation, decoder) is set by `configs/mae.py` and checked with '
-            "`objective='mae'`.", '']
+  lines += [
+      '',
+      'Objective-specific fields: `config.mae` (mask ratio, pixel-loss '
+      'normalisation, decoder) is set by `configs/mae.py` and checked with '
+      "`objective='mae'`.",
+      '',
+  ]
   return '\n'.join(lines)
 
 

@@ -5,6 +5,7 @@ b8, s32, b32, l32, r50_b16, testing, ...) or one of SMALL_MODELS; <dataset> is a
 DATASET_PRESETS, which set the data fields and the original's step count for that dataset,
 nothing about the hardware. `vit4,fashion_mnist` is the embedded CPU preset (PRESETS).
 """
+
 import difflib
 
 import ml_collections
@@ -16,16 +17,17 @@ from vit_jax.configs import models
 DATASET_PRESETS = {
     'cifar10': dict(total_steps=10_000, pp=dict(train='train[:98%]', test='test', crop=384)),
     'cifar100': dict(total_steps=10_000, pp=dict(train='train[:98%]', test='test', crop=384)),
-    'imagenet2012': dict(total_steps=20_000,
-                         pp=dict(train='train[:99%]', test='validation', crop=384)),
-    'oxford_iiit_pet': dict(total_steps=500, pp=dict(train='train[:90%]', test='test',
-                                                     crop=384)),
-    'oxford_flowers102': dict(total_steps=500, pp=dict(train='train[:90%]', test='test',
-                                                       crop=384)),
-    'mnist': dict(total_steps=2_000, pp=dict(crop=28, channels=1, inception_crop=False,
-                                             flip=False)),
-    'fashion_mnist': dict(total_steps=2_000, pp=dict(crop=28, channels=1,
-                                                     inception_crop=False, flip=True)),
+    'imagenet2012': dict(
+        total_steps=20_000, pp=dict(train='train[:99%]', test='validation', crop=384)
+    ),
+    'oxford_iiit_pet': dict(total_steps=500, pp=dict(train='train[:90%]', test='test', crop=384)),
+    'oxford_flowers102': dict(total_steps=500, pp=dict(train='train[:90%]', test='test', crop=384)),
+    'mnist': dict(
+        total_steps=2_000, pp=dict(crop=28, channels=1, inception_crop=False, flip=False)
+    ),
+    'fashion_mnist': dict(
+        total_steps=2_000, pp=dict(crop=28, channels=1, inception_crop=False, flip=True)
+    ),
 }
 
 
@@ -33,8 +35,9 @@ def unknown_name(what, name, choices):
   """The error for a name that is not one of `choices`, with the closest one."""
   close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
   hint = f"did you mean '{close[0]}'? " if close else ''
-  return errors.UserInputError(f'unknown {what} {name!r}; {hint}the choices are '
-                               f'{", ".join(sorted(choices))}')
+  return errors.UserInputError(
+      f'unknown {what} {name!r}; {hint}the choices are ' f'{", ".join(sorted(choices))}'
+  )
 
 
 def small_vit(name, patch, width, depth, heads, mlp):
@@ -65,8 +68,10 @@ SMALL_MODELS = {
 
 def _model_names():
   return sorted(SMALL_MODELS) + sorted(
-      n[len('get_'):-len('_config')] for n in dir(models)
-      if n.startswith('get_') and n.endswith('_config'))
+      n[len('get_') : -len('_config')]
+      for n in dir(models)
+      if n.startswith('get_') and n.endswith('_config')
+  )
 
 
 def model_config(name):
@@ -128,5 +133,6 @@ def get_config(model_and_dataset_arg='b16,cifar10'):
   if not sep or not model or not dataset:
     raise errors.UserInputError(
         f'configs/vit.py:{model_and_dataset_arg} is not <model>,<dataset>, e.g. '
-        f'configs/vit.py:b16,cifar10 (presets: {", ".join(PRESETS)})')
+        f'configs/vit.py:b16,cifar10 (presets: {", ".join(PRESETS)})'
+    )
   return model_and_dataset(model, dataset).lock()

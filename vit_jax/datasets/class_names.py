@@ -1,11 +1,22 @@
 """Class names: ImageNet-1k (shipped with the package), Fashion-MNIST, or a text file."""
+
 import importlib.resources
 
 from vit_jax import errors
 from vit_jax import paths
 
-FASHION_MNIST = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
-                 'Sneaker', 'Bag', 'Ankle boot')
+FASHION_MNIST = (
+    'T-shirt/top',
+    'Trouser',
+    'Pullover',
+    'Dress',
+    'Coat',
+    'Sandal',
+    'Shirt',
+    'Sneaker',
+    'Bag',
+    'Ankle boot',
+)
 
 
 def imagenet1k():
@@ -16,12 +27,15 @@ def imagenet1k():
 
 
 def get_labels(name):
-  """'imagenet1k', 'fashion_mnist', or a path (local or gs://) to a file with one class name per line."""
+  """'imagenet1k', 'fashion_mnist', or a path (local or gs://) to a file with one class name
+  per line."""
   if name == 'imagenet1k':
     return imagenet1k()
   if name == 'fashion_mnist':
     return list(FASHION_MNIST)
   if paths.exists(name):
     return [line.strip() for line in paths.read_text(name).splitlines() if line.strip()]
-  raise errors.UserInputError(f"labels={name!r}: use 'imagenet1k', 'fashion_mnist' or a path to a text "
-                   'file with one class name per line')
+  raise errors.UserInputError(
+      f"labels={name!r}: use 'imagenet1k', 'fashion_mnist' or a path to a text "
+      'file with one class name per line'
+  )

@@ -18,6 +18,7 @@ Only what is cheap in the step is supported: `pp.flip`. Inception crop, pad-and-
 RandAugment, mixup, image folders and splits that are not kept in memory are an error naming
 the field.
 """
+
 import collections
 
 import jax
@@ -26,10 +27,10 @@ import numpy as np
 import tensorflow as tf
 
 from vit_jax import errors
-from vit_jax.runtime import partitioning
 from vit_jax import paths
 from vit_jax.datasets import preprocessing
 from vit_jax.datasets import tfds_source
+from vit_jax.runtime import partitioning
 
 DeviceData = collections.namedtuple('DeviceData', 'images labels')
 _FEISTEL_ROUNDS = 6
@@ -47,19 +48,25 @@ def check(config):
   if not enabled(config):
     return
   pp = config.pp
-  unsupported = [('pp.inception_crop', pp.inception_crop), ('pp.pad_crop', pp.pad_crop),
-                 ('pp.randaugment.num_layers', pp.randaugment.num_layers),
-                 ('pp.mixup', pp.mixup), ('pp.skip_undecodable', pp.skip_undecodable)]
+  unsupported = [
+      ('pp.inception_crop', pp.inception_crop),
+      ('pp.pad_crop', pp.pad_crop),
+      ('pp.randaugment.num_layers', pp.randaugment.num_layers),
+      ('pp.mixup', pp.mixup),
+      ('pp.skip_undecodable', pp.skip_undecodable),
+  ]
   for field, value in unsupported:
     if value:
       raise errors.UserInputError(
           f'config.{field}={value!r} is not available with config.pp.on_device=True, which '
           'gathers batches inside the train step and supports only pp.flip; set '
-          f'config.{field} off or config.pp.on_device=False.')
+          f'config.{field} off or config.pp.on_device=False.'
+      )
   if config.dataset and paths.isdir(config.dataset):
     raise errors.UserInputError(
         f'config.pp.on_device=True needs a TFDS dataset kept in memory; config.dataset='
-        f'{config.dataset!r} is an image folder. Set config.pp.on_device=False.')
+        f'{config.dataset!r} is an image folder. Set config.pp.on_device=False.'
+    )
 
 
 def host_arrays(config):
@@ -70,14 +77,15 @@ def host_arrays(config):
     raise errors.UserInputError(
         f'config.pp.on_device=True needs a split of fixed image shape under 2 GiB; '
         f'config.dataset={config.dataset!r} split {config.pp.train!r} is not one. Set '
-        'config.pp.on_device=False.')
+        'config.pp.on_device=False.'
+    )
   images, labels, num_classes = loaded
   crop, channels = config.pp.crop, config.pp.channels
   if images.shape[1:] == (crop, crop, channels):
     return images, labels.astype(np.int32), num_classes
   out = []
   for start in range(0, len(images), _CHUNK):
-    chunk = preprocessing.ensure_channels(tf.constant(images[start:start + _CHUNK]), channels)
+    chunk = preprocessing.ensure_channels(tf.constant(images[start : start + _CHUNK]), channels)
     chunk = tf.cast(chunk, tf.float32)
     if chunk.shape[1:3] != (crop, crop):  # as preprocessing.resize, on a whole chunk
       chunk = tf.image.resize(chunk, [crop, crop], method='bilinear', antialias=True)
@@ -117,8 +125,7 @@ def index_shuffle(index, keys, n):
     return (left << half) | right
 
   x = permute(index.astype(jnp.uint32))
-  x = jax.lax.while_loop(lambda x: jnp.any(x >= n),
-                         lambda x: jnp.where(x >= n, permute(x), x), x)
+  x = jax.lax.while_loop(lambda x: jnp.any(x >= n), lambda x: jnp.where(x >= n, permute(x), x), x)
   return x.astype(jnp.int32)
 
 
@@ -148,19 +155,26 @@ def batch_at(config, data, step, num_classes, mesh=None):
   each device then gathers and flips only its own slice.
   """
   n = data.labels.shape[0]
-  indices, positions = indices_at(config.seed, step.astype(jnp.int32) * config.batch,
-                                  config.batch, n)
+  indices, positions = indices_at(
+      config.seed, step.astype(jnp.int32) * config.batch, config.batch, n
+  )
   if mesh is not None:  # else sharding propagation partitions the walk's loop after all
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     indices, positions = jax.lax.with_sharding_constraint((indices, positions), replicated)
-  own_slice = lambda x: x if mesh is None else jax.lax.with_sharding_constraint(
-      x, partitioning.batch_sharding(mesh))
+  own_slice = (
+      lambda x: x
+      if mesh is None
+      else jax.lax.with_sharding_constraint(x, partitioning.batch_sharding(mesh))
+  )
   indices = own_slice(indices)
   images = data.images[indices].astype(jnp.float32)
   if config.pp.flip:  # flips drawn only when used
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _FLIP_STREAM)
     flip = own_slice(
-        jax.vmap(lambda p: jax.random.bernoulli(jax.random.fold_in(key, p)))(positions))
+        jax.vmap(lambda p: jax.random.bernoulli(jax.random.fold_in(key, p)))(positions)
+    )
     images = jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
-  return {'image': (images - 127.5) / 127.5,
-          'label': jax.nn.one_hot(data.labels[indices], num_classes)}
+  return {
+      'image': (images - 127.5) / 127.5,
+      'label': jax.nn.one_hot(data.labels[indices], num_classes),
+  }

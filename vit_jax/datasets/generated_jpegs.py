@@ -7,6 +7,7 @@ for resume timing). Images are smooth random colour fields (so they compress lik
 not like noise), encoded once into a pool and reused in rotation: writing a million records
 costs the records, not a million encodes. Record i has label i % num_classes.
 """
+
 import dataclasses
 import io
 
@@ -40,36 +41,57 @@ def jpeg_pool(config, seed=0):
   for _ in range(config.pool):
     out = io.BytesIO()
     Image.fromarray(_smooth_image(rng, config.height, config.width)).save(
-        out, format='JPEG', quality=90)
+        out, format='JPEG', quality=90
+    )
     pool.append(out.getvalue())
   return pool
 
 
 class GeneratedJpegs(tfds.core.GeneratorBasedBuilder):
   """Generated JPEG image classification (see the module docstring)."""
+
   VERSION = tfds.core.Version('1.0.0')
-  BUILDER_CONFIGS = [
+  BUILDER_CONFIGS = [  # noqa: RUF012 (TFDS reads this class attribute)
       JpegConfig(name='tiny', train=48, test=20, height=24, width=32, num_classes=5, pool=48),
-      JpegConfig(name='imagenet_like', train=4096, test=512, height=375, width=500,
-                 num_classes=1000, pool=256),
-      JpegConfig(name='million', train=1_000_000, test=1000, height=32, width=32,
-                 num_classes=1000, pool=1000),
+      JpegConfig(
+          name='imagenet_like',
+          train=4096,
+          test=512,
+          height=375,
+          width=500,
+          num_classes=1000,
+          pool=256,
+      ),
+      JpegConfig(
+          name='million',
+          train=1_000_000,
+          test=1000,
+          height=32,
+          width=32,
+          num_classes=1000,
+          pool=1000,
+      ),
   ]
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg'),
-            'label': tfds.features.ClassLabel(num_classes=self.builder_config.num_classes),
-        }),
-        supervised_keys=('image', 'label'))
+        features=tfds.features.FeaturesDict(
+            {
+                'image': tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg'),
+                'label': tfds.features.ClassLabel(num_classes=self.builder_config.num_classes),
+            }
+        ),
+        supervised_keys=('image', 'label'),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing is downloaded
     config = self.builder_config
     pool = jpeg_pool(config)
-    return {'train': self._generate_examples(pool, config.train, 0),
-            'test': self._generate_examples(pool, config.test, 1)}
+    return {
+        'train': self._generate_examples(pool, config.train, 0),
+        'test': self._generate_examples(pool, config.test, 1),
+    }
 
   def _generate_examples(self, pool, count, offset):
     labels = self.builder_config.num_classes
@@ -79,8 +101,8 @@ class GeneratedJpegs(tfds.core.GeneratorBasedBuilder):
 
 def prepare(config_name, data_dir, file_format='array_record'):
   """Writes generated_jpegs/<config_name> into data_dir (skipped when already there)."""
-  builder = tfds.builder(f'generated_jpegs/{config_name}', data_dir=data_dir,
-                         file_format=file_format)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  builder = tfds.builder(
+      f'generated_jpegs/{config_name}', data_dir=data_dir, file_format=file_format
+  )
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder

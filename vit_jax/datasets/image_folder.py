@@ -10,6 +10,7 @@ InvalidArgumentError that names no file; `undecodable(...)` finds it afterwards 
 the examples of the failing batch one by one. With `config.pp.skip_undecodable` the decode
 runs in `tf.py_function`, which can catch the error and return a zero image instead.
 """
+
 import collections
 import re
 
@@ -33,7 +34,8 @@ def _split_dir(root, split):
   if not paths.isdir(split_dir):
     raise errors.MissingInputError(
         f'config.dataset={root!r} is a folder but has no {split!r} subfolder ({split_dir} is '
-        f'missing); {_LAYOUT}')
+        f'missing); {_LAYOUT}'
+    )
   return split_dir
 
 
@@ -46,8 +48,9 @@ def listing(root, split):
   split_dir = _split_dir(root, split)
   classes = _class_names(split_dir)
   if not classes:
-    raise errors.UserInputError(f'config.dataset={root!r}: {split_dir} has no class folders; '
-                                f'{_LAYOUT}')
+    raise errors.UserInputError(
+        f'config.dataset={root!r}: {split_dir} has no class folders; ' f'{_LAYOUT}'
+    )
   files, labels = [], []
   for label, name in enumerate(classes):
     class_dir = paths.join(split_dir, name)
@@ -55,7 +58,8 @@ def listing(root, split):
     if not images:
       raise errors.UserInputError(
           f'config.dataset={root!r}: class folder {class_dir} has no {"/".join(IMAGE_SUFFIXES)} '
-          'images; add images to it, or remove it from every split.')
+          'images; add images to it, or remove it from every split.'
+      )
     files += [paths.join(class_dir, f) for f in images]
     labels += [label] * len(images)
   return Listing(np.array(files), np.array(labels, np.int64), classes)
@@ -70,7 +74,8 @@ def check_splits(root, train_split, test_split):
         f'config.dataset={root!r}: the class folders of {train_dir} and {test_dir} differ '
         f'(only in {train_split}: {sorted(train - test)}; only in {test_split}: '
         f'{sorted(test - train)}). Labels are the sorted class folder names, so give both '
-        'splits the same class folders.')
+        'splits the same class folders.'
+    )
 
 
 def _decode(data):
@@ -94,6 +99,7 @@ def example_fn(listing_, skip_undecodable, crop):
     image.set_shape([None, None, 3])
     ok.set_shape([])
     return image, labels_t[index], ok
+
   return from_file
 
 
@@ -117,5 +123,10 @@ def undecodable(listing_, indices):
 
 def log_skipped(listing_, indices, where):
   for index in indices:
-    logging.warning('Skipped undecodable image %s (example %d) in %s: weight 0, zero image '
-                    '(config.pp.skip_undecodable=True).', listing_.paths[index], index, where)
+    logging.warning(
+        'Skipped undecodable image %s (example %d) in %s: weight 0, zero image '
+        '(config.pp.skip_undecodable=True).',
+        listing_.paths[index],
+        index,
+        where,
+    )

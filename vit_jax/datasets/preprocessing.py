@@ -4,6 +4,7 @@ Every random choice takes an explicit `seed` (a [2] int tensor) derived from the
 and the example's global position, so a restarted run augments each example exactly as an
 uninterrupted one would.
 """
+
 import tensorflow as tf
 
 
@@ -23,9 +24,14 @@ def ensure_channels(image, channels):
 def _inception_box(shape, seed, area_range):
   """(begin, size) of a random crop of 5-100 % of the area, aspect ratio 3/4 to 4/3."""
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape, tf.zeros([0, 0, 4], tf.float32), seed=seed, area_range=area_range,
-      aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0,
-      use_image_if_no_bounding_boxes=True)
+      shape,
+      tf.zeros([0, 0, 4], tf.float32),
+      seed=seed,
+      area_range=area_range,
+      aspect_ratio_range=(3 / 4, 4 / 3),
+      min_object_covered=0,
+      use_image_if_no_bounding_boxes=True,
+  )
   return begin, size
 
 
@@ -46,6 +52,7 @@ def decode(data, channels):
 def decode_inception_crop(data, channels, seed, area_range=(0.05, 1.0)):
   """`inception_crop(decode(data, channels), seed)`, but a JPEG decodes only the crop window
   (read from its header): the same pixels for a fraction of the decode time."""
+
   def jpeg_window():
     shape = tf.io.extract_jpeg_shape(data)
     shape = tf.concat([shape[:2], [channels]], 0)
@@ -55,6 +62,7 @@ def decode_inception_crop(data, channels, seed, area_range=(0.05, 1.0)):
 
   def other():
     return inception_crop(decode(data, channels), seed, area_range)
+
   image = tf.cond(tf.io.is_jpeg(data), jpeg_window, other)
   image.set_shape([None, None, channels])
   return image
@@ -76,7 +84,7 @@ def resize_small_central_crop(image, resize_to, crop):
   image = tf.image.resize(image, new_shape, method='bilinear', antialias=True)
   top = (new_shape[0] - crop) // 2
   left = (new_shape[1] - crop) // 2
-  return image[top:top + crop, left:left + crop]
+  return image[top : top + crop, left : left + crop]
 
 
 def pad_random_crop(image, pad, seed):
@@ -96,15 +104,19 @@ def random_flip(image, seed):
 
 # ------------------------------------------------------------------------------- RandAugment
 def _blend(a, b, factor):
-  return tf.clip_by_value(b + factor * (a - b), 0., 255.)
+  return tf.clip_by_value(b + factor * (a - b), 0.0, 255.0)
 
 
 def _affine(image, transform):
   """Applies a projective transform [a0 a1 a2 b0 b1 b2 0 0] with edge-value fill."""
   return tf.raw_ops.ImageProjectiveTransformV3(
-      images=image[None], transforms=tf.cast(transform, tf.float32)[None],
-      output_shape=tf.shape(image)[:2], interpolation='BILINEAR', fill_mode='NEAREST',
-      fill_value=0.)[0]
+      images=image[None],
+      transforms=tf.cast(transform, tf.float32)[None],
+      output_shape=tf.shape(image)[:2],
+      interpolation='BILINEAR',
+      fill_mode='NEAREST',
+      fill_value=0.0,
+  )[0]
 
 
 def _ops(image, level, sign):
@@ -114,7 +126,7 @@ def _ops(image, level, sign):
   gray = tf.reduce_mean(image, axis=-1, keepdims=True)
   lo = tf.reduce_min(image, axis=[0, 1], keepdims=True)
   hi = tf.reduce_max(image, axis=[0, 1], keepdims=True)
-  angle = sign * level * 30. * 3.14159265 / 180.
+  angle = sign * level * 30.0 * 3.14159265 / 180.0
   cos, sin = tf.cos(angle), tf.sin(angle)
   cx, cy = (w - 1) / 2, (h - 1) / 2
   shear = sign * level * 0.3
@@ -122,20 +134,26 @@ def _ops(image, level, sign):
   bits = tf.cast(8 - tf.round(level * 4), tf.int32)
   return [
       lambda: image,  # identity
-      lambda: (image - lo) / tf.maximum(hi - lo, 1.) * 255.,  # autocontrast
-      lambda: _blend(image, tf.zeros_like(image), 1. + sign * level * 0.9),  # brightness
-      lambda: _blend(image, tf.reduce_mean(gray) * tf.ones_like(image),
-                     1. + sign * level * 0.9),  # contrast
-      lambda: _blend(image, gray * tf.ones_like(image), 1. + sign * level * 0.9),  # color
-      lambda: tf.where(image < 256. - level * 256., image, 255. - image),  # solarize
-      lambda: tf.cast(tf.bitwise.left_shift(tf.bitwise.right_shift(
-          tf.cast(image, tf.int32), 8 - bits), 8 - bits), tf.float32),  # posterize
-      lambda: _affine(image, [cos, -sin, cx - cos * cx + sin * cy,
-                              sin, cos, cy - sin * cx - cos * cy, 0., 0.]),  # rotate
-      lambda: _affine(image, [1., shear, -shear * cy, 0., 1., 0., 0., 0.]),  # shear x
-      lambda: _affine(image, [1., 0., 0., shear, 1., -shear * cx, 0., 0.]),  # shear y
-      lambda: _affine(image, [1., 0., shift * w, 0., 1., 0., 0., 0.]),  # translate x
-      lambda: _affine(image, [1., 0., 0., 0., 1., shift * h, 0., 0.]),  # translate y
+      lambda: (image - lo) / tf.maximum(hi - lo, 1.0) * 255.0,  # autocontrast
+      lambda: _blend(image, tf.zeros_like(image), 1.0 + sign * level * 0.9),  # brightness
+      lambda: _blend(
+          image, tf.reduce_mean(gray) * tf.ones_like(image), 1.0 + sign * level * 0.9
+      ),  # contrast
+      lambda: _blend(image, gray * tf.ones_like(image), 1.0 + sign * level * 0.9),  # color
+      lambda: tf.where(image < 256.0 - level * 256.0, image, 255.0 - image),  # solarize
+      lambda: tf.cast(
+          tf.bitwise.left_shift(
+              tf.bitwise.right_shift(tf.cast(image, tf.int32), 8 - bits), 8 - bits
+          ),
+          tf.float32,
+      ),  # posterize
+      lambda: _affine(
+          image, [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0]
+      ),  # rotate
+      lambda: _affine(image, [1.0, shear, -shear * cy, 0.0, 1.0, 0.0, 0.0, 0.0]),  # shear x
+      lambda: _affine(image, [1.0, 0.0, 0.0, shear, 1.0, -shear * cx, 0.0, 0.0]),  # shear y
+      lambda: _affine(image, [1.0, 0.0, shift * w, 0.0, 1.0, 0.0, 0.0, 0.0]),  # translate x
+      lambda: _affine(image, [1.0, 0.0, 0.0, 0.0, 1.0, shift * h, 0.0, 0.0]),  # translate y
   ]
 
 
@@ -144,13 +162,13 @@ NUM_RANDAUGMENT_OPS = 12
 
 def randaugment(image, seed, num_layers=2, magnitude=10):
   """Applies `num_layers` random ops at `magnitude` (0-10) to a uint8-range float image."""
-  level = min(max(magnitude, 0), 10) / 10.
+  level = min(max(magnitude, 0), 10) / 10.0
   for layer in range(num_layers):
     op_seed = tf.random.experimental.stateless_fold_in(seed, layer)
     index = tf.random.stateless_uniform([], op_seed, 0, NUM_RANDAUGMENT_OPS, tf.int32)
-    sign = tf.where(tf.random.stateless_uniform([], op_seed + 1) < 0.5, -1., 1.)
+    sign = tf.where(tf.random.stateless_uniform([], op_seed + 1) < 0.5, -1.0, 1.0)
     image = tf.switch_case(index, _ops(image, level, sign))
-    image = tf.clip_by_value(tf.ensure_shape(image, [None, None, image.shape[-1]]), 0., 255.)
+    image = tf.clip_by_value(tf.ensure_shape(image, [None, None, image.shape[-1]]), 0.0, 255.0)
   return image
 
 
@@ -160,5 +178,5 @@ def mixup(batch, seed, alpha):
   a = tf.random.stateless_gamma([], seed, alpha)
   b = tf.random.stateless_gamma([], seed + 1, alpha)
   lam = a / (a + b)
-  mix = lambda x: lam * x + (1. - lam) * tf.reverse(x, axis=[0])
+  mix = lambda x: lam * x + (1.0 - lam) * tf.reverse(x, axis=[0])
   return dict(batch, image=mix(batch['image']), label=mix(batch['label']))

@@ -6,6 +6,7 @@ bytes) to be decoded with that many channels, so a random crop can decode only i
 `ok` is None, or a bool tensor that is False for an undecodable image folder file. `listing`
 is the image folder's file listing (None for TFDS datasets).
 """
+
 import collections
 
 Source = collections.namedtuple('Source', 'example_fn n num_classes listing channels')

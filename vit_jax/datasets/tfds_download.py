@@ -13,6 +13,7 @@ off); when that host does not answer, `try_download_gcs=False` keeps TensorFlow'
 client, which retries too, away from it. A builder without registered URLs cannot be probed:
 it downloads as tfds does, with a warning that offline it may take minutes to fail.
 """
+
 import concurrent.futures
 import urllib.parse
 
@@ -32,8 +33,13 @@ def hosts(builder):
   url_infos = type(builder).url_infos
   if not url_infos:
     return None
-  return sorted({'{0.scheme}://{0.netloc}'.format(urllib.parse.urlsplit(url))
-                 for url in url_infos if url.startswith(('http://', 'https://'))})
+  return sorted(
+      {
+          '{0.scheme}://{0.netloc}'.format(urllib.parse.urlsplit(url))
+          for url in url_infos
+          if url.startswith(('http://', 'https://'))
+      }
+  )
 
 
 def _probe(urls):
@@ -47,9 +53,11 @@ def download_and_prepare(builder, config, data_dir):
   """Downloads and prepares `builder` into `data_dir`, or UserInputError within seconds."""
   needed = hosts(builder)
   if needed is None:
-    logging.warning('%s has no registered download URLs, so vit_jax cannot check that they '
-                    'are reachable; offline, tfds may retry for minutes before failing.',
-                    builder.name)
+    logging.warning(
+        '%s has no registered download URLs, so vit_jax cannot check that they '
+        'are reachable; offline, tfds may retry for minutes before failing.',
+        builder.name,
+    )
     needed = []
   reasons = _probe(needed + [GCS_MIRROR])
   down = [f'{host} ({reasons[host]})' for host in needed if reasons[host]]
@@ -60,19 +68,23 @@ def download_and_prepare(builder, config, data_dir):
         f'(probed for up to {PROBE_TIMEOUT_S:g} s; this machine looks offline). Ways out: '
         f'{_prepare_elsewhere(config, data_dir)}; '
         'or set config.tfds_download=False to use only prepared data and never try to '
-        f'download.{fashion_mnist_hint(config)}')
+        f'download.{fashion_mnist_hint(config)}'
+    )
   logging.info('Downloading and preparing %s into %s', builder.name, data_dir)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      try_download_gcs=not reasons[GCS_MIRROR]))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=not reasons[GCS_MIRROR])
+  )
   return builder
 
 
 def _prepare_elsewhere(config, data_dir):
-  return ('prepare it on a machine with network access, `python -c "import '
-          f"tensorflow_datasets as tfds; tfds.builder({config.dataset!r}, "
-          "data_dir='/tmp/tfds', file_format='array_record').download_and_prepare()\"`, and "
-          'copy the folder '
-          f'/tmp/tfds/{config.dataset} into config.tfds_data_dir ({data_dir!r})')
+  return (
+      'prepare it on a machine with network access, `python -c "import '
+      f'tensorflow_datasets as tfds; tfds.builder({config.dataset!r}, '
+      "data_dir='/tmp/tfds', file_format='array_record').download_and_prepare()\"`, and "
+      'copy the folder '
+      f'/tmp/tfds/{config.dataset} into config.tfds_data_dir ({data_dir!r})'
+  )
 
 
 def not_prepared_error(config, data_dir):
@@ -82,7 +94,8 @@ def not_prepared_error(config, data_dir):
       f'{data_dir!r} and config.tfds_download=False. Either '
       f'{_prepare_elsewhere(config, data_dir)}; or set config.tfds_download=True (the '
       'default) to download it in this run; or set config.tfds_manual_dir for datasets with '
-      f'manual downloads (imagenet2012).{fashion_mnist_hint(config)}')
+      f'manual downloads (imagenet2012).{fashion_mnist_hint(config)}'
+  )
 
 
 def manual_dir_error(builder, config, data_dir):
@@ -91,14 +104,17 @@ def manual_dir_error(builder, config, data_dir):
   return errors.UserInputError(
       f'config.dataset={config.dataset!r} is not prepared in config.tfds_data_dir='
       f'{data_dir!r} and tfds cannot download it: download its files by hand and set '
-      f'config.tfds_manual_dir to their folder. TFDS says: {how}')
+      f'config.tfds_manual_dir to their folder. TFDS says: {how}'
+  )
 
 
 def fashion_mnist_hint(config):
   if config.dataset != 'fashion_mnist':
     return ''
-  return (' For fashion_mnist there is an offline way: Debian\'s package (`apt-get install '
-          f'dataset-fashion-mnist`) puts its four idx .gz files in '
-          f'{fashion_mnist_local.DEFAULT_SOURCE_DIR}; with them in config.fashion_mnist_dir '
-          f'(now {config.fashion_mnist_dir!r}) the dataset is prepared from them without '
-          'network.')
+  return (
+      " For fashion_mnist there is an offline way: Debian's package (`apt-get install "
+      f'dataset-fashion-mnist`) puts its four idx .gz files in '
+      f'{fashion_mnist_local.DEFAULT_SOURCE_DIR}; with them in config.fashion_mnist_dir '
+      f'(now {config.fashion_mnist_dir!r}) the dataset is prepared from them without '
+      'network.'
+  )

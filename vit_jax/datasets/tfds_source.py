@@ -13,6 +13,7 @@ A dataset prepared by older code in the tfrecord format cannot be read by index.
 ones when first read, in seconds; larger ones are a clear error naming the folder and the one
 command (`python -m vit_jax.datasets.to_array_record <folder>`) that does the same.
 """
+
 import functools
 import os
 
@@ -23,9 +24,8 @@ import tensorflow_datasets as tfds
 
 from vit_jax import errors
 from vit_jax import paths
-from vit_jax.datasets import preprocessing
 from vit_jax.datasets import fashion_mnist_local
-from vit_jax.datasets import generated_jpegs  # pylint: disable=unused-import  (registers it)
+from vit_jax.datasets import preprocessing
 from vit_jax.datasets import source as source_lib
 from vit_jax.datasets import tfds_download
 from vit_jax.datasets import to_array_record
@@ -50,18 +50,21 @@ def builder(config):
     raise errors.UserInputError(
         f'config.dataset={name!r} is neither a TFDS dataset nor a folder; use a TFDS name '
         '(cifar10, imagenet2012, fashion_mnist, ...) or a folder with train/ and test/ class '
-        'subfolders.')
+        'subfolders.'
+    )
   root = data_dir(config)
   found = tfds.builder(name, data_dir=root)
   if found.is_prepared():  # in whatever format; _ensure_random_access checks it
     return found
   found = tfds.builder(name, data_dir=root, file_format=FILE_FORMAT)
-  if name == 'fashion_mnist' and fashion_mnist_local.source_files_present(
-      config.fashion_mnist_dir):
+  if name == 'fashion_mnist' and fashion_mnist_local.source_files_present(config.fashion_mnist_dir):
     return fashion_mnist_local.prepare_fashion_mnist(config.fashion_mnist_dir, root)
   if config.tfds_manual_dir:
-    found.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=config.tfds_manual_dir, try_download_gcs=False))
+    found.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=config.tfds_manual_dir, try_download_gcs=False
+        )
+    )
     return found
   if not config.tfds_download:
     raise tfds_download.not_prepared_error(config, root)
@@ -74,8 +77,12 @@ def dataset_info(config, split):
   """{'num_examples', 'num_classes', 'image_shape', 'class_names'} of a TFDS split spec."""
   found, records = _records(config, split)
   label = found.info.features['label']
-  return dict(num_examples=len(records), num_classes=label.num_classes,
-              image_shape=found.info.features['image'].shape, class_names=list(label.names))
+  return dict(
+      num_examples=len(records),
+      num_classes=label.num_classes,
+      image_shape=found.info.features['image'].shape,
+      class_names=list(label.names),
+  )
 
 
 def _ensure_random_access(config, found):
@@ -87,9 +94,14 @@ def _ensure_random_access(config, found):
   have = ', '.join(sorted(f.value for f in formats)) or 'none'
   size = sum(split.num_bytes for split in found.info.splits.values())
   if size <= AUTO_CONVERT_BYTES and not paths.is_remote(found.data_dir):
-    logging.warning('%s in %s is prepared as %s; adding array_record files beside it (%.0f MB, '
-                    'once) so that it can be read by index.', config.dataset, found.data_dir,
-                    have, size / 1e6)
+    logging.warning(
+        '%s in %s is prepared as %s; adding array_record files beside it (%.0f MB, '
+        'once) so that it can be read by index.',
+        config.dataset,
+        found.data_dir,
+        have,
+        size / 1e6,
+    )
     to_array_record.convert(found.data_dir)
     return
   raise errors.UserInputError(
@@ -98,7 +110,8 @@ def _ensure_random_access(config, found):
       'access, so a resumed run starts at once). Convert it once, in place (array_record '
       'files are written next to the existing ones, same records in the same order): '
       f'`python -m vit_jax.datasets.to_array_record {found.data_dir}`, or delete the folder '
-      'to have it prepared again.')
+      'to have it prepared again.'
+  )
 
 
 @functools.lru_cache(maxsize=8)
@@ -130,8 +143,10 @@ def _encoded_example_fn(found, records):
     serialized = tf.numpy_function(read, [index], tf.string, stateful=False)
     serialized.set_shape([])
     parsed = features.deserialize_example(
-        serialized, decoders={'image': tfds.decode.SkipDecoding()})
+        serialized, decoders={'image': tfds.decode.SkipDecoding()}
+    )
     return parsed['image'], parsed['label'], None
+
   return example_fn
 
 
@@ -142,16 +157,23 @@ def _in_memory(name, root, split, chunk=8192):
   16.7 s for Fashion-MNIST's 60,000 train images, per chunk 2 s."""
   found, records = _cached_records(name, root, split)
   shape = found.info.features['image'].shape
-  keys = {'image': tf.io.FixedLenFeature([], tf.string),
-          'label': tf.io.FixedLenFeature([], tf.int64)}
+  keys = {
+      'image': tf.io.FixedLenFeature([], tf.string),
+      'label': tf.io.FixedLenFeature([], tf.int64),
+  }
   decode = functools.partial(preprocessing.decode, channels=shape[-1])
 
   @tf.function
   def decoded(serialized):
     parsed = tf.io.parse_example(serialized, keys)
-    images = tf.map_fn(decode, parsed['image'], parallel_iterations=16,
-                       fn_output_signature=tf.TensorSpec(shape, tf.uint8))
+    images = tf.map_fn(
+        decode,
+        parsed['image'],
+        parallel_iterations=16,
+        fn_output_signature=tf.TensorSpec(shape, tf.uint8),
+    )
     return images, parsed['label']
+
   images, labels = [], []
   for start in range(0, len(records), chunk):
     serialized = records.__getitems__(list(range(start, min(start + chunk, len(records)))))
@@ -184,6 +206,7 @@ def source(config, split):
   if _fits_in_memory(found, n):
     images, labels = _in_memory(config.dataset, data_dir(config), split)
     images_t, labels_t = tf.constant(images), tf.constant(labels)
-    return source_lib.Source(lambda index: (images_t[index], labels_t[index], None), n,
-                             num_classes, None, None)
+    return source_lib.Source(
+        lambda index: (images_t[index], labels_t[index], None), n, num_classes, None, None
+    )
   return source_lib.Source(_encoded_example_fn(found, records), n, num_classes, None, channels)

@@ -12,6 +12,7 @@ unused (delete them to save the space). The folder must be local (ArrayRecordWri
 files). tfds's own `tfds convert_format` does the same but needs
 apache_beam installed; this needs only TensorFlow and array_record.
 """
+
 import concurrent.futures
 import json
 import os
@@ -35,8 +36,12 @@ def _shard_pairs(version_dir, info):
     shards = len(split.get('shardLengths', [])) or 1
     for k in range(shards):
       suffix = f'{k:05d}-of-{shards:05d}'
-      pairs.append(tuple(paths.join(version_dir, f'{name}-{split["name"]}.{fmt}-{suffix}')
-                         for fmt in ('tfrecord', 'array_record')))
+      pairs.append(
+          tuple(
+              paths.join(version_dir, f'{name}-{split["name"]}.{fmt}-{suffix}')
+              for fmt in ('tfrecord', 'array_record')
+          )
+      )
   return pairs
 
 
@@ -58,7 +63,8 @@ def convert(version_dir, workers=None):
   if not paths.exists(info_path):
     raise errors.MissingInputError(
         f'{version_dir!r} has no {INFO_FILE}: pass the folder of one prepared TFDS dataset '
-        'version, e.g. ~/tensorflow_datasets/imagenet2012/5.1.0.')
+        'version, e.g. ~/tensorflow_datasets/imagenet2012/5.1.0.'
+    )
   info = json.loads(paths.read_text(info_path))
   formats = [info.get('fileFormat') or 'tfrecord'] + info.get('alternativeFileFormats', [])
   if 'array_record' in formats:
@@ -68,7 +74,8 @@ def convert(version_dir, workers=None):
   if missing:
     raise errors.MissingInputError(
         f'{version_dir!r}: {len(missing)} tfrecord shard(s) listed by {INFO_FILE} are missing, '
-        f'e.g. {missing[0]}; prepare the dataset again.')
+        f'e.g. {missing[0]}; prepare the dataset again.'
+    )
   with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
     counts = list(pool.map(lambda pair: _convert_shard(*pair), pairs))
   # The primary format: tfds restores it from this file (alternativeFileFormats it does not,

@@ -6,6 +6,7 @@ with the model config, the image size and channels it was trained on, and the co
 made it. The package ships one for 14x14 Fashion-MNIST (`DEFAULT`). A distance from these
 features is not Inception FID: it is reported as `fid_classifier_features`.
 """
+
 import functools
 import importlib.resources
 import json
@@ -26,12 +27,13 @@ DEFAULT = 'package:fashion_mnist14_classifier'
 def resolve(path):
   """The file stem of a feature network: `package:<name>` is a file shipped in vit_jax/data."""
   if path.startswith('package:'):
-    return str(importlib.resources.files('vit_jax').joinpath('data', path[len('package:'):]))
+    return str(importlib.resources.files('vit_jax').joinpath('data', path[len('package:') :]))
   for suffix in ('.npz', '.json'):
     if not paths.exists(path + suffix):
       raise errors.MissingInputError(
           f'feature network {path + suffix!r} does not exist; give the stem of a classifier '
-          f'npz with its .json beside it, or {DEFAULT!r}')
+          f'npz with its .json beside it, or {DEFAULT!r}'
+      )
   return path
 
 
@@ -61,11 +63,16 @@ class FeatureNetwork:
     if images.shape[1:] != self.image_shape:
       raise errors.UserInputError(
           f'images of shape {images.shape[1:]} for a feature network trained on '
-          f'{self.image_shape}; generate (or resize) images of that shape')
-    outs = [self._forward(self._params, self._head, jnp.asarray(images[i:i + self.batch]))
-            for i in range(0, len(images), self.batch)]
-    return (np.concatenate([np.asarray(f) for f, _ in outs]),
-            np.concatenate([np.asarray(l) for _, l in outs]))
+          f'{self.image_shape}; generate (or resize) images of that shape'
+      )
+    outs = [
+        self._forward(self._params, self._head, jnp.asarray(images[i : i + self.batch]))
+        for i in range(0, len(images), self.batch)
+    ]
+    return (
+        np.concatenate([np.asarray(f) for f, _ in outs]),
+        np.concatenate([np.asarray(l) for _, l in outs]),
+    )
 
 
 def conditional_accuracy(logits, labels):

@@ -6,6 +6,7 @@ loses the digits that separate good models. The features may come from any netwo
 Inception network gives the standard FID; a small classifier trained here gives a distance
 that must be reported under its own name.
 """
+
 import numpy as np
 import scipy.linalg
 
@@ -16,8 +17,9 @@ def feature_statistics(features):
   """(mean [d], covariance [d, d]) of features [n, d], in float64 (unbiased covariance)."""
   features = np.asarray(features, np.float64)
   if features.ndim != 2 or features.shape[0] < 2:
-    raise errors.UserInputError(f'features of shape {features.shape}: need [n >= 2, dim] to '
-                                'estimate a covariance')
+    raise errors.UserInputError(
+        f'features of shape {features.shape}: need [n >= 2, dim] to ' 'estimate a covariance'
+    )
   return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
@@ -29,7 +31,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     raise errors.UserInputError(
         f'feature statistics of different dimensions: mean {mu1.shape} / covariance '
         f'{sigma1.shape} against mean {mu2.shape} / covariance {sigma2.shape}; compute both '
-        'with the same feature network')
+        'with the same feature network'
+    )
   covmean, _ = scipy.linalg.sqrtm(sigma1 @ sigma2, disp=False)
   if not np.isfinite(covmean).all():
     # A singular product (fewer samples than dimensions): shift both diagonals slightly.
@@ -38,8 +41,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
   if np.iscomplexobj(covmean):
     # Round-off leaves a tiny imaginary part; a large one means the statistics are broken.
     if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-      raise ValueError(f'imaginary component {np.max(np.abs(covmean.imag)):.3g} in the '
-                       'matrix square root: the covariances are not valid')
+      raise ValueError(
+          f'imaginary component {np.max(np.abs(covmean.imag)):.3g} in the '
+          'matrix square root: the covariances are not valid'
+      )
     covmean = covmean.real
   diff = mu1 - mu2
   return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))

@@ -1,4 +1,5 @@
 """Images in [-1, 1] as one PNG grid (a row per class), written through the path layer."""
+
 import io
 
 import numpy as np
@@ -21,7 +22,9 @@ def grid(images, rows, pad=1):
   out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
   for i, image in enumerate(images):
     r, q = divmod(i, cols)
-    out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = image
+    out[
+        pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w
+    ] = image
   return out
 
 

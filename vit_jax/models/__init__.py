@@ -1,4 +1,5 @@
 """ViT / PiT / hybrid models."""
+
 from vit_jax.models.vit import Encoder
 from vit_jax.models.vit import Encoder1DBlock
 from vit_jax.models.vit import MlpBlock

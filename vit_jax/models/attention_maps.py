@@ -6,6 +6,7 @@ leading layer axis). Rollout (Abnar & Zuidema, 2020) averages the
 heads, mixes in the residual connection (0.5 A + 0.5 I), renormalises the rows and multiplies
 through the layers. For PiT every grid token is one pixel, so the map has one weight per pixel.
 """
+
 import jax
 import numpy as np
 
@@ -27,16 +28,20 @@ def num_prefix_tokens(model):
 def attention_maps(model, params, images):
   """Per-layer attention weights, a list of numpy [batch, heads, tokens, tokens]."""
   sowing = model.clone(sow_attention_weights=True)
-  _, state = jax.jit(lambda p, x: sowing.apply({'params': p}, x, train=False,
-                                               mutable=['intermediates']))(params, images)
+  _, state = jax.jit(
+      lambda p, x: sowing.apply({'params': p}, x, train=False, mutable=['intermediates'])
+  )(params, images)
   encoder = state['intermediates']['Transformer']
   if layer_stack.SCANNED_BLOCK in encoder:
     stacked = encoder[layer_stack.SCANNED_BLOCK]['MultiHeadDotProductAttention_0']
     return list(np.asarray(stacked['attention_weights'][0]))
-  layers = sorted((k for k in encoder if k.startswith('encoderblock_')),
-                  key=lambda k: int(k.split('_')[1]))
-  return [np.asarray(encoder[k]['MultiHeadDotProductAttention_0']['attention_weights'][0])
-          for k in layers]
+  layers = sorted(
+      (k for k in encoder if k.startswith('encoderblock_')), key=lambda k: int(k.split('_')[1])
+  )
+  return [
+      np.asarray(encoder[k]['MultiHeadDotProductAttention_0']['attention_weights'][0])
+      for k in layers
+  ]
 
 
 def rollout(maps, prefix_tokens):

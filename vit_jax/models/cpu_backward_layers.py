@@ -14,6 +14,7 @@ declare the same parameters under the same names with the same initial values, s
 checkpoints and parameter trees do not change. Only the rounding of the gradients does (a dot
 sums in another order than a reduce). `transformer.grads_as_dots` selects them (vit.py).
 """
+
 import functools
 from typing import Any
 
@@ -28,8 +29,12 @@ Dtype = Any
 def _column_sum(g):
   """Sum of g over all axes but the last, as a matrix-vector product."""
   rows = g.reshape(-1, g.shape[-1])
-  return jnp.dot(jnp.ones((rows.shape[0],), rows.dtype), rows,
-                 precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+  return jnp.dot(
+      jnp.ones((rows.shape[0],), rows.dtype),
+      rows,
+      precision=jax.lax.Precision.HIGHEST,
+      preferred_element_type=jnp.float32,
+  )
 
 
 def _row_mean(x):
@@ -72,7 +77,7 @@ dense.defvjp(_dense_fwd, _dense_bwd)
 
 def _normalize(x, scale, bias, epsilon):
   mean = jnp.mean(x, -1, keepdims=True)
-  var = jnp.maximum(0., jnp.mean(jnp.square(x), -1, keepdims=True) - jnp.square(mean))
+  var = jnp.maximum(0.0, jnp.mean(jnp.square(x), -1, keepdims=True) - jnp.square(mean))
   inv = jax.lax.rsqrt(var + epsilon)
   return (x - mean) * (inv * scale) + bias, (x - mean) * inv, inv
 
@@ -101,6 +106,7 @@ layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 class LayerNorm(nn.Module):
   """flax.linen.LayerNorm over the last axis (same `scale` / `bias` parameters)."""
+
   epsilon: float = 1e-6
   dtype: Dtype = None
   param_dtype: Dtype = jnp.float32
@@ -112,13 +118,13 @@ class LayerNorm(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (features,), self.param_dtype)
     dtype = self.dtype or jnp.result_type(x, scale, bias)
     compute = jnp.promote_types(x.dtype, jnp.float32)
-    y = layer_norm(x.astype(compute), scale.astype(compute), bias.astype(compute),
-                   self.epsilon)
+    y = layer_norm(x.astype(compute), scale.astype(compute), bias.astype(compute), self.epsilon)
     return y.astype(dtype)
 
 
 class Dense(nn.Module):
   """flax.linen.Dense (same `kernel` / `bias` parameters) through `dense` and its backward."""
+
   features: int
   dtype: Dtype = None
   param_dtype: Dtype = jnp.float32
@@ -127,8 +133,7 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features),
-                        self.param_dtype)
+    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
     bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     return dense(x, kernel, bias)
@@ -137,14 +142,17 @@ class Dense(nn.Module):
 def _flat_init(init, flat_shape):
   """`init` on the 2-D [fan_in, fan_out] shape, reshaped: flax.linen.DenseGeneral's rule, so
   the same rng gives the same kernel."""
+
   def wrapped(rng, shape, dtype=jnp.float32):
     return jnp.reshape(init(rng, flat_shape, dtype), shape)
+
   return wrapped
 
 
 class _Projection(nn.Module):
   """flax.linen.DenseGeneral's `kernel` [*in_shape, *out_shape] / `bias` [*out_shape] over the
   trailing `len(in_shape)` axes, applied through `dense`."""
+
   in_shape: tuple
   out_shape: tuple
   kernel_init: Any
@@ -154,14 +162,18 @@ class _Projection(nn.Module):
   @nn.compact
   def __call__(self, x):
     fan_in, fan_out = int(np.prod(self.in_shape)), int(np.prod(self.out_shape))
-    kernel = self.param('kernel', _flat_init(self.kernel_init, (fan_in, fan_out)),
-                        self.in_shape + self.out_shape, self.param_dtype)
-    bias = self.param('bias', _flat_init(nn.initializers.zeros, (fan_out,)), self.out_shape,
-                      self.param_dtype)
+    kernel = self.param(
+        'kernel',
+        _flat_init(self.kernel_init, (fan_in, fan_out)),
+        self.in_shape + self.out_shape,
+        self.param_dtype,
+    )
+    bias = self.param(
+        'bias', _flat_init(nn.initializers.zeros, (fan_out,)), self.out_shape, self.param_dtype
+    )
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    lead = x.shape[:x.ndim - len(self.in_shape)]
-    y = dense(x.reshape(lead + (fan_in,)), kernel.reshape(fan_in, fan_out),
-              bias.reshape(fan_out))
+    lead = x.shape[: x.ndim - len(self.in_shape)]
+    y = dense(x.reshape(lead + (fan_in,)), kernel.reshape(fan_in, fan_out), bias.reshape(fan_out))
     return y.reshape(lead + self.out_shape)
 
 
@@ -170,12 +182,13 @@ class MultiHeadDotProductAttention(nn.Module):
   `value` kernels [width, heads, head_dim], `out` [heads, head_dim, width]) and its call:
   `attention_fn(query, key, value, mask=..., dropout_rng=..., ..., module=)`, whose
   `module` receives sown attention weights when `sow_weights`."""
+
   num_heads: int
   attention_fn: Any
   dtype: Dtype = None
   param_dtype: Dtype = jnp.float32
   kernel_init: Any = nn.initializers.xavier_uniform()
-  dropout_rate: float = 0.
+  dropout_rate: float = 0.0
   deterministic: bool = True
 
   @nn.compact
@@ -185,13 +198,20 @@ class MultiHeadDotProductAttention(nn.Module):
       raise ValueError(f'width {width} is not divisible by num_heads={self.num_heads}')
     heads = (self.num_heads, width // self.num_heads)
     project = lambda name, in_shape, out_shape: _Projection(
-        in_shape, out_shape, self.kernel_init, self.dtype, self.param_dtype, name=name)
-    query, key, value = (project(name, (width,), heads)(x)
-                         for name in ('query', 'key', 'value'))
+        in_shape, out_shape, self.kernel_init, self.dtype, self.param_dtype, name=name
+    )
+    query, key, value = (project(name, (width,), heads)(x) for name in ('query', 'key', 'value'))
     dropout_rng = None
-    if self.dropout_rate > 0. and not self.deterministic:
+    if self.dropout_rate > 0.0 and not self.deterministic:
       dropout_rng = self.make_rng('dropout')
-    y = self.attention_fn(query, key, value, mask=mask, dropout_rng=dropout_rng,
-                          dropout_rate=self.dropout_rate, deterministic=self.deterministic,
-                          module=self if sow_weights else None)
+    y = self.attention_fn(
+        query,
+        key,
+        value,
+        mask=mask,
+        dropout_rng=dropout_rng,
+        dropout_rate=self.dropout_rate,
+        deterministic=self.deterministic,
+        module=self if sow_weights else None,
+    )
     return project('out', heads, (width,))(y)

@@ -14,7 +14,8 @@ activations in the backward pass; attention runs through vit_jax.attention (`att
 holds its impl, block_size, kernel options), so every schedule serves DiT as it serves ViT.
 """
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -91,10 +92,10 @@ class DiT(nn.Module):
   mlp_ratio: float = 4.0
   class_dropout_prob: float = 0.1
   learn_sigma: bool = True
-  attention: Optional[Mapping[str, Any]] = None
+  attention: Mapping[str, Any] | None = None
   scan_layers: bool = False
   remat: str = 'none'
-  model_name: Optional[str] = None
+  model_name: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -129,7 +130,7 @@ class DiT(nn.Module):
   @nn.compact
   def __call__(self, x, t, y, *, train, force_drop_ids=None):
     self._validate(x, t, y)
-    n, h, w, c = x.shape
+    _, h, w, c = x.shape
     p = self.patch_size
     grid = (h // p, w // p)
     out_channels = 2 * c if self.learn_sigma else c
@@ -172,7 +173,7 @@ class DiT(nn.Module):
     x, _ = scanned(block(SCANNED_BLOCK), x, cond)
     return x
 
-  def forward_with_cfg(self, x, t, y, cfg_scale, guide_channels: Optional[int] = 3):
+  def forward_with_cfg(self, x, t, y, cfg_scale, guide_channels: int | None = 3):
     """Classifier-free guided prediction, as the original's sampler calls it.
 
     The batch's first half is conditional (real labels), its second half the same inputs with

@@ -8,8 +8,10 @@ xavier-uniform Linears with zero bias, N(0, 0.02) timestep MLP and label table, 
 modulation and zero final projection (adaLN-Zero: every block starts as the identity).
 """
 
+from collections.abc import Mapping
+from collections.abc import Sequence
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -190,7 +192,7 @@ class Attention(nn.Module):
   """timm's Attention: fused `qkv` Linear, attention via vit_jax.attention, `proj` Linear."""
 
   num_heads: int
-  attention: Optional[Mapping[str, Any]] = None
+  attention: Mapping[str, Any] | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -225,7 +227,7 @@ class DiTBlock(nn.Module):
 
   num_heads: int
   mlp_ratio: float = 4.0
-  attention: Optional[Mapping[str, Any]] = None
+  attention: Mapping[str, Any] | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 

@@ -6,6 +6,7 @@ with a leading [num_layers] axis. The layout is the model's (vit.py names the sc
 so the conversion lives beside it; checkpoint code converts at its boundary with these.
 Both directions are exact (stack / index), so they round-trip bitwise.
 """
+
 import re
 
 import jax
@@ -50,8 +51,9 @@ def stack(params):
   if not indices:
     return params
   if indices != list(range(len(indices))):
-    raise ValueError(f'encoder blocks {indices} are not numbered 0..{len(indices) - 1}; '
-                     'cannot stack them')
+    raise ValueError(
+        f'encoder blocks {indices} are not numbered 0..{len(indices) - 1}; ' 'cannot stack them'
+    )
   blocks = [encoder.pop(f'encoderblock_{i}') for i in indices]
   structures = {jax.tree.structure(b) for b in blocks}
   if len(structures) > 1:

@@ -10,7 +10,9 @@ The encoder is a `VisionTransformer(num_classes=0)` named `encoder`: `params['en
 classifier's parameter tree without its head, so `checkpoint.save(params['encoder'], path)`
 and `config.pretrained_path=path` fine-tune it (head reset, as for any pre-trained file).
 """
-from typing import Any, Mapping
+
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -26,9 +28,9 @@ EVAL_MASKING_SEED = 0
 
 def num_visible(num_tokens, mask_ratio):
   """Tokens the encoder keeps: int(num_tokens * (1 - mask_ratio)), as MAE; at least 1."""
-  if not 0. <= mask_ratio < 1.:
+  if not 0.0 <= mask_ratio < 1.0:
     raise ValueError(f'mask_ratio={mask_ratio} must be in [0, 1) (MAE: 0.75)')
-  return max(1, int(num_tokens * (1. - mask_ratio)))
+  return max(1, int(num_tokens * (1.0 - mask_ratio)))
 
 
 def random_masking(rng, batch, num_tokens, mask_ratio):
@@ -83,7 +85,7 @@ def reconstruction_target(images, patch_size, norm_pix_loss):
 def per_example_loss(predictions, target, mask):
   """Mean squared error over each example's masked tokens [batch]; visible tokens count 0."""
   per_token = jnp.mean(jnp.square(predictions.astype(jnp.float32) - target), axis=-1)
-  return jnp.sum(per_token * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.)
+  return jnp.sum(per_token * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
 
 
 class MaskedAutoencoder(nn.Module):
@@ -96,6 +98,7 @@ class MaskedAutoencoder(nn.Module):
   ('sincos2d', MAE's fixed embedding, or 'learn'). The decoder runs the encoder's attention
   schedule (`transformer.attention`).
   """
+
   encoder: Mapping[str, Any]
   decoder: Mapping[str, Any]
   mask_ratio: float = 0.75
@@ -105,37 +108,57 @@ class MaskedAutoencoder(nn.Module):
   @nn.compact
   def __call__(self, images, *, train):
     if self.encoder.get('resnet') is not None:
-      raise ValueError('MAE masks patch tokens of the image itself; a ResNet stem (hybrid '
-                       'model) is not supported. Pick a ViT or PiT model.')
+      raise ValueError(
+          'MAE masks patch tokens of the image itself; a ResNet stem (hybrid '
+          'model) is not supported. Pick a ViT or PiT model.'
+      )
     n, h, w, c = images.shape
     ph, pw = self.encoder['patches']['size']
     grid_h, grid_w = h // ph, w // pw
     num_tokens = grid_h * grid_w
-    rng = (self.make_rng('masking') if self.has_rng('masking')
-           else jax.random.PRNGKey(EVAL_MASKING_SEED))
+    rng = (
+        self.make_rng('masking')
+        if self.has_rng('masking')
+        else jax.random.PRNGKey(EVAL_MASKING_SEED)
+    )
     visible, restore, mask = random_masking(rng, n, num_tokens, self.mask_ratio)
 
-    encoder = vit.VisionTransformer(num_classes=0, dtype=self.dtype,
-                                    param_dtype=self.param_dtype, name='encoder',
-                                    **self.encoder)
+    encoder = vit.VisionTransformer(
+        num_classes=0,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='encoder',
+        **self.encoder,
+    )
     tokens = encoder(images, train=train, visible_tokens=visible)
     prefix = tokens.shape[1] - visible.shape[1]
 
     width = self.decoder['hidden_size']
     dense = lambda features, name: nn.Dense(
-        features, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.xavier_uniform(), name=name)
+        features,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=nn.initializers.xavier_uniform(),
+        name=name,
+    )
     x = dense(width, 'decoder_embed')(tokens)
-    mask_token = self.param('mask_token', nn.initializers.normal(stddev=0.02), (1, 1, width),
-                            self.param_dtype)
+    mask_token = self.param(
+        'mask_token', nn.initializers.normal(stddev=0.02), (1, 1, width), self.param_dtype
+    )
     x = jnp.concatenate([x[:, :prefix], unshuffle(x[:, prefix:], mask_token, restore)], axis=1)
 
     attention = (self.encoder.get('transformer') or {}).get('attention')
-    x = vit.Encoder(num_layers=self.decoder['num_layers'], mlp_dim=self.decoder['mlp_dim'],
-                    num_heads=self.decoder['num_heads'],
-                    posemb=self.decoder.get('posemb', 'sincos2d'), dropout_rate=0.,
-                    attention_dropout_rate=0., attention=attention, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name='decoder')(
-                        x, train=train, grid_shape=(grid_h, grid_w), num_prefix_tokens=prefix)
+    x = vit.Encoder(
+        num_layers=self.decoder['num_layers'],
+        mlp_dim=self.decoder['mlp_dim'],
+        num_heads=self.decoder['num_heads'],
+        posemb=self.decoder.get('posemb', 'sincos2d'),
+        dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+        attention=attention,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='decoder',
+    )(x, train=train, grid_shape=(grid_h, grid_w), num_prefix_tokens=prefix)
     predictions = dense(ph * pw * c, 'decoder_pred')(x[:, prefix:])
     return predictions, mask

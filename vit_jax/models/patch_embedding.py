@@ -8,7 +8,9 @@ Parameters, their shapes (kernel [ph, pw, channels, D], bias [D]) and their init
 (lecun-normal, zeros) are nn.Conv's, so checkpoints load unchanged and one seed gives the same
 parameters either way.
 """
-from typing import Any, Sequence
+
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -18,6 +20,7 @@ Dtype = Any
 
 class PatchEmbedding(nn.Module):
   """[n, H, W, c] -> [n, H/ph, W/pw, features]: each ph x pw patch through one Dense."""
+
   features: int
   patch_size: Sequence[int]
   dtype: Dtype = jnp.float32
@@ -32,8 +35,7 @@ class PatchEmbedding(nn.Module):
     if h % ph or w % pw:
       raise ValueError(f'PatchEmbedding: input {h}x{w} does not divide into {ph}x{pw} patches')
     # Created in nn.Conv's order (kernel, then bias): the same seed gives the same values.
-    kernel = self.param('kernel', self.kernel_init, (ph, pw, c, self.features),
-                        self.param_dtype)
+    kernel = self.param('kernel', self.kernel_init, (ph, pw, c, self.features), self.param_dtype)
     bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     patches = x.reshape(n, h // ph, ph, w // pw, pw, c)

@@ -8,6 +8,7 @@ The train loop (vit_jax/train.py) asks the objective for its model, loss, eval s
 names, what an evaluation adds and what the end of a run writes; sharding, checkpoints,
 resume and metrics are the same for all.
 """
+
 from vit_jax.configs import schema
 from vit_jax.objectives import classification
 from vit_jax.objectives import diffusion
@@ -60,4 +61,5 @@ def make_eval_step(model, config=None):
   """eval_step(params, batch) -> (metric sums, example count); `config=None`:
   classification."""
   return (REGISTRY['classification'] if config is None else get(config)).make_eval_step(
-      model, config)
+      model, config
+  )

@@ -16,7 +16,8 @@ class Objective:
 
   def init_inputs(self, config, image_shape):
     """The arguments of `model.init(rng, *inputs, train=False)` for one example."""
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp
+
     return (jnp.zeros((1,) + tuple(image_shape)),)
 
   def make_loss_fn(self, model, config, num_classes, patch_dropout=False):

@@ -1,5 +1,6 @@
 """'classification' (the default objective): `VisionTransformer`, softmax cross-entropy on the
 labels, evaluated by test accuracy (with config.eval_flip also the single-view accuracy)."""
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -38,14 +39,15 @@ class Classification(base.Objective):
         ph, pw = model.patches['size']
         num_tokens = (images.shape[1] // ph) * (images.shape[2] // pw)
         subset_rng = jax.random.fold_in(rng, PATCH_DROPOUT_STREAM)
-        subset['token_subset'] = mae.random_masking(subset_rng, images.shape[0], num_tokens,
-                                                    config.patch_dropout.rate)[0]
-      logits = model.apply({'params': params}, images, train=True, rngs={'dropout': rng},
-                           **subset)
+        subset['token_subset'] = mae.random_masking(
+            subset_rng, images.shape[0], num_tokens, config.patch_dropout.rate
+        )[0]
+      logits = model.apply({'params': params}, images, train=True, rngs={'dropout': rng}, **subset)
       if config.label_smoothing:
-        labels = labels * (1. - config.label_smoothing) + config.label_smoothing / num_classes
+        labels = labels * (1.0 - config.label_smoothing) + config.label_smoothing / num_classes
       loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), labels)
       return weighted_mean(loss, scale), {}
+
     return classification_loss
 
   def eval_metric_names(self, config):
@@ -67,4 +69,5 @@ class Classification(base.Objective):
       # Flip test-time augmentation: the image and its mirror (width axis) vote together.
       mirrored = model.apply({'params': params}, batch['image'][:, :, ::-1], train=False)
       return jnp.stack([count(logits + mirrored), count(logits)]), jnp.sum(batch['mask'])
+
     return classification_eval_step

@@ -13,6 +13,7 @@ Fréchet distance of their classifier features to the test split's and their con
 accuracy (`eval_fid_classifier_features`, `eval_conditional_accuracy`). The last evaluation
 also reports the test split's own distance to the train split, the floor for that number.
 """
+
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -37,8 +38,11 @@ _TIMESTEP_STREAM, _NOISE_STREAM, _SAMPLE_STREAM = 1, 2, 3
 def train_diffusion(config):
   """The full-length process DiT trains with (`create_diffusion('')`)."""
   return diffusion_lib.create_diffusion(
-      '', noise_schedule=config.diffusion.noise_schedule,
-      learn_sigma=config.model.learn_sigma, diffusion_steps=config.diffusion.steps)
+      '',
+      noise_schedule=config.diffusion.noise_schedule,
+      learn_sigma=config.model.learn_sigma,
+      diffusion_steps=config.diffusion.steps,
+  )
 
 
 def respacing(sampler, steps):
@@ -64,8 +68,11 @@ class Diffusion(base.Objective):
     return dit.DiT(num_classes=num_classes, **classification.dtypes(config), **config.model)
 
   def init_inputs(self, config, image_shape):
-    return (jnp.zeros((1,) + tuple(image_shape)), jnp.zeros((1,), jnp.int32),
-            jnp.zeros((1,), jnp.int32))
+    return (
+        jnp.zeros((1,) + tuple(image_shape)),
+        jnp.zeros((1,), jnp.int32),
+        jnp.zeros((1,), jnp.int32),
+    )
 
   def make_loss_fn(self, model, config, num_classes, patch_dropout=False):
     del num_classes, patch_dropout
@@ -77,11 +84,13 @@ class Diffusion(base.Objective):
       t = jax.random.randint(t_rng, images.shape[:1], 0, process.num_timesteps)
       noise = jax.random.normal(noise_rng, images.shape, jnp.float32)
       y = jnp.argmax(labels, -1)
-      model_fn = lambda x, t: model.apply({'params': params}, x, t, y, train=True,
-                                          rngs={'dropout': rng})
+      model_fn = lambda x, t: model.apply(
+          {'params': params}, x, t, y, train=True, rngs={'dropout': rng}
+      )
       terms = process.training_losses(model_fn, images.astype(jnp.float32), t, noise)
       mean = lambda name: classification.weighted_mean(terms[name], scale)
       return mean('loss'), {'mse': mean('mse'), 'vb': mean('vb')}
+
     return diffusion_loss
 
   def eval_metric_names(self, config):
@@ -102,6 +111,7 @@ class Diffusion(base.Objective):
       terms = process.training_losses(model_fn, images, t, noise)
       sums = jnp.stack([jnp.sum(terms[k] * batch['mask']) for k in ('loss', 'mse', 'vb')])
       return sums, jnp.sum(batch['mask'])
+
     return diffusion_eval_step
 
   # ------------------------------------------------------------------------------- sampling
@@ -113,12 +123,21 @@ class Diffusion(base.Objective):
     model = self.make_model(config, num_classes)
     d = config.diffusion
     process = diffusion_lib.create_diffusion(
-        respacing(d.sampler, d.sample_steps), noise_schedule=d.noise_schedule,
-        learn_sigma=config.model.learn_sigma, diffusion_steps=d.steps)
+        respacing(d.sampler, d.sample_steps),
+        noise_schedule=d.noise_schedule,
+        learn_sigma=config.model.learn_sigma,
+        diffusion_steps=d.steps,
+    )
     shape = (config.pp.crop, config.pp.crop, config.pp.channels)
-    sample = guidance.make_sampler(model, process, shape, sampler=d.sampler,
-                                   cfg_scale=d.cfg_scale, guide_channels=None,
-                                   clip_denoised=True)
+    sample = guidance.make_sampler(
+        model,
+        process,
+        shape,
+        sampler=d.sampler,
+        cfg_scale=d.cfg_scale,
+        guide_channels=None,
+        clip_denoised=True,
+    )
     chunk = d.sample_batch
     labels = np.asarray(labels, np.int32)
     padded = np.concatenate([labels, np.zeros(-len(labels) % chunk, np.int32)])
@@ -126,13 +145,13 @@ class Diffusion(base.Objective):
     out = []
     for i in range(0, len(padded), chunk):
       key = jax.random.fold_in(jax.random.PRNGKey(seed), i // chunk)
-      part = padded[i:i + chunk]
+      part = padded[i : i + chunk]
       part = jax.make_array_from_callback(part.shape, sharding, lambda index, p=part: p[index])
       images = sample(params, part, key)
       out.append(np.asarray(multihost_utils.process_allgather(images, tiled=True)))
       if progress:
         progress(min(i + chunk, len(labels)), len(labels))
-    return np.concatenate(out)[:len(labels)]
+    return np.concatenate(out)[: len(labels)]
 
   def _reference_features(self, config, network, split):
     """Feature-network features of every example of a split (eval pipeline, no augmentation),
@@ -153,14 +172,16 @@ class Diffusion(base.Objective):
     d = config.diffusion
     num_classes = num_classes_of(config, params)
     labels = np.repeat(np.arange(num_classes), d.eval_samples_per_class)
-    samples = self.generate(config, params, labels, seed=config.seed * 1_000_003 + step,
-                            mesh=mesh)
+    samples = self.generate(config, params, labels, seed=config.seed * 1_000_003 + step, mesh=mesh)
     if jax.process_index() == 0:
       per_row = min(d.eval_samples_per_class, 10)
       shown = samples.reshape((num_classes, d.eval_samples_per_class) + samples.shape[1:])
-      image_grid.write_png(paths.join(workdir, SAMPLES_DIR, f'step_{step:07d}.png'),
-                           shown[:, :per_row].reshape((-1,) + samples.shape[1:]),
-                           rows=num_classes, scale=2)
+      image_grid.write_png(
+          paths.join(workdir, SAMPLES_DIR, f'step_{step:07d}.png'),
+          shown[:, :per_row].reshape((-1,) + samples.shape[1:]),
+          rows=num_classes,
+          scale=2,
+      )
     if not d.feature_network:
       return {}
     network = classifier_features.FeatureNetwork(d.feature_network)
@@ -172,6 +193,7 @@ class Diffusion(base.Objective):
     }
     if step == config.total_steps:
       train = self._reference_features(config, network, config.pp.train)
-      values['eval_fid_classifier_features_test_vs_train'] = (
-          frechet.frechet_distance_of_features(test, train))
+      values['eval_fid_classifier_features_test_vs_train'] = frechet.frechet_distance_of_features(
+          test, train
+      )
     return values

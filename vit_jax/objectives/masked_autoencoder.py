@@ -4,6 +4,7 @@ Mean squared error on the masked tokens, labels unused; evaluated by the same lo
 split with fixed masks (`eval_reconstruction_loss`, lower is better). At the end the encoder
 is written as WORKDIR/encoder.npz, a classifier checkpoint without a head to fine-tune.
 """
+
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -20,8 +21,9 @@ ENCODER_CHECKPOINT = 'encoder.npz'
 def _reconstruction_losses(model, config, params, images, *, train, rngs=None):
   """Each example's masked-token MSE [batch] under the MAE `model`."""
   predictions, mask = model.apply({'params': params}, images, train=train, rngs=rngs)
-  target = mae.reconstruction_target(images, model.encoder['patches']['size'],
-                                     config.mae.norm_pix_loss)
+  target = mae.reconstruction_target(
+      images, model.encoder['patches']['size'], config.mae.norm_pix_loss
+  )
   return mae.per_example_loss(predictions, target, mask)
 
 
@@ -42,10 +44,12 @@ class MaskedAutoencoderObjective(base.Objective):
 
   def make_model(self, config, num_classes):
     del num_classes  # self-supervised
-    return mae.MaskedAutoencoder(encoder=config.model.to_dict(),
-                                 decoder=config.mae.decoder.to_dict(),
-                                 mask_ratio=config.mae.mask_ratio,
-                                 **classification.dtypes(config))
+    return mae.MaskedAutoencoder(
+        encoder=config.model.to_dict(),
+        decoder=config.mae.decoder.to_dict(),
+        mask_ratio=config.mae.mask_ratio,
+        **classification.dtypes(config),
+    )
 
   def make_loss_fn(self, model, config, num_classes, patch_dropout=False):
     del num_classes, patch_dropout
@@ -53,9 +57,11 @@ class MaskedAutoencoderObjective(base.Objective):
     def mae_loss(params, images, labels, rng, scale=None):
       del labels  # self-supervised
       masking, dropout = jax.random.split(rng)
-      per_example = _reconstruction_losses(model, config, params, images, train=True,
-                                           rngs={'masking': masking, 'dropout': dropout})
+      per_example = _reconstruction_losses(
+          model, config, params, images, train=True, rngs={'masking': masking, 'dropout': dropout}
+      )
       return classification.weighted_mean(per_example, scale), {}
+
     return mae_loss
 
   def eval_metric_names(self, config):
@@ -65,6 +71,7 @@ class MaskedAutoencoderObjective(base.Objective):
     def mae_eval_step(params, batch):  # no 'masking' rng: the model's fixed eval masks
       per_example = _reconstruction_losses(model, config, params, batch['image'], train=False)
       return jnp.sum(per_example * batch['mask']), jnp.sum(batch['mask'])
+
     return mae_eval_step
 
   def finish(self, config, params, workdir):

@@ -8,10 +8,11 @@ A jax device can be a part of a chip (a TensorCore of a TPU v4 compiled for per-
 devices, TPU v2/v3 cores): `peak_flops_per_device` divides a chip's peak among the devices
 that share it.
 """
+
 import collections
+from collections.abc import Sequence
 import dataclasses
 import re
-from typing import Optional, Sequence
 
 GIB = 2**30
 
@@ -44,15 +45,21 @@ H200_SXM = Chip('NVIDIA H200 SXM', 989e12, 141 * 10**9, 4800e9)
 
 # Topology name prefixes as get_topology_desc takes them ('v5e:2x2', 'v4:2x2x1'); the
 # Cloud accelerator-type spellings (v5litepod-8, v5p-8) are accepted too.
-_TOPOLOGY_PREFIXES = (('v5litepod', TPU_V5E), ('v5lite', TPU_V5E), ('v5e', TPU_V5E),
-                      ('v5p', TPU_V5P), ('v6e', TPU_V6E), ('v4', TPU_V4))
+_TOPOLOGY_PREFIXES = (
+    ('v5litepod', TPU_V5E),
+    ('v5lite', TPU_V5E),
+    ('v5e', TPU_V5E),
+    ('v5p', TPU_V5P),
+    ('v6e', TPU_V6E),
+    ('v4', TPU_V4),
+)
 
 
 def _normal(text):
   return re.sub(r'[\s_\-]+', ' ', text.lower()).strip()
 
 
-def for_device_kind(kind: str) -> Optional[Chip]:
+def for_device_kind(kind: str) -> Chip | None:
   """The chip of a jax `device_kind` ('TPU v5 lite', 'NVIDIA H100 80GB HBM3', ...), or None.
 
   jax reports TPU v5e as 'TPU v5 lite', v5p as 'TPU v5', v6e as 'TPU v6 lite'; CUDA devices
@@ -85,11 +92,11 @@ def for_device_kind(kind: str) -> Optional[Chip]:
   return None
 
 
-def for_topology(name: str) -> Optional[Chip]:
+def for_topology(name: str) -> Chip | None:
   """The chip of a TPU topology name such as 'v5e:2x2' or 'v4:2x2x1', or None."""
   k = name.lower().strip()
   for prefix, chip in _TOPOLOGY_PREFIXES:
-    if k.startswith(prefix) and not k[len(prefix):len(prefix) + 1].isalnum():
+    if k.startswith(prefix) and not k[len(prefix) : len(prefix) + 1].isalnum():
       return chip
   return None
 
@@ -98,11 +105,12 @@ def devices_per_chip(devices: Sequence) -> int:
   """How many of these jax devices share one chip (TPU devices carry chip `coords`)."""
   chips = collections.Counter(
       (getattr(d, 'process_index', 0), tuple(getattr(d, 'coords', None) or (d.id,)))
-      for d in devices)
+      for d in devices
+  )
   return max(chips.values()) if chips else 1
 
 
-def peak_flops_per_device(devices: Sequence) -> Optional[float]:
+def peak_flops_per_device(devices: Sequence) -> float | None:
   """bf16 dense peak FLOP/s of one of `devices` (all of one kind), or None if unknown."""
   kinds = {d.device_kind for d in devices}
   if len(kinds) != 1:

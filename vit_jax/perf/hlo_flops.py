@@ -24,20 +24,35 @@ Element-wise work (softmax, normalisation, the optimizer) is not counted: FLOPs 
 matrix-unit FLOPs, the numerator of MFU. The HLO of an SPMD program is one device's
 program, so the count is per device.
 """
+
 import dataclasses
 import math
 import re
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 # Custom-call targets that move or relabel data and do no arithmetic.
-_NO_FLOP_TARGETS = ('ConcatBitcast', 'Sharding', 'SPMDFullToShardShape', 'SPMDShardToFullShape',
-                    'AllocateBuffer', 'LayoutConstraint', 'annotate_device_placement',
-                    'MoveToHost', 'MoveToDevice', 'PinToDevice', 'X64Combine', 'X64SplitLow',
-                    'X64SplitHigh', 'cu_threefry2x32', 'xla_python_cpu_callback',
-                    'xla_python_gpu_callback', 'xla_ffi_python_cpu_callback',
-                    'AsyncCollectiveStart', 'AsyncCollectiveDone')
+_NO_FLOP_TARGETS = (
+    'ConcatBitcast',
+    'Sharding',
+    'SPMDFullToShardShape',
+    'SPMDShardToFullShape',
+    'AllocateBuffer',
+    'LayoutConstraint',
+    'annotate_device_placement',
+    'MoveToHost',
+    'MoveToDevice',
+    'PinToDevice',
+    'X64Combine',
+    'X64SplitLow',
+    'X64SplitHigh',
+    'cu_threefry2x32',
+    'xla_python_cpu_callback',
+    'xla_python_gpu_callback',
+    'xla_ffi_python_cpu_callback',
+    'AsyncCollectiveStart',
+    'AsyncCollectiveDone',
+)
 _COMPUTATION = re.compile(r'^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$')
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$')
 _ARRAY = re.compile(r'^[a-z]\w*\[([^\]]*)\](?:\{[^}]*\})?')
@@ -47,9 +62,10 @@ _OPCODE = re.compile(r'\s*([\w\-]+)\(')
 @dataclasses.dataclass(frozen=True)
 class Flops:
   """FLOPs of one device's program, and what the count could not see."""
+
   flops: int
-  uncounted: Tuple[str, ...] = ()  # custom-calls counted as 0 (kernel name or target)
-  loops_without_trip_count: Tuple[str, ...] = ()  # while loops whose body counted once
+  uncounted: tuple[str, ...] = ()  # custom-calls counted as 0 (kernel name or target)
+  loops_without_trip_count: tuple[str, ...] = ()  # while loops whose body counted once
 
 
 @dataclasses.dataclass
@@ -57,7 +73,7 @@ class _Instruction:
   name: str
   shape: str
   opcode: str
-  operands: List[str]
+  operands: list[str]
   attrs: str
 
 
@@ -107,7 +123,7 @@ def _parse_instruction(line):
     return None
   open_at = opcode.end() - 1
   close_at = _closing(rest, open_at)
-  operands = _split_top(re.sub(r'/\*.*?\*/', '', rest[open_at + 1:close_at - 1]))
+  operands = _split_top(re.sub(r'/\*.*?\*/', '', rest[open_at + 1 : close_at - 1]))
   return _Instruction(name, shape, opcode.group(1), operands, rest[close_at:])
 
 
@@ -162,15 +178,20 @@ def _operand_shape(operand, shapes):
 
 def _dot_flops(inst, shapes):
   lhs = _operand_shape(inst.operands[0], shapes)
-  contracted = math.prod(lhs[d] for d in _int_list(_attr(inst.attrs, 'lhs_contracting_dims',
-                                                          r'\{([\d,]*)\}')))
+  contracted = math.prod(
+      lhs[d] for d in _int_list(_attr(inst.attrs, 'lhs_contracting_dims', r'\{([\d,]*)\}'))
+  )
   return 2 * math.prod(dims(inst.shape)) * contracted
 
 
 def _valid_positions(size_in, size_out, kernel, stride, pad_low, lhs_dilate, rhs_dilate):
   """(output, kernel) index pairs of one spatial dimension that read a real input element."""
-  if (size_in == size_out == kernel == lhs_dilate and rhs_dilate == 1 and pad_low == 0
-      and stride == max(1, size_in - 1)):
+  if (
+      size_in == size_out == kernel == lhs_dilate
+      and rhs_dilate == 1
+      and pad_low == 0
+      and stride == max(1, size_in - 1)
+  ):
     return size_in  # a batch dimension carried as a dilated spatial one: one pair per output
   out = np.arange(size_out, dtype=np.int64)[:, None]
   k = np.arange(kernel, dtype=np.int64)[None, :]
@@ -201,11 +222,22 @@ def _conv_flops(inst, shapes):
   pairs = 1
   for d, (stride, pad, lhs_dilate, rhs_dilate) in enumerate(_window(inst.attrs)):
     spatial = str(d)
-    pairs *= _valid_positions(lhs[lhs_labels.index(spatial)], out[out_labels.index(spatial)],
-                              rhs[rhs_labels.index(spatial)], stride, pad, lhs_dilate,
-                              rhs_dilate)
-  fmas = (lhs[lhs_labels.index('f')] // groups * out[out_labels.index('f')]
-          * (lhs[lhs_labels.index('b')] // batch_groups) * pairs)
+    pairs *= _valid_positions(
+        lhs[lhs_labels.index(spatial)],
+        out[out_labels.index(spatial)],
+        rhs[rhs_labels.index(spatial)],
+        stride,
+        pad,
+        lhs_dilate,
+        rhs_dilate,
+    )
+  fmas = (
+      lhs[lhs_labels.index('f')]
+      // groups
+      * out[out_labels.index('f')]
+      * (lhs[lhs_labels.index('b')] // batch_groups)
+      * pairs
+  )
   return 2 * fmas
 
 
@@ -311,7 +343,7 @@ class ComputationSum:
 
   def __init__(self, computations):
     self._computations = computations
-    self._memo: Dict[str, float] = {}
+    self._memo: dict[str, float] = {}
     self._current = []
 
   def computation(self, name):
@@ -334,8 +366,8 @@ class _Counter(ComputationSum):
 
   def __init__(self, computations):
     super().__init__(computations)
-    self.uncounted: List[str] = []
-    self.loops_without_trip_count: List[str] = []
+    self.uncounted: list[str] = []
+    self.loops_without_trip_count: list[str] = []
 
   def _instruction(self, inst, shapes):
     op = inst.opcode
@@ -350,9 +382,9 @@ class _Counter(ComputationSum):
     if op == 'while':
       return self._while(inst)
     if op == 'conditional':
-      branches = (callees(inst.attrs, 'branch_computations')
-                  or callees(inst.attrs, 'true_computation')
-                  + callees(inst.attrs, 'false_computation'))
+      branches = callees(inst.attrs, 'branch_computations') or callees(
+          inst.attrs, 'true_computation'
+      ) + callees(inst.attrs, 'false_computation')
       return max((self.computation(c) for c in branches), default=0)
     if op == 'custom-call':
       return self._custom_call(inst, shapes)
@@ -360,8 +392,9 @@ class _Counter(ComputationSum):
 
   def _while(self, inst):
     trips = trip_count(inst, self._computations, self._current)  # before recursing
-    per_trip = sum(self.computation(c) for c in
-                   callees(inst.attrs, 'body') + callees(inst.attrs, 'condition'))
+    per_trip = sum(
+        self.computation(c) for c in callees(inst.attrs, 'body') + callees(inst.attrs, 'condition')
+    )
     if trips is None:
       self.loops_without_trip_count.append(inst.name)
       return per_trip
@@ -386,8 +419,9 @@ def count_text(hlo_text):
   computations, entry = parse_module(hlo_text)
   counter = _Counter(computations)
   flops = counter.computation(entry)
-  return Flops(flops, tuple(sorted(set(counter.uncounted))),
-               tuple(counter.loops_without_trip_count))
+  return Flops(
+      flops, tuple(sorted(set(counter.uncounted))), tuple(counter.loops_without_trip_count)
+  )
 
 
 def count(compiled):
@@ -395,12 +429,14 @@ def count(compiled):
   return count_text(compiled.as_text())
 
 
-def describe(result: Flops) -> Optional[str]:
+def describe(result: Flops) -> str | None:
   """A warning line for what the count missed, or None when it saw everything."""
   notes = []
   if result.uncounted:
     notes.append('custom-calls counted as 0 FLOPs: ' + ', '.join(result.uncounted))
   if result.loops_without_trip_count:
-    notes.append('while loops without a known trip count, body counted once: '
-                 + ', '.join(result.loops_without_trip_count))
+    notes.append(
+        'while loops without a known trip count, body counted once: '
+        + ', '.join(result.loops_without_trip_count)
+    )
   return '; '.join(notes) or None

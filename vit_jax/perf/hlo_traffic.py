@@ -10,23 +10,53 @@ a scan step reads from stacked weights) is charged the slice, and an in-place up
 (dynamic-update-slice) the update. An estimate, not a measurement: it does not see buffers a
 kernel keeps in VMEM across iterations, or caches.
 """
+
 import math
 import re
 
 from vit_jax.perf import hlo_flops
 
-_ELEMENT_BYTES = {'pred': 1, 's4': 0.5, 'u4': 0.5, 's8': 1, 'u8': 1, 'f8e4m3fn': 1,
-                  'f8e5m2': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4, 'u32': 4,
-                  'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
+_ELEMENT_BYTES = {
+    'pred': 1,
+    's4': 0.5,
+    'u4': 0.5,
+    's8': 1,
+    'u8': 1,
+    'f8e4m3fn': 1,
+    'f8e5m2': 1,
+    's16': 2,
+    'u16': 2,
+    'f16': 2,
+    'bf16': 2,
+    's32': 4,
+    'u32': 4,
+    'f32': 4,
+    's64': 8,
+    'u64': 8,
+    'f64': 8,
+    'c64': 8,
+    'c128': 16,
+}
 _ARRAYS = re.compile(r'\b([a-z]\w*)\[([^\]]*)\]')
 _SLICES = ('dynamic-slice', 'slice')
-_FREE = ('parameter', 'tuple', 'get-tuple-element', 'bitcast', 'constant', 'after-all',
-         'partition-id', 'replica-id', 'iota', 'opt-barrier', 'add-dependency')
+_FREE = (
+    'parameter',
+    'tuple',
+    'get-tuple-element',
+    'bitcast',
+    'constant',
+    'after-all',
+    'partition-id',
+    'replica-id',
+    'iota',
+    'opt-barrier',
+    'add-dependency',
+)
 
 
 def shape_bytes(shape):
   """Bytes of an array or tuple shape string ('bf16[2,4]{1,0}', '(f32[3], s32[])')."""
-  total = 0.
+  total = 0.0
   for dtype, dimensions in _ARRAYS.findall(shape):
     if dtype in _ELEMENT_BYTES:
       sizes = [int(d.replace('<=', '')) for d in dimensions.split(',') if d.strip()]
@@ -54,9 +84,14 @@ class _Traffic(hlo_flops.ComputationSum):
       while name in by_name and by_name[name].opcode in ('bitcast', 'copy', 'reshape'):
         name = hlo_flops.operand_name(by_name[name].operands[0])
       return name
+
     root = body[-1]
-    outputs = [hlo_flops.operand_name(o) for o in root.operands] if root.opcode == 'tuple' else [root.name]
-    in_place, total = set(), 0.
+    outputs = (
+        [hlo_flops.operand_name(o) for o in root.operands]
+        if root.opcode == 'tuple'
+        else [root.name]
+    )
+    in_place, total = set(), 0.0
     for output in outputs:
       update = by_name.get(origin(output))
       if update is not None and update.opcode == 'dynamic-update-slice':
@@ -75,7 +110,7 @@ class _Traffic(hlo_flops.ComputationSum):
   def _sliced_bytes(self, body, param):
     """Bytes a fusion reads of its parameter `param` when every use slices it (directly or
     in a nested fusion), else None (the whole operand is read)."""
-    total = 0.
+    total = 0.0
     users = [(i, [hlo_flops.operand_name(o) for o in i.operands]) for i in body]
     users = [(i, names) for i, names in users if param in names]
     for user, names in users:
@@ -99,7 +134,7 @@ class _Traffic(hlo_flops.ComputationSum):
     op = inst.opcode
     callees = lambda key: hlo_flops.callees(inst.attrs, key)
     if op in _FREE:
-      return 0.
+      return 0.0
     if op == 'while':
       trips = hlo_flops.trip_count(inst, self._computations, self._current)  # before recursing
       per_trip = sum(self.computation(c) for c in callees('body') + callees('condition'))
@@ -107,17 +142,17 @@ class _Traffic(hlo_flops.ComputationSum):
     if op == 'call':
       return sum(self.computation(c) for c in callees('to_apply'))
     if op == 'conditional':
-      branches = (callees('branch_computations') or callees('true_computation')
-                  + callees('false_computation'))
-      return max((self.computation(c) for c in branches), default=0.)
+      branches = callees('branch_computations') or callees('true_computation') + callees(
+          'false_computation'
+      )
+      return max((self.computation(c) for c in branches), default=0.0)
     if op == 'fusion':
       return self._fusion_bytes(inst, shapes)
     if op in _SLICES:
       return 2 * shape_bytes(inst.shape)
     if op == 'dynamic-update-slice':
       return 2 * self._operand_bytes(inst.operands[1], shapes)
-    return shape_bytes(inst.shape) + sum(self._operand_bytes(o, shapes)
-                                         for o in inst.operands)
+    return shape_bytes(inst.shape) + sum(self._operand_bytes(o, shapes) for o in inst.operands)
 
 
 def count_text(hlo_text):

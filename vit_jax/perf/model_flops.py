@@ -30,18 +30,23 @@ def _pooled_head(d, num_classes, representation_size):
 
 def _map_head(tokens, d, mlp_dim):
   """big_vision's MAP head: one learned probe attends to every token, then an MLP."""
-  return (2 * d * d + 2 * tokens * d * 2 * d  # probe query; keys and values of the tokens
-          + 2 * tokens * d * 2  # logits and weights.values for one query
-          + 2 * d * d  # output projection
-          + 4 * d * mlp_dim)  # MLP on the pooled vector
+  return (
+      2 * d * d
+      + 2 * tokens * d * 2 * d  # probe query; keys and values of the tokens
+      + 2 * tokens * d * 2  # logits and weights.values for one query
+      + 2 * d * d  # output projection
+      + 4 * d * mlp_dim
+  )  # MLP on the pooled vector
 
 
 def vit_forward_flops(model_config, image_size, channels, num_classes):
   """FLOPs of one image's forward pass; `image_size` is (height, width) or an int."""
   if model_config.get('resnet') is not None:
-    raise ValueError(f'{model_config.get("model_name")}: analytic FLOPs cover ViT and PiT, '
-                     'not ResNet hybrids (model.resnet is set); count the compiled program '
-                     'with vit_jax.perf.hlo_flops instead.')
+    raise ValueError(
+        f'{model_config.get("model_name")}: analytic FLOPs cover ViT and PiT, '
+        'not ResNet hybrids (model.resnet is set); count the compiled program '
+        'with vit_jax.perf.hlo_flops instead.'
+    )
   height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
   ph, pw = model_config.patches.size
   d = model_config.hidden_size

@@ -4,6 +4,7 @@ The trace is captured into a local temporary directory and then copied through t
 layer to WORKDIR/plugins/profile/<run>/, where TensorBoard's profile tab finds it; so it
 lands in a gs:// workdir like every other output. Every process writes its own host's file.
 """
+
 import os
 import shutil
 import tempfile
@@ -44,10 +45,10 @@ class StepProfiler:
       for name in files:
         local = os.path.join(root, name)
         with open(local, 'rb') as f:
-          paths.write_bytes(paths.join(self._workdir, os.path.relpath(local, self._local)),
-                            f.read())
+          paths.write_bytes(
+              paths.join(self._workdir, os.path.relpath(local, self._local)), f.read()
+          )
         copied += 1
     shutil.rmtree(self._local, ignore_errors=True)
     self._local = None
-    logging.info('Profile trace (%d files) written under %s/plugins/profile', copied,
-                 self._workdir)
+    logging.info('Profile trace (%d files) written under %s/plugins/profile', copied, self._workdir)

@@ -33,7 +33,7 @@ def save_state(ckpt, state, step_metrics):
     ckpt.save(step, state, force=True)
     ckpt.wait_until_finished()
     logging.warning('Saved the state of step %d after the error below.', step)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     logging.error('Saving the state after the error failed too: %s: %s', type(e).__name__, e)
 
 
@@ -53,5 +53,5 @@ def flush(logger):
   error that is on its way."""
   try:
     logger.flush()
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     logging.error('Writing the metrics after the error failed too: %s: %s', type(e).__name__, e)

@@ -20,8 +20,8 @@ def check(path):
   global _found
   if _found or os.environ.get('STORAGE_EMULATOR_HOST'):
     return
-  import google.auth  # pylint: disable=g-import-not-at-top
-  from google.auth import exceptions  # pylint: disable=g-import-not-at-top
+  import google.auth
+  from google.auth import exceptions
 
   try:
     google.auth.default()

@@ -13,6 +13,7 @@ Both matter on CPU hosts and change no numbers:
   choice, e.g. of tests that simulate 8 devices). It only affects the CPU platform: on GPU or
   TPU hosts the mesh uses the accelerators.
 """
+
 import ctypes.util
 import os
 import sys
@@ -25,10 +26,12 @@ _FORCE_FLAG = '--xla_force_host_platform_device_count'
 # Set to 0 to keep the allocator the process started with.
 TCMALLOC_ENV = 'VIT_JAX_TCMALLOC'
 _LIBRARIES = ('tcmalloc_minimal', 'tcmalloc')
-_KNOWN_PATHS = ('/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4',
-                '/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4',
-                '/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4',
-                '/usr/lib/aarch64-linux-gnu/libtcmalloc.so.4')
+_KNOWN_PATHS = (
+    '/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4',
+    '/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4',
+    '/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4',
+    '/usr/lib/aarch64-linux-gnu/libtcmalloc.so.4',
+)
 
 
 def find_tcmalloc():
@@ -59,8 +62,10 @@ def reexec_with_tcmalloc(module=None):
     return
   path = find_tcmalloc()
   if path is None:
-    logging.info('tcmalloc not found; XLA:CPU steps will page-fault on their temporaries '
-                 '(apt-get install libtcmalloc-minimal4 makes CPU training faster).')
+    logging.info(
+        'tcmalloc not found; XLA:CPU steps will page-fault on their temporaries '
+        '(apt-get install libtcmalloc-minimal4 makes CPU training faster).'
+    )
     return
   env = dict(os.environ)
   env['LD_PRELOAD'] = ':'.join(p for p in (path, env.get('LD_PRELOAD')) if p)
@@ -73,8 +78,10 @@ def reexec_with_tcmalloc(module=None):
 def resolve_cpu_devices(cpu_devices):
   """config.cpu_devices -> the device count to request (None: leave JAX's default)."""
   if not isinstance(cpu_devices, int) or cpu_devices < -1:
-    raise errors.UserInputError(f'config.cpu_devices={cpu_devices!r} must be -1 (one per CPU core), 0 '
-                     "(JAX's default) or a positive device count.")
+    raise errors.UserInputError(
+        f'config.cpu_devices={cpu_devices!r} must be -1 (one per CPU core), 0 '
+        "(JAX's default) or a positive device count."
+    )
   if cpu_devices == 0:
     return None
   if cpu_devices == -1:
@@ -88,10 +95,12 @@ def set_cpu_devices(cpu_devices):
   if count is None:
     return
   if _FORCE_FLAG in os.environ.get('XLA_FLAGS', ''):
-    logging.warning('XLA_FLAGS sets %s; it wins over config.cpu_devices=%d.', _FORCE_FLAG,
-                    cpu_devices)
+    logging.warning(
+        'XLA_FLAGS sets %s; it wins over config.cpu_devices=%d.', _FORCE_FLAG, cpu_devices
+    )
     return
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
+
   jax.config.update('jax_num_cpu_devices', count)
   logging.info('config.cpu_devices=%d: %d CPU devices', cpu_devices, count)
   if cpu_devices == -1 and count > 1:
@@ -102,8 +111,10 @@ def set_cpu_devices(cpu_devices):
 # the README's table): YNNPACK runs the attention's small batched matmuls at a fraction of
 # XLA's own dot speed, and intra-op threads make each device's ops wait for the other
 # device's core. These flags turn both off. Flags already in XLA_FLAGS win.
-ONE_DEVICE_PER_CORE_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=',
-                             '--xla_cpu_multi_thread_eigen=false')
+ONE_DEVICE_PER_CORE_FLAGS = (
+    '--xla_cpu_experimental_ynn_fusion_type=',
+    '--xla_cpu_multi_thread_eigen=false',
+)
 
 
 def add_xla_flags(flags):
@@ -115,4 +126,3 @@ def add_xla_flags(flags):
   if added:
     os.environ['XLA_FLAGS'] = ' '.join([current] + added).strip()
     logging.info('XLA_FLAGS += %s', ' '.join(added))
-

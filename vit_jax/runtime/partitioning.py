@@ -3,6 +3,7 @@
 Mesh axes: `data` (batch), `fsdp` (batch, and parameters sharded along their largest
 dimension), `seq` (the token axis of activations, for sequence-sharded attention).
 """
+
 import os
 import re
 
@@ -44,8 +45,9 @@ def multi_host_tpu_environment(environ=None):
   return bool(environ.get('MEGASCALE_COORDINATOR_ADDRESS'))
 
 
-def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None,
-                           timeout=300):
+def initialize_distributed(
+    coordinator_address=None, num_processes=None, process_id=None, timeout=300
+):
   """jax.distributed.initialize from arguments, JAX_COORDINATOR_ADDRESS/... env vars, or a
   multi-host TPU environment (then without arguments); explicit values win. Bad process
   flags are one-line errors; the wait for the others is reported and ends after `timeout`
@@ -71,16 +73,19 @@ def create_mesh(mesh_config, devices=None):
   if len(unknown) > 1 or any(s == 0 or s < -1 for s in sizes):
     raise errors.UserInputError(
         f'config.mesh={dict(zip(AXES, sizes))}: at most one axis may be -1 and '
-        'the others must be positive')
+        'the others must be positive'
+    )
   if unknown and n % known == 0:
     sizes[unknown[0]] = n // known
   if int(np.prod(sizes)) != n:
     raise errors.UserInputError(
         f'config.mesh={dict(zip(AXES, sizes))} needs {int(np.prod(sizes))} '
         f'devices but there are {n}; make the product of the axis sizes equal '
-        f'{n} (or set one axis to -1).')
-  return jax.make_mesh(tuple(sizes), AXES,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(AXES), devices=devices)
+        f'{n} (or set one axis to -1).'
+    )
+  return jax.make_mesh(
+      tuple(sizes), AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES), devices=devices
+  )
 
 
 def data_parallel_size(mesh):
@@ -93,13 +98,12 @@ def validate_batch(batch_size, mesh, field='config.batch'):
     raise errors.UserInputError(
         f'{field}={batch_size} is not divisible by the {dp} data-parallel devices '
         f'(mesh data x fsdp) and {jax.process_count()} processes; use a multiple '
-        'of both.')
+        'of both.'
+    )
 
 
 def _spec_for(path, shape, fsdp):
-  for pattern, rule in PARAM_RULES:
-    if re.fullmatch(pattern, path):
-      break
+  rule = next((r for pattern, r in PARAM_RULES if re.fullmatch(pattern, path)), PARAM_RULES[-1][1])
   if rule == 'replicate' or fsdp == 1 or not shape:
     return P()
   first = 1 if rule == 'fsdp_stacked' else 0
@@ -119,6 +123,7 @@ def param_shardings(abstract_tree, mesh):
   def one(path, leaf):
     name = jax.tree_util.keystr(path, simple=True, separator='/')
     return NamedSharding(mesh, _spec_for(name, tuple(getattr(leaf, 'shape', ())), fsdp))
+
   return jax.tree_util.tree_map_with_path(one, abstract_tree)
 
 
@@ -129,5 +134,7 @@ def batch_sharding(mesh):
 def global_batch(local_batch, mesh):
   """Per-process numpy batch -> dict of global jax.Arrays sharded over the batch axes."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+      for k, v in local_batch.items()
+  }

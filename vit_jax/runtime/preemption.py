@@ -11,6 +11,7 @@ The exit status is 128 + the signal number (143 for SIGTERM, 130 for SIGINT; SIG
 if both arrived), on every process, so a job scheduler does not take a preempted run as
 finished. A second Ctrl-C interrupts at once (the default behaviour comes back).
 """
+
 import signal
 
 from absl import logging
@@ -47,9 +48,12 @@ class StopRequest:
       signal.signal(signal.SIGINT, signal.default_int_handler)
       raise KeyboardInterrupt
     self.signum = max(self.signum, int(signum))
-    logging.warning('%s received: saving a checkpoint at a step all processes agree on, then '
-                    'stopping (exit status %d). Press Ctrl-C again to stop at once.',
-                    signal.Signals(signum).name, exit_status(self.signum))
+    logging.warning(
+        '%s received: saving a checkpoint at a step all processes agree on, then '
+        'stopping (exit status %d). Press Ctrl-C again to stop at once.',
+        signal.Signals(signum).name,
+        exit_status(self.signum),
+    )
 
   def batch_field(self, local_batch_size):
     """This process's record as the batch entry `stop`."""

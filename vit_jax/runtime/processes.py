@@ -83,7 +83,7 @@ def initialize(address, count, index, timeout):
   """jax.distributed.initialize, reported while it waits; exit 2 after `timeout` seconds."""
   if timeout <= 0:
     raise errors.UserInputError(f'--coordinator_timeout={timeout} must be > 0 (seconds)')
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   if os.environ.get('JAX_PLATFORMS', 'cpu').startswith('cpu'):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -110,7 +110,7 @@ def initialize(address, count, index, timeout):
             file=sys.stderr,
             flush=True,
         )
-        os._exit(2)  # pylint: disable=protected-access
+        os._exit(2)
       print(
           f'Process {index} of {count}: waiting for {what} ({waited:.0f} of '
           f'--coordinator_timeout={timeout} s)',
@@ -125,7 +125,7 @@ def initialize(address, count, index, timeout):
     jax.distributed.initialize(
         address, count, index, initialization_timeout=int(timeout) + WAIT_REPORT_SECONDS * 3
     )
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise errors.UserInputError(
         f'process {index} of {count} could not join the run at {address}: '
         f'{type(e).__name__}: {str(e)[:300]}'

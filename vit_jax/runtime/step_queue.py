@@ -13,6 +13,7 @@ Waiting for the step MAX_STEPS_AHEAD back keeps work queued to hide the host's d
 input time and changes no numbers (measured on CPU only: 2, 4 and 8 ahead ran within the
 run-to-run noise of one another).
 """
+
 import collections
 
 import jax

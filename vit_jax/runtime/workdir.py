@@ -215,7 +215,7 @@ class Lock:
           )
           return
         paths.write_bytes(self.path, self._contents())
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:
         logging.warning('Could not renew the workdir lock %s: %s', self.path, e)
 
   def release(self):
@@ -243,12 +243,12 @@ class Claim:
 
 def _agree(problem):
   """Process 0's `problem` (a string, '' for none), on every process."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   if jax.process_count() == 1:
     return problem
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils
+  import numpy as np
 
   data = np.zeros(4096, np.uint8)
   encoded = problem.encode('utf-8')[:4096]
@@ -264,7 +264,7 @@ def claim(workdir, force_unlock=False):
   When the block fails before `Claim.started()`, a workdir this call created is removed again,
   so a refused run leaves nothing behind; the lock is released in any case.
   """
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
 
   lock, created, problem, unexpected = None, False, '', None
   if jax.process_index() == 0:
@@ -275,7 +275,7 @@ def claim(workdir, force_unlock=False):
       lock.acquire(force_unlock)
     except errors.UserInputError as e:
       problem, created, lock = str(e), False, None
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       problem, unexpected, created, lock = (
           f'process 0 failed: {type(e).__name__}: {e}',
           e,
