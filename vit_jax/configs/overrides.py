@@ -16,10 +16,7 @@ ACTS_ONLY_WITH = {
     'adam_b2': (lambda c: c.optim == 'adamw', "config.optim='adamw'"),
     'linear_end': (lambda c: c.decay_type == 'linear', "config.decay_type='linear'"),
     'profile.num_steps': (lambda c: c.profile.first_step > 0, 'config.profile.first_step > 0'),
-    'fashion_mnist_dir': (
-        lambda c: c.dataset == 'fashion_mnist',
-        "config.dataset='fashion_mnist'",
-    ),
+    'fashion_mnist_dir': (lambda c: c.dataset == 'fashion_mnist', "config.dataset='fashion_mnist'"),
     'pretrained_strict': (lambda c: bool(c.pretrained_path), 'config.pretrained_path'),
 }
 

@@ -61,9 +61,7 @@ def _vit4():
 
 
 # Small ViTs trained from scratch on 28x28 images (4x4 patches: 49 tokens).
-SMALL_MODELS = {
-    'vit4': _vit4,
-}
+SMALL_MODELS = {'vit4': _vit4}
 
 
 def _model_names():
@@ -121,9 +119,7 @@ def vit4_fashion_mnist():
 
 
 # Whole recipes by their config string, before the generic <model>,<dataset> form.
-PRESETS = {
-    'vit4,fashion_mnist': vit4_fashion_mnist,
-}
+PRESETS = {'vit4,fashion_mnist': vit4_fashion_mnist}
 
 
 def get_config(model_and_dataset_arg='b16,cifar10'):
