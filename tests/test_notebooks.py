@@ -82,6 +82,8 @@ def test_generation_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
           'GEN_NB_DEPTH': '1',
           'GEN_NB_SAMPLE_STEPS': '3',
           'GEN_NB_WORKDIR': str(tmp_path / 'work'),
+          'GEN_NB_TRAIN_SPLIT': 'train[:2000]',
+          'GEN_NB_TEST_SPLIT': 'test[:1000]',
           'GEN_NB_TFDS_DATA_DIR': fashion_mnist_data_dir,
       },
       tmp_path,
