@@ -33,6 +33,7 @@ def _small_pit():
   return config
 
 
+@pytest.mark.slow
 def test_train_step_compiles_for_tpu_with_ring_attention_on_the_pallas_kernel():
   config = _small_pit()
   devices = aot.topology_devices(TOPOLOGY)
@@ -63,6 +64,7 @@ def test_train_step_compiles_for_tpu_with_ring_attention_on_the_pallas_kernel():
   assert 'train_step: HBM' in text and 'MFU <=' in text and 'TPU v5e' in text
 
 
+@pytest.mark.slow
 def test_command_exits_with_xla_out_of_memory_message_when_a_step_does_not_fit():
   too_big = subprocess.run(
       [

@@ -64,6 +64,7 @@ GRID = [
 
 
 @pytest.mark.parametrize('impl,seq,length,heads,masked', GRID)
+@pytest.mark.slow
 def test_schedule_equals_dense(impl, seq, length, heads, masked):
   batch = 2
   q, k, v, cotangent = _inputs(batch, length, heads)
@@ -176,6 +177,7 @@ def _pit(impl):
   )
 
 
+@pytest.mark.slow
 def test_pit_32x32_loss_and_gradients_equal_across_schedules():
   """1024 pixel tokens + class token = 1025: padding and masking inside every schedule."""
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))

@@ -60,6 +60,7 @@ CASES = [
 
 
 @pytest.mark.parametrize('length,masked,block_size,seq,impl', CASES)
+@pytest.mark.slow
 def test_pallas_kernel_equals_dense(length, masked, block_size, seq, impl):
   heads = 4 if impl == 'ulysses' else 3
   q, k, v, cotangent = _inputs(length, heads)

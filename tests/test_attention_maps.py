@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from vit_jax.models import attention_maps
 from vit_jax.models import VisionTransformer
@@ -74,6 +75,7 @@ def test_rollout_by_hand_and_uniform_attention():
   np.testing.assert_allclose(attention_maps.rollout(uniform, 0)[0], 0.2, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_pit_heatmap_has_one_weight_per_pixel_and_patch_models_upsample():
   images = jax.random.normal(jax.random.PRNGKey(0), (1, 6, 6, 1))
   pit = _model(1, classifier='gap')

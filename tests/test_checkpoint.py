@@ -165,6 +165,7 @@ def _hybrid_model():
   return VisionTransformer(num_classes=3, **config)
 
 
+@pytest.mark.slow
 def test_old_hybrid_groupnorm_shapes(tmp_path):
   model = _hybrid_model()
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))

@@ -62,6 +62,7 @@ def _apply(module, params, x):
 
 
 @pytest.mark.parametrize('name', sorted(PAIRS))
+@pytest.mark.slow
 def test_same_parameters_outputs_and_gradients_as_flax(name):
   make_flax, make_ours = PAIRS[name]
   flax_layer, ours = make_flax(), make_ours()
@@ -115,6 +116,7 @@ def test_sown_attention_weights_and_dropout_match_flax():
 
 
 @pytest.mark.parametrize('scan_layers', [False, True])
+@pytest.mark.slow
 def test_vit_with_grads_as_dots_equals_the_flax_layers_model(scan_layers):
   """The whole model both ways: the same parameters from the same rng, the same logits, and
   the same gradients of a training loss (dropout on), scanned or not."""

@@ -34,6 +34,7 @@ def _config(data_dir, **overrides):
   )
 
 
+@pytest.mark.slow
 def test_batches_are_the_host_preprocessing_shuffled_and_flipped(fashion_mnist_data_dir):
   config = _config(fashion_mnist_data_dir)
   # The host pipeline's eval batches: the same split, same resize and channels, in order.

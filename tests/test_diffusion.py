@@ -168,6 +168,7 @@ def _fixture_dit():
   return model, params
 
 
+@pytest.mark.slow
 def test_guided_sampler_runs_forward_with_cfg():
   model, params = _fixture_dit()
   d = diffusion.create_diffusion('4')

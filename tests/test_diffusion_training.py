@@ -59,6 +59,7 @@ def tiny_dit_config(data_dir, **overrides):
   return config.lock()
 
 
+@pytest.mark.slow
 def test_loss_is_dits_hybrid_loss_on_uniform_timesteps():
   """The objective's loss equals training_losses of the same draws, computed by hand."""
   config = tiny_dit_config(None)

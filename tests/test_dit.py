@@ -117,6 +117,7 @@ def test_parameter_names_are_the_state_dict_names():
   assert all(dit_format.flax_path(dit_format.torch_key(k)) == k for k in flat)
 
 
+@pytest.mark.slow
 def test_initialisation_follows_the_original():
   x, t, y = _inputs()
   model = dit.DiT(num_classes=10, patch_size=2, hidden_size=256, depth=1, num_heads=4)
@@ -149,6 +150,7 @@ def _perturbed_params(model, x, t, y, seed=0):
   )
 
 
+@pytest.mark.slow
 def test_output_shape_and_learned_sigma():
   x, t, y = _inputs()
   for learn_sigma, channels in ((True, 8), (False, 4)):
@@ -202,6 +204,7 @@ def test_forward_with_cfg_equals_two_manual_passes():
     np.testing.assert_allclose(out[2:, ..., channels:], uncond[..., channels:], atol=2e-5)
 
 
+@pytest.mark.slow
 def test_scan_and_remat_give_the_same_numbers():
   x, t, y = _inputs()
   model = _tiny()

@@ -122,6 +122,7 @@ def _upload(url, name, data):
   urllib.request.urlopen(request, timeout=10).read()
 
 
+@pytest.mark.slow
 def test_inference_reads_checkpoint_labels_and_image_from_the_bucket(gcs, tmp_path):
   model = VisionTransformer(num_classes=3, **model_configs.MODEL_CONFIGS['testing'])
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)['params']
@@ -219,6 +220,7 @@ def _flat(tree, prefix=''):
   return out
 
 
+@pytest.mark.slow
 def test_train_in_bucket_killed_and_resumed_equals_uninterrupted_local_run(
     gcs, fashion_mnist_data_dir, tmp_path
 ):

@@ -79,6 +79,7 @@ def test_scanned_model_classifies_the_same(assets, model_name):
     inference.build(str(tmp / 'testing.npz'), 'ViT-Ti_16', image_size=32, scan_layers=True)
 
 
+@pytest.mark.slow
 def test_cli_prints_top5_and_benchmarks(assets):
   tmp, params, paths = assets
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')

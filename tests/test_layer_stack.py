@@ -92,6 +92,7 @@ def test_scanned_parameters_are_the_stacked_blocks():
 
 
 @pytest.mark.parametrize('classifier', ['token', 'map'])
+@pytest.mark.slow
 def test_scanned_logits_and_gradients_equal_unscanned(classifier):
   model = _model(classifier)
   params = _params(classifier)
@@ -129,6 +130,7 @@ def test_scanned_dropout_draws_a_new_mask_per_layer():
 # Each policy once, each block layout once: the policy is passed through unchanged whether
 # the blocks are looped or scanned (the jaxpr check below sees it in both layouts).
 @pytest.mark.parametrize('remat,scan_layers', [('full', False), ('dots', True)])
+@pytest.mark.slow
 def test_remat_gives_the_same_gradients(remat, scan_layers):
   """Recomputing in the backward pass changes memory, not numbers (dropout on, same keys)."""
   plain = _model(scan_layers=scan_layers)

@@ -90,6 +90,7 @@ def test_loss_ignores_visible_tokens():
 
 
 @pytest.mark.parametrize('classifier', ['gap', 'token'])
+@pytest.mark.slow
 def test_mask_ratio_zero_encoder_equals_vit_pre_logits(classifier):
   model = mae.MaskedAutoencoder(encoder=_pit(classifier), decoder=_DECODER, mask_ratio=0.0)
   images = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 1))
@@ -106,6 +107,7 @@ def test_mask_ratio_zero_encoder_equals_vit_pre_logits(classifier):
   np.testing.assert_allclose(pooled, pre_logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pretrained_encoder_loads_into_a_classifier_with_no_missing_keys(tmp_path):
   model = mae.MaskedAutoencoder(encoder=_pit('token'), decoder=_DECODER)
   images = jnp.zeros((1, 8, 8, 1))
@@ -148,6 +150,7 @@ def _mae_loss_and_grads(impl):
 
 
 @pytest.mark.parametrize('impl', ['blockwise', 'ring', 'allgather', 'ulysses'])
+@pytest.mark.slow
 def test_attention_schedules_match_dense_in_encoder_and_decoder(impl):
   (dense_loss, dense_grads), (loss, grads) = _mae_loss_and_grads('dense'), _mae_loss_and_grads(impl)
   np.testing.assert_allclose(loss, dense_loss, rtol=1e-5)
@@ -183,6 +186,7 @@ def tiny_mae_config(data_dir, recipe='fashion_mnist', **overrides):
   return config.lock()
 
 
+@pytest.mark.slow
 def test_mae_run_resumes_bitwise_and_exports_an_encoder_that_fine_tuning_loads(
     fashion_mnist_data_dir, tmp_path
 ):

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = pathlib.Path(__file__).parent.parent
 
 
@@ -38,6 +40,7 @@ def test_bad_config_value_is_one_line_and_status_2_before_compiling(tmp_path):
   assert elapsed < 60, elapsed
 
 
+@pytest.mark.slow
 def test_corrupt_image_mid_run_finishes_the_pending_save_and_names_the_file(tmp_path):
   """Step 1 is saved asynchronously; step 2's batch holds an undecodable file."""
   import numpy as np

@@ -128,6 +128,7 @@ def _fixture_model_and_params(name, **overrides):
 
 
 @pytest.mark.parametrize('name', ['gap', 'repr'])
+@pytest.mark.slow
 def test_matches_original_logits(name):
   model, params, x = _fixture_model_and_params(name)
   logits = model.apply({'params': params}, x, train=False)
@@ -160,6 +161,7 @@ def test_exact_gelu_mlp_against_numpy():
   )
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params():
   model32, params, x = _fixture_model_and_params('gap')
   model16, _, _ = _fixture_model_and_params('gap', dtype=jnp.bfloat16)
@@ -203,6 +205,7 @@ def test_bfloat16_compute_keeps_float32_params():
     ],
 )
 @pytest.mark.parametrize('scan_layers', [False, True])
+@pytest.mark.slow
 def test_param_dtype_reaches_every_parameter(name, overrides, scan_layers):
   config = dict(model_configs.MODEL_CONFIGS[name].to_dict(), **overrides)
   config['transformer'] = dict(config['transformer'], scan_layers=scan_layers)
@@ -220,6 +223,7 @@ def test_param_dtype_reaches_every_parameter(name, overrides, scan_layers):
   assert logits.dtype == jnp.float32  # compute dtype stays float32
 
 
+@pytest.mark.slow
 def test_dropout_needs_rng_and_varies_only_in_training():
   config = dict(model_configs.MODEL_CONFIGS['testing'])
   config['transformer'] = dict(config['transformer'], attention_dropout_rate=0.2)

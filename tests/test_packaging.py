@@ -100,6 +100,7 @@ def test_wheel_contents_and_metadata(installed):
   assert 'Requires-Dist: jax[cuda12]<0.11,>=0.10.2; extra == "cuda12"' in metadata
 
 
+@pytest.mark.slow
 def test_installed_main_job_and_inference_run_from_another_directory(
     installed, fashion_mnist_data_dir, tmp_path
 ):

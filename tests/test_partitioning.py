@@ -111,6 +111,7 @@ def _train_one_step(config, params, mesh):
   return params, new_state['params'], float(metrics['loss'])
 
 
+@pytest.mark.slow
 def test_scanned_model_trains_a_step_on_a_data_fsdp_mesh_like_the_unscanned():
   config = pit_configs.get_config('fashion_mnist')
   config.unlock()

@@ -47,6 +47,7 @@ def test_every_token_in_any_order_gives_the_full_models_logits(classifier):
   np.testing.assert_allclose(shuffled, full, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_subset_logits_are_the_head_on_the_pooled_encoded_subset():
   model, variables = _vit('gap')
   subset = jnp.array([[0, 4, 8], [1, 2, 3], [8, 7, 6], [5, 0, 2]])
@@ -59,6 +60,7 @@ def test_subset_logits_are_the_head_on_the_pooled_encoded_subset():
     model.apply(variables, _IMAGES, train=False, token_subset=subset, visible_tokens=subset)
 
 
+@pytest.mark.slow
 def test_train_step_drops_patches_for_the_first_steps_only():
   config = pit_configs.get_config('fashion_mnist')  # PiT: one token per pixel
   config.update_from_flattened_dict(

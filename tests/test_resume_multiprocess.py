@@ -12,6 +12,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from vit_jax import metrics
 from vit_jax.checkpoints import orbax_state
@@ -113,6 +114,7 @@ def _steps_saved(workdir):
   return sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit())
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_and_survive_sigterm_to_one(
     fashion_mnist_data_dir, tmp_path
 ):
@@ -166,6 +168,7 @@ def test_two_processes_match_one_process_and_survive_sigterm_to_one(
   )
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_exits_130(fashion_mnist_data_dir, tmp_path):
   workdir = str(tmp_path / 'interrupted')
   proc = subprocess.Popen(

@@ -52,6 +52,7 @@ def tiny_config(data_dir, **overrides):
   return config.lock()
 
 
+@pytest.mark.slow
 def test_trains_on_local_fashion_mnist_and_writes_metrics(fashion_mnist_data_dir, tmp_path):
   # Flax's layers: with the recipe's grads_as_dots the compiled step also holds the parameter
   # gradients' matrix-vector products, which the FLOP count below includes (2 % more here).
@@ -174,6 +175,7 @@ def _fixed_batch_step(config):
   return jax.jit(train.make_train_step(model, tx, schedule, config, 10)), state, batch
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_a_fixed_batch():
   config = pit_configs.get_config('fashion_mnist')
   config.unlock()
@@ -226,6 +228,7 @@ def test_bfloat16_params_train_with_bfloat16_optimizer_state():
 
 
 @pytest.mark.parametrize('accum_steps', [1, 2])
+@pytest.mark.slow
 def test_batch_weight_gives_the_weighted_mean_loss(accum_steps):
   """With batch['weight'] (skipped undecodable images) the loss is sum(w*ce) / sum(w)."""
   config = pit_configs.get_config('fashion_mnist')
@@ -260,6 +263,7 @@ def test_batch_weight_gives_the_weighted_mean_loss(accum_steps):
   assert float(none_kept['loss']) == 0.0
 
 
+@pytest.mark.slow
 def test_seq_mesh_trains_a_pit_step_with_ring_attention(fashion_mnist_data_dir, tmp_path):
   config = tiny_config(
       fashion_mnist_data_dir,
@@ -271,6 +275,7 @@ def test_seq_mesh_trains_a_pit_step_with_ring_attention(fashion_mnist_data_dir, 
   assert result['step'] == 2 and np.isfinite(result['train_loss'])
 
 
+@pytest.mark.slow
 def test_fine_tunes_fixture_checkpoint_at_new_resolution_and_classes(
     fashion_mnist_data_dir, tmp_path
 ):
@@ -320,6 +325,7 @@ def test_bad_input_is_a_clear_error(fashion_mnist_data_dir, tmp_path, overrides,
     train.train_and_evaluate(tiny_config(fashion_mnist_data_dir, **overrides), str(tmp_path))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(fashion_mnist_data_dir, tmp_path):
   good = tiny_config(fashion_mnist_data_dir, total_steps=3)
   train.train_and_evaluate(good, str(tmp_path))
@@ -333,6 +339,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(fashion_mnist_data_dir, t
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3']  # nothing moved or deleted
 
 
+@pytest.mark.slow
 def test_resume_with_the_other_block_layout_is_one_clear_error(fashion_mnist_data_dir, tmp_path):
   """The train state keeps the model's layout: flipping scan_layers says how to resume."""
   train.train_and_evaluate(
@@ -354,6 +361,7 @@ def test_resume_with_the_other_block_layout_is_one_clear_error(fashion_mnist_dat
   assert orbax_state.describe_layout_mismatch(stacked, stacked) is None
 
 
+@pytest.mark.slow
 def test_truncated_newest_checkpoint_falls_back_and_ends_bitwise_equal(
     fashion_mnist_data_dir, tmp_path, caplog
 ):

@@ -64,6 +64,7 @@ def _probabilities(model, params, images):
   return np.asarray(jax.nn.softmax(logits.astype(np.float32)))
 
 
+@pytest.mark.slow
 def test_a_workdir_classifies_with_its_newest_or_a_given_step(run):
   workdir, pngs = run
   model, params, size, channels, names = inference.build(workdir)
@@ -131,6 +132,7 @@ def test_export_writes_what_the_readers_load_back(run, tmp_path, fmt, name):
     export.export(workdir, out, fmt)
 
 
+@pytest.mark.slow
 def test_the_export_command_and_its_mistakes(run, tmp_path):
   workdir, _ = run
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2')
