@@ -203,6 +203,12 @@ def _check_vit(config, mesh):
   """config.model of a ViT / PiT (classification, MAE): its fields, and a crop that the patch
   size (and a ResNet stem) divides."""
   del mesh
+  if config.pp.channels == 4:
+    raise _error(
+        'pp.channels',
+        4,
+        "is for the latents of config.objective='diffusion'; " 'images have 1 or 3 channels',
+    )
   _check_model(config)
   ph, pw = config.model.patches.size
   stem = resnet.stem_downsampling(config.model.get('resnet'))

@@ -145,7 +145,14 @@ FIELDS = (
         high=10,
         why='RandAugment magnitudes run from 0 to 10',
     ),
-    Field('pp.channels', 3, 'choice', 'Image channels: 3 (RGB) or 1 (grayscale).', choices=(1, 3)),
+    Field(
+        'pp.channels',
+        3,
+        'choice',
+        'Image channels: 3 (RGB) or 1 (grayscale); 4 for the VAE latents a diffusion run '
+        'trains on.',
+        choices=(1, 3, 4),
+    ),
     Field(
         'pp.skip_undecodable',
         False,

@@ -98,9 +98,9 @@ class Diffusion(base.Objective):
 
   def make_eval_step(self, model, config):
     process = train_diffusion(config)
-    key = jax.random.PRNGKey(config.seed)
 
     def diffusion_eval_step(params, batch):
+      key = jax.random.PRNGKey(config.seed)  # traced: no eager op on the mesh's devices
       images = batch['image'].astype(jnp.float32)
       n = images.shape[0]
       # Timesteps spread evenly over the batch and fixed noise: the same eval every time.
