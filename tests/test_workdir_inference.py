@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 import pytest
 from test_gcs import BUCKET
+from test_gcs import gcs  # noqa: F401 (the GCS emulator fixture, injected by name)
 from test_train import tiny_config
 
 from vit_jax import checkpoint

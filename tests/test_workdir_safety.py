@@ -19,6 +19,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 from test_gcs import BUCKET
+from test_gcs import gcs  # noqa: F401 (the GCS emulator fixture, injected by name)
 from test_train import tiny_config
 
 from vit_jax import errors
