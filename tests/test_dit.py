@@ -159,6 +159,7 @@ def test_output_shape_and_learned_sigma():
     assert model.apply({'params': params}, x, t, y, train=False).shape == (4, 8, 8, channels)
 
 
+@pytest.mark.slow
 def test_label_dropout_uses_the_rng_and_force_drop_ids():
   x, t, y = _inputs()
   model = _tiny(class_dropout_prob=0.5)

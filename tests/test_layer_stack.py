@@ -109,6 +109,7 @@ def test_scanned_logits_and_gradients_equal_unscanned(classifier):
   )
 
 
+@pytest.mark.slow
 def test_scanned_dropout_draws_a_new_mask_per_layer():
   scanned = _model(scan_layers=True, dropout_rate=0.5)
   params = layer_stack.stack(_params())

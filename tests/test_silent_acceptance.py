@@ -160,6 +160,7 @@ def test_class_names_must_match_the_head_and_top_k_be_positive(tiny_checkpoint):
     inference.build(path, 'testing', image_size=40)
 
 
+@pytest.mark.slow
 def test_a_shape_mismatch_names_its_real_cause(tiny_checkpoint):
   """pp.channels=1 against an RGB checkpoint is named as such, not as 'the model name'."""
   path, model, _ = tiny_checkpoint

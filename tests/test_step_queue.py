@@ -56,6 +56,7 @@ def _run_loop(mode):
   )
 
 
+@pytest.mark.slow
 def test_limited_loop_finishes_where_unbounded_loop_deadlocks():
   limited = _run_loop('limited')
   assert limited.returncode == 0, limited.stderr[-3000:]

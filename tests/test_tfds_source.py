@@ -45,6 +45,7 @@ def _take(iterator, count):
   return [next(iterator) for _ in range(count)]
 
 
+@pytest.mark.slow
 def test_train_resumes_bitwise_and_processes_read_slices_of_one_global_batch(jpeg_data_dir):
   config = _config(jpeg_data_dir, **{'pp.mixup': 0.2})
   info = input_pipeline.get_dataset_info(config, 'train')
@@ -120,6 +121,7 @@ def test_small_tfrecord_dataset_is_converted_in_place(jpeg_data_dir, tmp_path):
   assert 'generated_jpegs-train.tfrecord-00000-of-00001' in files  # left in place
 
 
+@pytest.mark.slow
 def test_large_tfrecord_dataset_is_a_clear_error_and_its_command_converts_it(
     jpeg_data_dir, tmp_path, monkeypatch
 ):

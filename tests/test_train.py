@@ -117,6 +117,7 @@ def _compiled_train_step(config, mesh, num_classes, image_shape, batch):
     return train.compile_train_step(jitted, state, data)
 
 
+@pytest.mark.slow
 def test_vit_b16_train_step_counts_three_forward_passes():
   """ViT-B/16's compiled train step (2 images at 224x224, one CPU device) against 3 x the
   analytic forward (35.1 GFLOP an image). It is 0.2 % below: the gradient of the images
@@ -130,6 +131,7 @@ def test_vit_b16_train_step_counts_three_forward_passes():
   assert hlo_flops.count(compiled).flops == pytest.approx(3 * 2 * forward, rel=0.01)
 
 
+@pytest.mark.slow
 def test_accumulated_steps_count_every_micro_batch():
   """accum_steps=4 runs its micro-batches in a lax.scan: the same FLOPs as one pass over the
   batch, where XLA's cost analysis sees a single micro-batch."""
@@ -145,6 +147,7 @@ def test_accumulated_steps_count_every_micro_batch():
   assert seen_by_xla < 0.5 * plain
 
 
+@pytest.mark.slow
 def test_trains_on_jpegs_read_by_index_from_array_record(jpeg_data_dir, tmp_path):
   config = tiny_config(
       jpeg_data_dir,
@@ -199,6 +202,7 @@ def test_loss_decreases_on_a_fixed_batch():
   assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_bfloat16_params_train_with_bfloat16_optimizer_state():
   config = pit_configs.get_config('fashion_mnist')
   config.unlock()
@@ -448,6 +452,7 @@ def test_schedule_matches_closed_form():
   np.testing.assert_allclose(optim.make_schedule(config)(110), 0.1 * 1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_flip_averages_each_image_with_its_mirror():
   """config.eval_flip: correct counts of logits(x) + logits(mirror x), and of logits(x)."""
   config = pit_configs.get_config('fashion_mnist')
