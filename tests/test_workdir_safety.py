@@ -221,7 +221,9 @@ def test_second_run_is_refused_and_a_killed_runs_lock_is_stale(fashion_mnist_dat
   assert (workdir / workdir_lib.LOCK).exists()
   saved = max(int(s) for s in os.listdir(workdir / 'checkpoints') if s.isdigit())
   result = train.train_and_evaluate(  # the dead pid's lock is stale: taken over, resumed
-      tiny_config(fashion_mnist_data_dir, **dict(FAST, total_steps=saved + 2)), str(workdir)
+      # progress_every=1 as the first run's command: every step logged, whatever `saved` is.
+      tiny_config(fashion_mnist_data_dir, **dict(FAST, total_steps=saved + 2, progress_every=1)),
+      str(workdir),
   )
   assert result['step'] == saved + 2
   steps = [r['step'] for r in metrics.read_jsonl(str(workdir)) if 'train_loss' in r]
