@@ -5,7 +5,7 @@
 Prints the host probe (bench/host_probe.py) first, so figures from different hosts of one
 kind can be compared. The process is set up as vit_jax.main sets it up (tcmalloc,
 config.cpu_devices and the XLA:CPU flags that go with one device per core), and the step is
-the run's own: `train.jit_train_step`, which with config.pp.on_device gathers its batch from
+the run's own: `steps.jit_train_step`, which with config.pp.on_device gathers its batch from
 the device copy of the train split (the README's main job) and otherwise takes host batches.
 
 Rows:
@@ -63,6 +63,7 @@ def main(argv):
   from vit_jax import objectives
   from vit_jax import optim
   from vit_jax import parallel
+  from vit_jax import steps
   from vit_jax import train
 
   config = FLAGS.config
@@ -82,11 +83,11 @@ def main(argv):
   image_shape = (config.pp.crop, config.pp.crop, config.pp.channels)
   on_device = device_input.enabled(config)
   with jax.set_mesh(mesh):
-    _, shardings = train.abstract_train_state(config, model, tx, mesh, image_shape)
-    state = train.create_train_state(config, model, tx, shardings, image_shape)
+    _, shardings = steps.abstract_train_state(config, model, tx, mesh, image_shape)
+    state = steps.create_train_state(config, model, tx, shardings, image_shape)
     fixed = parallel.global_batch(host_batch, mesh)
-    plain = train.compile_train_step(
-        train.jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh),
+    plain = steps.compile_train_step(
+        steps.jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh),
         state,
         fixed,
     )
@@ -94,8 +95,8 @@ def main(argv):
       extra = (device_input.load(config, mesh)[0],)
       empty = parallel.global_batch({}, mesh)
       start = time.perf_counter()
-      run_step = train.compile_train_step(
-          train.jit_train_step(
+      run_step = steps.compile_train_step(
+          steps.jit_train_step(
               config, model, tx, schedule, num_classes, shardings, mesh, on_device=True
           ),
           state,

@@ -7,7 +7,7 @@ import sys
 
 from packaging.requirements import Requirement
 
-from vit_jax import colab_install
+from vit_jax.runtime import colab_install
 
 SCRIPT = pathlib.Path(colab_install.__file__)
 REQUIRES = importlib.metadata.requires('vit_jax')

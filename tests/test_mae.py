@@ -14,6 +14,7 @@ from vit_jax import checkpoint
 from vit_jax import config_checks
 from vit_jax import errors
 from vit_jax import metrics
+from vit_jax import steps
 from vit_jax import train
 from vit_jax.checkpoints import orbax_state
 from vit_jax.configs import mae as mae_configs
@@ -224,8 +225,8 @@ def test_mae_run_resumes_bitwise_and_exports_an_encoder_that_fine_tuning_loads(
   mesh = partitioning.create_mesh(config.mesh)
   model = train.make_model(config, 10)
   tx, _ = train.optim.make_optimizer(config)
-  _, shardings = train.abstract_train_state(config, model, tx, mesh, (8, 8, 1))
-  first = train.create_train_state(config, model, tx, shardings, (8, 8, 1))['params']
+  _, shardings = steps.abstract_train_state(config, model, tx, mesh, (8, 8, 1))
+  first = steps.create_train_state(config, model, tx, shardings, (8, 8, 1))['params']
   jax.tree.map(
       np.testing.assert_array_equal,
       {k: v for k, v in jax.device_get(first).items() if k != 'head'},

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from vit_jax import optim
+from vit_jax import steps
 from vit_jax import train
 from vit_jax.configs import pit as pit_configs
 from vit_jax.models import layer_stack
@@ -83,9 +84,9 @@ def _train_one_step(config, params, mesh):
   tx, schedule = optim.make_optimizer(config)
   image_shape = (4, 4, 1)
   with jax.set_mesh(mesh):
-    _, shardings = train.abstract_train_state(config, model, tx, mesh, image_shape)
+    _, shardings = steps.abstract_train_state(config, model, tx, mesh, image_shape)
     if params is None:  # the model's init moved off it (its zero head stops all gradients)
-      params = train.create_train_state(config, model, tx, shardings, image_shape)['params']
+      params = steps.create_train_state(config, model, tx, shardings, image_shape)['params']
       leaves, tree = jax.tree.flatten(jax.tree.map(np.asarray, params))
       rng = np.random.default_rng(1)
       params = jax.tree.unflatten(
@@ -95,7 +96,7 @@ def _train_one_step(config, params, mesh):
         {'step': np.zeros([], np.int32), 'params': params, 'opt_state': tx.init(params)}, shardings
     )
     step = jax.jit(
-        train.make_train_step(model, tx, schedule, config, 10),
+        steps.make_train_step(model, tx, schedule, config, 10),
         in_shardings=(shardings, partitioning.batch_sharding(mesh)),
         out_shardings=(shardings, jax.sharding.NamedSharding(mesh, P())),
     )

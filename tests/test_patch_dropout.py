@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from vit_jax import optim
+from vit_jax import steps
 from vit_jax import train
 from vit_jax.configs import pit as pit_configs
 from vit_jax.models import mae
@@ -80,7 +81,7 @@ def test_train_step_drops_patches_for_the_first_steps_only():
   params['head']['kernel'] = jax.random.normal(
       jax.random.PRNGKey(2), params['head']['kernel'].shape
   )
-  step = jax.jit(train.make_train_step(model, tx, schedule, config, 10))
+  step = jax.jit(steps.make_train_step(model, tx, schedule, config, 10))
   batch = {'image': images, 'label': labels}
 
   @jax.jit

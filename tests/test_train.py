@@ -13,6 +13,7 @@ import pytest
 from vit_jax import metrics
 from vit_jax import objectives
 from vit_jax import optim
+from vit_jax import steps
 from vit_jax import train
 from vit_jax.checkpoints import orbax_state
 from vit_jax.configs import augreg as augreg_configs
@@ -107,14 +108,14 @@ def _compiled_train_step(config, mesh, num_classes, image_shape, batch):
   model = train.make_model(config, num_classes)
   tx, schedule = optim.make_optimizer(config)
   with jax.set_mesh(mesh):
-    state, shardings = train.abstract_train_state(config, model, tx, mesh, image_shape)
+    state, shardings = steps.abstract_train_state(config, model, tx, mesh, image_shape)
     sharding = partitioning.batch_sharding(mesh)
     data = {
         'image': jax.ShapeDtypeStruct((batch,) + image_shape, jnp.float32, sharding=sharding),
         'label': jax.ShapeDtypeStruct((batch, num_classes), jnp.float32, sharding=sharding),
     }
-    jitted = train.jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh)
-    return train.compile_train_step(jitted, state, data)
+    jitted = steps.jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh)
+    return steps.compile_train_step(jitted, state, data)
 
 
 @pytest.mark.slow
@@ -175,7 +176,7 @@ def _fixed_batch_step(config):
   batch = {'image': images, 'label': jax.nn.one_hot(jnp.arange(8) % 10, 10)}
   params = model.init(jax.random.PRNGKey(1), images[:1], train=False)['params']
   state = {'step': jnp.zeros([], jnp.int32), 'params': params, 'opt_state': tx.init(params)}
-  return jax.jit(train.make_train_step(model, tx, schedule, config, 10)), state, batch
+  return jax.jit(steps.make_train_step(model, tx, schedule, config, 10)), state, batch
 
 
 @pytest.mark.slow
@@ -252,7 +253,7 @@ def test_batch_weight_gives_the_weighted_mean_loss(accum_steps):
   labels = jax.nn.one_hot(jnp.arange(8) % 10, 10)
   params = model.init(jax.random.PRNGKey(1), images[:1], train=False)['params']
   state = {'step': jnp.zeros([], jnp.int32), 'params': params, 'opt_state': tx.init(params)}
-  step = jax.jit(train.make_train_step(model, tx, schedule, config, 10))
+  step = jax.jit(steps.make_train_step(model, tx, schedule, config, 10))
   logits = model.apply({'params': params}, images, train=False)
   smoothed = labels * 0.9 + 0.1 / 10
   ce = np.asarray(-jnp.sum(smoothed * jax.nn.log_softmax(logits), -1))
@@ -303,8 +304,8 @@ def test_fine_tunes_fixture_checkpoint_at_new_resolution_and_classes(
   mesh = partitioning.create_mesh(config.mesh)
   model = train.make_model(config, 10)
   tx, _ = optim.make_optimizer(config)
-  _, shardings = train.abstract_train_state(config, model, tx, mesh, (16, 16, 3))
-  params = train.create_train_state(config, model, tx, shardings, (16, 16, 3))['params']
+  _, shardings = steps.abstract_train_state(config, model, tx, mesh, (16, 16, 3))
+  params = steps.create_train_state(config, model, tx, shardings, (16, 16, 3))['params']
   raw = np.load(FIXTURES / 'gap_linen.npz')
   np.testing.assert_array_equal(
       params['Transformer']['encoderblock_1']['MlpBlock_0']['Dense_0']['kernel'],
@@ -478,10 +479,10 @@ def test_eval_flip_averages_each_image_with_its_mirror():
   mask = np.ones(64, np.float32)
   mask[-1] = 0
   batch = {'image': images, 'label': jax.nn.one_hot(label, 10), 'mask': mask}
-  sums, count = jax.jit(train.make_eval_step(model, config))(params, batch)
+  sums, count = jax.jit(steps.make_eval_step(model, config))(params, batch)
   assert float(count) == 63
   np.testing.assert_array_equal(sums, [63, np.sum((single.argmax(-1) == label) * mask)])
   config.eval_flip = False
-  plain, _ = jax.jit(train.make_eval_step(model, config))(params, batch)
+  plain, _ = jax.jit(steps.make_eval_step(model, config))(params, batch)
   assert float(plain) == float(sums[1])
   assert objectives.eval_metric_names(config) == ('accuracy',)

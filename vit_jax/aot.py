@@ -135,6 +135,7 @@ def compile_steps(config, devices, num_classes):
 
   from vit_jax import config_checks
   from vit_jax import optim
+  from vit_jax import steps
   from vit_jax import train
   from vit_jax.runtime import partitioning
 
@@ -144,7 +145,7 @@ def compile_steps(config, devices, num_classes):
   tx, schedule = optim.make_optimizer(config)
   image_shape = (config.pp.crop, config.pp.crop, config.pp.channels)
   with jax.set_mesh(mesh):
-    state, shardings = train.abstract_train_state(config, model, tx, mesh, image_shape)
+    state, shardings = steps.abstract_train_state(config, model, tx, mesh, image_shape)
     batch_sharding = partitioning.batch_sharding(mesh)
     images = lambda n: _abstract((n,) + image_shape, jnp.float32, batch_sharding)
     labels = lambda n: _abstract((n, num_classes), jnp.float32, batch_sharding)
@@ -158,9 +159,9 @@ def compile_steps(config, devices, num_classes):
         'label': labels(config.batch_eval),
         'mask': _abstract((config.batch_eval,), jnp.float32, batch_sharding),
     }
-    train_step = train.jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh)
+    train_step = steps.jit_train_step(config, model, tx, schedule, num_classes, shardings, mesh)
     compiled_train = train_step.lower(state, train_batch).compile()
-    eval_step = train.jit_eval_step(model, shardings, mesh, config)
+    eval_step = steps.jit_eval_step(model, shardings, mesh, config)
     compiled_eval = eval_step.lower(state['params'], eval_batch).compile()
   return compiled_train, compiled_eval, mesh
 

@@ -5,7 +5,7 @@ A plain `pip install vit_jax` on Colab would add `tensorflow-cpu` on top of Cola
 from the accelerator plugin Colab installed for it. Instead the notebooks run
 
   pip install --no-deps <vit_jax>
-  python <site-packages>/vit_jax/colab_install.py
+  python <site-packages>/vit_jax/runtime/colab_install.py
 
 and this script installs only the requirements the runtime does not already satisfy:
 - an installed `tensorflow` that fits the `tensorflow-cpu` range serves tf.data as it is;
