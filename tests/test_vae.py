@@ -211,6 +211,13 @@ def test_weights_that_do_not_match_the_config_name_the_first_key(tmp_path):
     vae.load(_folder(tmp_path / 'c', state_dict=missing))
 
 
+def test_vit_loader_points_to_the_vae_loader():
+  from vit_jax import checkpoint
+
+  with pytest.raises(errors.UserInputError, match=r'diffusers VAE .*vit_jax.models.vae.load'):
+    checkpoint.load(os.path.join(FIXTURE, WEIGHTS))
+
+
 def test_flax_and_diffusers_names_round_trip():
   for key, value in _state_dict().items():
     assert vae_format.diffusers_name(vae_format._to_flax(key, value)[0]) == key

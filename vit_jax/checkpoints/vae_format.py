@@ -112,6 +112,15 @@ def module_kwargs(config, where=CONFIG_NAME):
   return kwargs
 
 
+def reject_in_vit_loader(keys):
+  """For the ViT loaders: a clear error when given a diffusers VAE state dict."""
+  if any(k.startswith(('encoder.down_blocks.', 'decoder.up_blocks.')) for k in keys):
+    raise errors.UserInputError(
+        'this is a diffusers VAE (AutoencoderKL) checkpoint (encoder.down_blocks / '
+        'decoder.up_blocks keys), not a ViT one: load its folder with vit_jax.models.vae.load.'
+    )
+
+
 def flax_name(key):
   """The Flax path of a diffusers state-dict key: `a.0.b.weight` -> `a_0/b/weight`."""
   key = re.sub(

@@ -37,30 +37,26 @@ def _check(name, array, channels, factor, batch_size):
     raise errors.UserInputError(f'batch_size={batch_size!r} must be a positive integer')
   shape = np.shape(array)
   if len(shape) != 4 or shape[-1] != channels or shape[1] % factor or shape[2] % factor:
+    sizes = f' with H and W multiples of {factor}; crop or resize them' if factor > 1 else ''
     raise errors.UserInputError(
-        f'{name} of shape {list(shape)}: expected [N, H, W, {channels}] (NHWC) with H and W '
-        f'multiples of {factor}; crop or resize them.'
+        f'{name} of shape {list(shape)}: expected [N, H, W, {channels}] (NHWC){sizes}.'
     )
 
 
-def _batches(run, array, batch_size, *extra):
-  """numpy outputs of `run(batch, *extra_batches)` over `array` in batches of `batch_size`."""
-  n = len(array)
-  padded = -(-n // batch_size) * batch_size
-
-  def pad(x):
-    return np.concatenate([x, np.zeros_like(x[: padded - n])])
-
-  array, extra = pad(np.asarray(array, np.float32)), [pad(x) for x in extra]
+def _batches(run, arrays, batch_size):
+  """numpy outputs of `run(*batches)` over the leading axis of `arrays`, `batch_size` at a
+  time; each batch is converted to float32 (and the last one padded) only when it is sent."""
+  n = len(arrays[0])
   out, pending = [], None
-  for start in range(0, padded, batch_size):
-    chunk = slice(start, start + batch_size)
-    result = run(array[chunk], *[x[chunk] for x in extra])
+  for start in range(0, n, batch_size):
+    chunks = [np.asarray(a[start : start + batch_size], np.float32) for a in arrays]
+    short = batch_size - len(chunks[0])
+    chunks = [np.pad(c, [(0, short)] + [(0, 0)] * (c.ndim - 1)) for c in chunks]
+    result = run(*chunks)  # dispatched; the previous batch is copied out meanwhile
     if pending is not None:
       out.append(np.asarray(pending))
     pending = result
-  if pending is not None:
-    out.append(np.asarray(pending))
+  out.append(np.asarray(pending))
   return np.concatenate(out)[:n]
 
 
@@ -78,7 +74,7 @@ def encode_to_latents(module, params, images, rng=None, batch_size=DEFAULT_BATCH
     noise = np.zeros(shape, np.float32)
   else:
     noise = np.asarray(jax.random.normal(rng, shape))
-  return _batches(functools.partial(_encode, module, params), images, batch_size, noise)
+  return _batches(functools.partial(_encode, module, params), (images, noise), batch_size)
 
 
 def decode_latents(module, params, latents, batch_size=DEFAULT_BATCH_SIZE, clip=True):
@@ -90,4 +86,4 @@ def decode_latents(module, params, latents, batch_size=DEFAULT_BATCH_SIZE, clip=
     f = module.downsample_factor
     return np.zeros((0, h * f, w * f, module.out_channels), np.float32)
   run = functools.partial(_decode, module, params)
-  return _batches(lambda x: run(x, clip), latents, batch_size)
+  return _batches(lambda x: run(x, clip), (latents,), batch_size)
