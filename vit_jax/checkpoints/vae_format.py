@@ -69,6 +69,9 @@ def module_kwargs(config, where=CONFIG_NAME):
   if not _positive_ints(widths):
     raise _bad(where, 'block_out_channels', widths, 'must be a list of positive integers.')
   kwargs['block_out_channels'] = tuple(widths)
+  for field in ('layers_per_block', 'latent_channels', 'in_channels', 'out_channels'):
+    if field in kwargs and not _positive_ints([kwargs[field]]):
+      raise _bad(where, field, kwargs[field], 'must be a positive integer.')
   for field, kind in (('down_block_types', vae.DOWN_BLOCK), ('up_block_types', vae.UP_BLOCK)):
     types = config.get(field, [kind] * len(widths))
     unsupported = [t for t in types if t != kind]
@@ -105,8 +108,8 @@ def module_kwargs(config, where=CONFIG_NAME):
           'is not supported: encode_to_latents and decode_latents apply only scaling_factor '
           'and shift_factor; remove it, or normalise the latents yourself.',
       )
-  unknown = sorted(k for k in config if not k.startswith('_') and k not in _FIELDS + _IGNORED)
-  unknown = [k for k in unknown if k not in ('down_block_types', 'up_block_types')]
+  read = _FIELDS + _IGNORED + ('down_block_types', 'up_block_types')
+  unknown = sorted(k for k in config if not k.startswith('_') and k not in read)
   if unknown:
     logging.warning('%s: fields %s are not read by vit_jax', where, unknown)
   return kwargs
