@@ -26,6 +26,7 @@ from vit_jax.checkpoints import dit_format
 from vit_jax.checkpoints import file_readers
 from vit_jax.checkpoints import hf_format
 from vit_jax.checkpoints import timm_format
+from vit_jax.checkpoints import vae_format
 from vit_jax.models import layer_stack
 
 # Pre-Linen (released) block names -> current Linen names.
@@ -102,6 +103,7 @@ def _read(path):
 def _vit_flat(path, flat, hf_config, num_heads):
   """(format name, flat {'a/b': float32 array} in the original layout) of a ViT checkpoint."""
   dit_format.reject_in_vit_loader(flat)
+  vae_format.reject_in_vit_loader(flat)
   if hf_format.is_hf(flat):
     fmt, flat = 'Hugging Face', hf_format.hf_to_flat(
         flat, hf_config or hf_format.config_beside(path), num_heads=num_heads
