@@ -5,6 +5,7 @@ tests/fixtures/inception_random_weights.py (written by make_inception_fixtures.p
 network is built and compiled once for this module.
 """
 
+import importlib.util
 import json
 import os
 import sys
@@ -129,3 +130,12 @@ def test_inception_score_of_two_soft_classes_matches_the_closed_form():
   # KL = 3/4 ln(3/2) + 1/4 ln(1/2), so IS = 1.5 ** 0.75 * 0.5 ** 0.25 = 1.13975...
   logits = np.log(np.array([[0.75, 0.25], [0.25, 0.75]] * 10))
   assert fid.inception_score(logits, splits=2)[0] == pytest.approx(1.1397535284773888, 1e-12)
+
+
+def test_a_pth_without_torch_points_to_the_conversion(tmp_path):
+  if importlib.util.find_spec('torch') is not None:
+    pytest.skip('torch is installed: the .pth is read directly')
+  pth = tmp_path / inception.WEIGHTS_NAME
+  pth.write_bytes(b'PK\x03\x04 not really a torch file')
+  with pytest.raises(errors.UserInputError, match='torch is not installed: convert it once'):
+    fid.load_inception(str(pth))

@@ -18,6 +18,7 @@ images -> {'pool': [n, 2048], 'logits': [n, 1008], 'logits_unbiased': [n, 1008]}
 """
 
 import functools
+import importlib.util
 import sys
 
 import flax.linen as nn
@@ -304,11 +305,28 @@ def check_weights_path(path):
     )
 
 
+def _check_torch(path, converting=False):
+  """A .pth without torch: one error with the way out (converting where torch is)."""
+  from vit_jax.checkpoints import file_readers
+
+  if path.endswith(file_readers.TORCH_SUFFIXES) and importlib.util.find_spec('torch') is None:
+    raise errors.UserInputError(
+        f'{path!r} is a PyTorch file and torch is not installed: '
+        + (
+            'converting it needs torch (pip install torch, or convert where torch is)'
+            if converting
+            else f'convert it once where torch is installed ({CONVERT}); the result loads '
+            'without torch'
+        )
+    )
+
+
 def load_variables(path):
   """Flax variables from the released .pth (needs torch), or its .safetensors / .npz."""
   from vit_jax.checkpoints import file_readers
 
   check_weights_path(path)
+  _check_torch(path)
   return variables_from_state_dict(file_readers.read(path), source=f'Inception weights {path!r}')
 
 
@@ -328,6 +346,7 @@ def convert(src, dst):
   from vit_jax.checkpoints import file_readers
 
   check_weights_path(src)
+  _check_torch(src, converting=True)
   state_dict = file_readers.read(src)
   variables_from_state_dict(state_dict, source=src)
   state_dict = {
