@@ -49,3 +49,15 @@ def test_statistics_of_other_dimensions_are_refused():
     frechet.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
   with pytest.raises(errors.UserInputError, match=r'need \[n >= 2, dim\]'):
     frechet.feature_statistics(np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize('n', [5, 30])  # fewer samples than dimensions, and more
+def test_distance_to_features_equals_the_square_root_route(n):
+  rng = np.random.default_rng(4)
+  ref = rng.normal(size=(40, 20)) @ rng.normal(size=(20, 20))
+  mu, sigma = frechet.feature_statistics(ref)
+  features = rng.normal(size=(n, 20)) + 0.5
+  expected = frechet.frechet_distance(mu, sigma, *frechet.feature_statistics(features))
+  got = frechet.frechet_distance_to_features(mu, sigma, features)
+  assert got == pytest.approx(expected, rel=1e-5)
+  assert frechet.frechet_distance_to_features(mu, sigma, ref) == pytest.approx(0, abs=1e-8)

@@ -1,2 +1,2 @@
-"""Evaluating generative models: Fréchet distances between feature statistics, with a
-pluggable feature network, and the conditional accuracy of class-conditional samples."""
+"""Evaluating generative models: the FID Inception network (FID, Inception Score), Fréchet
+distances with a pluggable feature network, and the conditional accuracy of samples."""
