@@ -36,6 +36,10 @@ def diffusion_fields(**overrides):
           'sample_batch': 64,  # samples per compiled sampling call (a multiple of the
           # data-parallel devices)
           'feature_network': None,  # classifier features for FID and conditional accuracy
+          # A diffusers AutoencoderKL folder (local, gs:// or hf://, e.g.
+          # hf://stabilityai/sd-vae-ft-ema) whose decoder turns sampled latents into images;
+          # None: the run diffuses pixels.
+          'vae': None,
       }
   )
   fields.update(overrides)
@@ -166,7 +170,8 @@ def _imagenet256(model_name):
   config.eval_every = 50_000
   config.checkpoint_every = 5_000
   config.progress_every = 100
-  config.diffusion = diffusion_fields()
+  # [DiT] trains on latents of sd-vae-ft-ema and samples through its decoder.
+  config.diffusion = diffusion_fields(vae='hf://stabilityai/sd-vae-ft-ema')
   return config
 
 
