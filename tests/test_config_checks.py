@@ -146,6 +146,30 @@ def test_colour_ops_on_grayscale_images_are_refused(overrides, field):
     _validate(_config(**{'pp.on_device': False, **overrides}))
 
 
+def test_the_pit_paper_recipes_use_moco_v3_augmentation():
+  for recipe in ('cifar100_pit_t', 'imagenet_pit_b_vit2'):
+    config = pit_configs.get_config(recipe)
+    pp = config.pp
+    assert tuple(pp.inception_crop_area) == (0.2, 1.0) and pp.flip
+    jitter = pp.color_jitter
+    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (
+        0.4,
+        0.4,
+        0.4,
+        0.1,
+    )
+    assert jitter.prob == 0.8 and pp.grayscale_prob == 0.2
+    assert pp.blur_prob == pp.solarize_prob == 0 and pp.randaugment.num_layers == 0
+    _validate(_config_of(config))
+
+
+def _config_of(config):
+  """A paper recipe sized to validate on the 8 test devices."""
+  config = config.unlock()
+  config.batch = config.batch_eval = 64
+  return config
+
+
 def test_errors_are_value_errors_and_missing_inputs_are_file_errors():
   assert issubclass(errors.UserInputError, ValueError)
   assert issubclass(errors.MissingInputError, errors.UserInputError)
