@@ -83,6 +83,19 @@ def test_presets_pass():
         ('patch_dropout.rate', '0.5', 'must be a number'),
         ('patch_dropout.steps', -1, '>= 0'),
         ('patch_dropout.steps', 100.5, 'must be an integer'),
+        # The MoCo-v3 augmentation: probabilities, hue, and (low, high) pairs.
+        ('pp.grayscale_prob', 1.5, '[0, 1]'),
+        ('pp.blur_prob', -0.1, '[0, 1]'),
+        ('pp.solarize_prob', 2, '[0, 1]'),
+        ('pp.color_jitter.prob', 1.2, '[0, 1]'),
+        ('pp.color_jitter.hue', 0.6, '[0, 0.5]'),
+        ('pp.color_jitter.brightness', -0.4, '>= 0'),
+        ('pp.inception_crop_area', (0.5, 0.2), 'low <= high, both (0, 1]'),
+        ('pp.inception_crop_area', (0.0, 1.0), 'e.g. --config.pp.inception_crop_area="(0.2,1.0)"'),
+        ('pp.inception_crop_area', (0.2, 1.5), 'shares of the image area'),
+        ('pp.inception_crop_area', 0.2, 'a pair (low, high)'),
+        ('pp.inception_crop_area', (0.2, 0.5, 1.0), 'a pair (low, high)'),
+        ('pp.blur_sigma', (0.0, 2.0), 'both > 0'),
     ],
 )
 def test_bad_value_names_field_and_value(field, value, expected):
@@ -117,6 +130,44 @@ def test_patch_dropout_is_for_classifiers_with_a_transformer():
     with pytest.raises(errors.UserInputError, match=r'config\.patch_dropout\.rate=0\.5') as error:
       _validate(config)
     assert expected in str(error.value)
+
+
+@pytest.mark.parametrize(
+    'overrides,field',
+    [
+        ({'pp.color_jitter.saturation': 0.4}, 'pp.color_jitter.saturation'),
+        ({'pp.color_jitter.hue': 0.1}, 'pp.color_jitter.hue'),
+        ({'pp.grayscale_prob': 0.2}, 'pp.grayscale_prob'),
+    ],
+)
+def test_colour_ops_on_grayscale_images_are_refused(overrides, field):
+  _validate(_config(**{'pp.on_device': False, 'pp.color_jitter.brightness': 0.4}))  # acts
+  with pytest.raises(errors.UserInputError, match=rf'config\.{field}=.*channels=1.*channels=3'):
+    _validate(_config(**{'pp.on_device': False, **overrides}))
+
+
+def test_the_pit_paper_recipes_use_moco_v3_augmentation():
+  for recipe in ('cifar100_pit_t', 'imagenet_pit_b_vit2'):
+    config = pit_configs.get_config(recipe)
+    pp = config.pp
+    assert tuple(pp.inception_crop_area) == (0.2, 1.0) and pp.flip
+    jitter = pp.color_jitter
+    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (
+        0.4,
+        0.4,
+        0.4,
+        0.1,
+    )
+    assert jitter.prob == 0.8 and pp.grayscale_prob == 0.2
+    assert pp.blur_prob == pp.solarize_prob == 0 and pp.randaugment.num_layers == 0
+    _validate(_config_of(config))
+
+
+def _config_of(config):
+  """A paper recipe sized to validate on the 8 test devices."""
+  config = config.unlock()
+  config.batch = config.batch_eval = 64
+  return config
 
 
 def test_errors_are_value_errors_and_missing_inputs_are_file_errors():

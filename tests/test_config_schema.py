@@ -42,6 +42,9 @@ def _bad_values(field):
     return ['not-a-choice']
   if field.kind == 'bool':
     return [1]
+  if field.kind == 'range':  # a pair: reversed, or one end out of bounds, or not a pair
+    high = field.high if field.high is not None else 10
+    return [(high, field.low + 0.1), (field.low, high), 0.5]
   bad = ['7'] if field.kind in ('int', 'number') else []
   if field.low is not None:
     bad.append(field.low if field.low_open else field.low - 1)

@@ -81,6 +81,10 @@ def test_options_it_cannot_do_are_one_clear_error(fashion_mnist_data_dir):
       ('pp.pad_crop', 2),
       ('pp.mixup', 0.2),
       ('pp.randaugment.num_layers', 2),
+      ('pp.color_jitter.hue', 0.1),
+      ('pp.grayscale_prob', 0.2),
+      ('pp.blur_prob', 0.5),
+      ('pp.solarize_prob', 0.2),
   ]:
     with pytest.raises(errors.UserInputError, match=f'config.{field}=.*pp.on_device'):
       device_input.check(_config(fashion_mnist_data_dir, **{field: value}))

@@ -95,6 +95,9 @@ def test_classifier_fields_are_refused_with_a_masked_autoencoder():
         ('linear_end', 0.0, "config.decay_type='linear'"),
         ('profile.num_steps', 3, 'config.profile.first_step > 0'),
         ('pretrained_strict', False, 'config.pretrained_path'),
+        ('pp.inception_crop_area', (0.2, 1.0), 'config.pp.inception_crop=True'),
+        ('pp.blur_sigma', (0.5, 1.0), 'config.pp.blur_prob > 0'),
+        ('pp.color_jitter.prob', 0.8, 'a config.pp.color_jitter strength > 0'),
     ],
 )
 def test_a_field_given_where_it_does_nothing_is_refused(field, value, partner):

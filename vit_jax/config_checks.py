@@ -100,12 +100,35 @@ def _check_schema_fields(config):
           _DTYPE_ALIASES if field.choices == schema.DTYPES else None,
       )
       continue
+    if field.kind == 'range':
+      _check_range(field, value)
+      continue
     if field.kind not in _KINDS:  # str and dict fields are checked where they are used
       continue
     _check_type(field.name, value, field.kind)
     if field.kind == 'number' and not math.isfinite(value):
       raise _error(field.name, value, 'is not finite; set a finite number')
     _check_bounds(field, value)
+
+
+def _check_range(field, value):
+  """A pair (low, high) of finite numbers, low <= high, both within the field's bounds."""
+  pair = tuple(value) if isinstance(value, (tuple, list)) else ()
+  real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+  if len(pair) == 2 and all(map(real, pair)) and pair[0] <= pair[1]:
+    try:
+      for v in pair:
+        _check_bounds(field, v)
+      return
+    except errors.UserInputError:
+      pass
+  name, example = schema.KINDS['range']
+  raise _error(
+      field.name,
+      value,
+      f'must be {name}, both {schema.bounds(field)} ({field.why or field.doc}), e.g. '
+      f'--config.{field.name}={example}',
+  )
 
 
 def _check_choice(field, value, choices, aliases=None):
@@ -119,6 +142,30 @@ def _check_choice(field, value, choices, aliases=None):
     )
     hint = f"; did you mean '{close}'?" if close else ''
   raise _error(field, value, f'is not one of {choices}{hint}')
+
+
+def _check_color(config):
+  """The MoCo-v3 photometric ops act on images: saturation, hue and grayscale on RGB only,
+  none of them on the 4-channel latents of a diffusion run."""
+  pp, jitter = config.pp, config.pp.color_jitter
+  ops = [
+      ('pp.color_jitter.saturation', jitter.saturation, 3),
+      ('pp.color_jitter.hue', jitter.hue, 3),
+      ('pp.grayscale_prob', pp.grayscale_prob, 3),
+      ('pp.color_jitter.brightness', jitter.brightness, 1),
+      ('pp.color_jitter.contrast', jitter.contrast, 1),
+      ('pp.blur_prob', pp.blur_prob, 1),
+      ('pp.solarize_prob', pp.solarize_prob, 1),
+  ]
+  for field, value, fewest in ops:
+    if value and (pp.channels < fewest or pp.channels > 3):
+      raise _error(
+          field,
+          value,
+          f"acts on {'RGB ' if fewest == 3 else ''}images in [0, 255], not the "
+          f'{pp.channels}-channel inputs of config.pp.channels={pp.channels}; set it to 0'
+          + (' or config.pp.channels=3' if pp.channels == 1 else ''),
+      )
 
 
 def _check_optimization(config):
@@ -487,6 +534,7 @@ _OBJECTIVE_CHECKS = {
 def validate(config, mesh):
   """Raises errors.UserInputError for the first bad field; types, then ranges, then shapes."""
   _check_schema_fields(config)
+  _check_color(config)
   _check_optimization(config)
   _OBJECTIVE_CHECKS[objectives.objective(config)](config, mesh)
   _check_patch_dropout(config)

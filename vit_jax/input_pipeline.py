@@ -2,7 +2,8 @@
 
 Config fields read: dataset (TFDS name or a folder with train/ and test/ subfolders of
 class folders), tfds_data_dir, tfds_manual_dir, tfds_download, fashion_mnist_dir, pp.{train,
-test, crop, resize, inception_crop, pad_crop, flip, mixup, randaugment, channels,
+test, crop, resize, inception_crop, inception_crop_area, pad_crop, flip, color_jitter,
+grayscale_prob, blur_prob, blur_sigma, solarize_prob, mixup, randaugment, channels,
 skip_undecodable}, batch, batch_eval, seed, prefetch.
 
 Sources. Every dataset is read by example index (vit_jax/datasets/source.py): TFDS datasets
@@ -37,6 +38,7 @@ import tensorflow_datasets as tfds
 
 from vit_jax import errors
 from vit_jax import paths
+from vit_jax.datasets import color_augment
 from vit_jax.datasets import image_folder
 from vit_jax.datasets import preprocessing as pp_lib
 from vit_jax.datasets import tfds_source
@@ -114,20 +116,22 @@ def _preprocess(config, image, position, train, channels=None):
   pp = config.pp
   seed = _example_seed(config, position)
   crop_now = train and pp.inception_crop
+  area = tuple(pp.inception_crop_area)
   if channels is not None and crop_now:
-    image, crop_now = pp_lib.decode_inception_crop(image, channels, seed), False
+    image, crop_now = pp_lib.decode_inception_crop(image, channels, seed, area), False
   elif channels is not None:
     image = pp_lib.decode(image, channels)
   image = pp_lib.ensure_channels(image, pp.channels)
   image = tf.cast(image, tf.float32)
   if train:
     if crop_now:
-      image = pp_lib.inception_crop(image, seed)
+      image = pp_lib.inception_crop(image, seed, area)
     image = pp_lib.resize(image, pp.crop)
     if pp.pad_crop:
       image = pp_lib.pad_random_crop(image, pp.pad_crop, seed + 3)
     if pp.flip:
       image = pp_lib.random_flip(image, seed + 1)
+    image = _color_augment(pp, image, seed)
     if pp.randaugment.num_layers:
       image = pp_lib.randaugment(
           image, seed + 2, pp.randaugment.num_layers, pp.randaugment.magnitude
@@ -138,6 +142,22 @@ def _preprocess(config, image, position, train, channels=None):
     image = pp_lib.resize(image, pp.crop)
   image = tf.ensure_shape(image, [pp.crop, pp.crop, pp.channels])
   return (image - 127.5) / 127.5
+
+
+def _color_augment(pp, image, seed):
+  """MoCo v3's photometric ops (datasets/color_augment.py); at their defaults (all off) they
+  add nothing to the graph, so the pipeline's output is bitwise that of before them."""
+  jitter = pp.color_jitter
+  return color_augment.augment(
+      image,
+      seed,
+      jitter=(jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue),
+      jitter_prob=jitter.prob,
+      grayscale_prob=pp.grayscale_prob,
+      blur_prob=pp.blur_prob,
+      blur_sigma=tuple(pp.blur_sigma),
+      solarize_prob=pp.solarize_prob,
+  )
 
 
 def _process_slice(batch_size, process_index, process_count, field):

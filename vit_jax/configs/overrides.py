@@ -18,6 +18,14 @@ ACTS_ONLY_WITH = {
     'profile.num_steps': (lambda c: c.profile.first_step > 0, 'config.profile.first_step > 0'),
     'fashion_mnist_dir': (lambda c: c.dataset == 'fashion_mnist', "config.dataset='fashion_mnist'"),
     'pretrained_strict': (lambda c: bool(c.pretrained_path), 'config.pretrained_path'),
+    'pp.inception_crop_area': (lambda c: c.pp.inception_crop, 'config.pp.inception_crop=True'),
+    'pp.blur_sigma': (lambda c: c.pp.blur_prob > 0, 'config.pp.blur_prob > 0'),
+    'pp.color_jitter.prob': (
+        lambda c: any(
+            c.pp.color_jitter[k] for k in ('brightness', 'contrast', 'saturation', 'hue')
+        ),
+        'a config.pp.color_jitter strength > 0',
+    ),
 }
 
 

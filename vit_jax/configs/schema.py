@@ -19,6 +19,7 @@ KINDS = {
     'number': ('a number', 0.5),
     'bool': ('True or False', False),
     'str': ('a string', "'train'"),
+    'range': ('a pair (low, high) with low <= high', '"(0.2,1.0)"'),
 }
 
 
@@ -29,7 +30,9 @@ class Field:
 
   name: str
   default: Any
-  kind: str  # 'int', 'number', 'bool', 'str', 'choice', 'dict' (free-form, e.g. the model)
+  # 'int', 'number', 'bool', 'str', 'choice', 'range' (a pair low <= high, both within the
+  # bounds), 'dict' (free-form, e.g. the model)
+  kind: str
   doc: str
   low: float | None = None
   high: float | None = None
@@ -111,6 +114,17 @@ FIELDS = (
         'Train: Inception-style random resized crop; ' 'False: resize to pp.crop.',
     ),
     Field(
+        'pp.inception_crop_area',
+        (0.05, 1.0),
+        'range',
+        'Train: (min, max) share of the image area the inception crop keeps (MoCo v3 and '
+        'PiT: (0.2, 1)).',
+        low=0,
+        high=1,
+        low_open=True,
+        why='shares of the image area',
+    ),
+    Field(
         'pp.pad_crop',
         0,
         'int',
@@ -120,6 +134,92 @@ FIELDS = (
         why='0 turns pad-and-crop off',
     ),
     Field('pp.flip', True, 'bool', 'Train: random horizontal flips.'),
+    Field(
+        'pp.color_jitter.brightness',
+        0.0,
+        'number',
+        'Train, colour jitter: pixels scaled by a factor uniform in [max(0, 1 - b), 1 + b]; 0 '
+        'leaves it out.',
+        low=0,
+        why='0 leaves it out',
+    ),
+    Field(
+        'pp.color_jitter.contrast',
+        0.0,
+        'number',
+        'Train, colour jitter: blend with the mean luma by a factor uniform in [max(0, 1 - c), '
+        '1 + c]; 0 leaves it out.',
+        low=0,
+        why='0 leaves it out',
+    ),
+    Field(
+        'pp.color_jitter.saturation',
+        0.0,
+        'number',
+        "Train, colour jitter: blend with each pixel's luma by a factor uniform in [max(0, "
+        '1 - s), 1 + s]; 0 leaves it out.',
+        low=0,
+        why='0 leaves it out',
+    ),
+    Field(
+        'pp.color_jitter.hue',
+        0.0,
+        'number',
+        'Train, colour jitter: hue rotated by a share of the colour circle uniform in [-h, h]; '
+        '0 leaves it out.',
+        low=0,
+        high=0.5,
+        why='0 leaves it out',
+    ),
+    Field(
+        'pp.color_jitter.prob',
+        1.0,
+        'number',
+        'Train: probability that an image is colour-jittered (MoCo v3: 0.8); the four ops '
+        "run in a random order, as torchvision's ColorJitter.",
+        low=0,
+        high=1,
+        why='a probability',
+    ),
+    Field(
+        'pp.grayscale_prob',
+        0.0,
+        'number',
+        'Train: probability of turning an RGB image grayscale (ITU-R 601 luma in all '
+        'channels); MoCo v3: 0.2.',
+        low=0,
+        high=1,
+        why='a probability',
+    ),
+    Field(
+        'pp.blur_prob',
+        0.0,
+        'number',
+        'Train: probability of a Gaussian blur with sigma uniform in pp.blur_sigma; 0 turns '
+        'it off.',
+        low=0,
+        high=1,
+        why='a probability',
+    ),
+    Field(
+        'pp.blur_sigma',
+        (0.1, 2.0),
+        'range',
+        'Train: (min, max) standard deviation of the Gaussian blur in pixels (MoCo v3: '
+        '(0.1, 2)).',
+        low=0,
+        low_open=True,
+        why='standard deviations in pixels',
+    ),
+    Field(
+        'pp.solarize_prob',
+        0.0,
+        'number',
+        'Train: probability of solarizing (pixels >= 128 inverted, as PIL); 0 turns it off.',
+        low=0,
+        high=1,
+        why='a probability',
+    ),
     Field(
         'pp.mixup',
         0.0,
@@ -438,17 +538,24 @@ def get(config, name):
   return value
 
 
-def _allowed(field):
-  if field.choices:
-    return 'one of ' + ', '.join(repr(c) for c in field.choices)
-  if field.low is None and field.high is None:
-    return ''
+def bounds(field):
+  """A number's bounds as text: '[0, 1)', '> 0', '>= 1' ('' when unbounded)."""
   if field.high is not None:
     return (
         f"{'(' if field.low_open else '['}{field.low}, {field.high}"
         f"{')' if field.high_open else ']'}"
     )
-  return f"{'>' if field.low_open else '>='} {field.low}"
+  if field.low is not None:
+    return f"{'>' if field.low_open else '>='} {field.low}"
+  return ''
+
+
+def _allowed(field):
+  if field.choices:
+    return 'one of ' + ', '.join(repr(c) for c in field.choices)
+  if field.kind == 'range':
+    return f'low <= high, both {bounds(field)}'
+  return bounds(field)
 
 
 def reference_markdown():

@@ -15,8 +15,8 @@ TensorFlow's: the batches are not those of the host pipeline, and runs are deter
 either way.
 
 Only what is cheap in the step is supported: `pp.flip`. Inception crop, pad-and-crop,
-RandAugment, mixup, image folders and splits that are not kept in memory are an error naming
-the field.
+RandAugment, the MoCo-v3 colour ops, mixup, image folders and splits that are not kept in
+memory are an error naming the field.
 """
 
 import collections
@@ -39,6 +39,9 @@ _FLIP_STREAM = 0x5EED  # folded into the seed's key: flips draw apart from the o
 _CHUNK = 8192
 
 
+_JITTER = ('brightness', 'contrast', 'saturation', 'hue')
+
+
 def enabled(config):
   return bool(config.pp.get('on_device', False))
 
@@ -52,6 +55,10 @@ def check(config):
       ('pp.inception_crop', pp.inception_crop),
       ('pp.pad_crop', pp.pad_crop),
       ('pp.randaugment.num_layers', pp.randaugment.num_layers),
+      *((f'pp.color_jitter.{k}', pp.color_jitter[k]) for k in _JITTER),
+      ('pp.grayscale_prob', pp.grayscale_prob),
+      ('pp.blur_prob', pp.blur_prob),
+      ('pp.solarize_prob', pp.solarize_prob),
       ('pp.mixup', pp.mixup),
       ('pp.skip_undecodable', pp.skip_undecodable),
   ]

@@ -21,8 +21,11 @@ def ensure_channels(image, channels):
   return image
 
 
+AREA_RANGE = (0.05, 1.0)  # the original's inception crop; MoCo v3 (and PiT) use (0.2, 1)
+
+
 def _inception_box(shape, seed, area_range):
-  """(begin, size) of a random crop of 5-100 % of the area, aspect ratio 3/4 to 4/3."""
+  """(begin, size) of a random crop of `area_range` of the area, aspect ratio 3/4 to 4/3."""
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
       shape,
       tf.zeros([0, 0, 4], tf.float32),
@@ -35,8 +38,9 @@ def _inception_box(shape, seed, area_range):
   return begin, size
 
 
-def inception_crop(image, seed, area_range=(0.05, 1.0)):
-  """Random crop of 5-100 % of the area, aspect ratio 3/4 to 4/3 (as the original)."""
+def inception_crop(image, seed, area_range=AREA_RANGE):
+  """Random crop of a share of the area in `area_range` (the original: 5-100 %), aspect ratio
+  3/4 to 4/3."""
   begin, size = _inception_box(tf.shape(image), seed, area_range)
   channels = image.shape[-1]
   image = tf.slice(image, begin, size)
@@ -49,9 +53,9 @@ def decode(data, channels):
   return tf.io.decode_image(data, channels=channels, expand_animations=False)
 
 
-def decode_inception_crop(data, channels, seed, area_range=(0.05, 1.0)):
-  """`inception_crop(decode(data, channels), seed)`, but a JPEG decodes only the crop window
-  (read from its header): the same pixels for a fraction of the decode time."""
+def decode_inception_crop(data, channels, seed, area_range=AREA_RANGE):
+  """`inception_crop(decode(data, channels), seed, area_range)`, but a JPEG decodes only the
+  crop window (read from its header): the same pixels for a fraction of the decode time."""
 
   def jpeg_window():
     shape = tf.io.extract_jpeg_shape(data)
