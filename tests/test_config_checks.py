@@ -152,12 +152,7 @@ def test_the_pit_paper_recipes_use_moco_v3_augmentation():
     pp = config.pp
     assert tuple(pp.inception_crop_area) == (0.2, 1.0) and pp.flip
     jitter = pp.color_jitter
-    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (
-        0.4,
-        0.4,
-        0.4,
-        0.1,
-    )
+    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (0.4,) * 4
     assert jitter.prob == 0.8 and pp.grayscale_prob == 0.2
     assert pp.blur_prob == pp.solarize_prob == 0 and pp.randaugment.num_layers == 0
     _validate(_config_of(config))

@@ -41,10 +41,11 @@ def _moco_v3_augmentation(pp):
   pp.inception_crop = True
   pp.inception_crop_area = (0.2, 1.0)  # MoCo v3: RandomResizedCrop(scale=(0.2, 1.0))
   pp.flip = True  # MoCo v3: RandomHorizontalFlip()
-  # MoCo v3: RandomApply([ColorJitter(0.4, 0.4, s, 0.1)], p=0.8). Saturation s = 0.4 follows
-  # the project's CIFAR-100 reproduction recipe (jitter 0.4/0.4/0.4/0.1); MoCo v3's code
-  # has s = 0.2 there ("not strengthened"), so --config.pp.color_jitter.saturation=0.2 is it.
-  pp.color_jitter.update(dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1, prob=0.8))
+  # Colour jitter 0.4 on brightness, contrast, saturation and hue, applied with p 0.8: the
+  # PiT paper's supervised recipe as its PiT-T CIFAR-100 reproduction states it. MoCo v3's
+  # code has RandomApply([ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8); for those numbers pass
+  # --config.pp.color_jitter.saturation=0.2 --config.pp.color_jitter.hue=0.1.
+  pp.color_jitter.update(dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4, prob=0.8))
   pp.grayscale_prob = 0.2  # MoCo v3: RandomGrayscale(p=0.2)
   # MoCo v3's Gaussian blur (p 1.0 / 0.1 on its two views, sigma 0.1-2) and solarization (p 0
   # / 0.2) make its contrastive views; the supervised recipe leaves them off.
