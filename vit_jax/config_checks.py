@@ -15,6 +15,7 @@ from vit_jax import attention
 from vit_jax import errors
 from vit_jax import objectives
 from vit_jax import optim
+from vit_jax.configs import dit as dit_configs
 from vit_jax.configs import schema
 from vit_jax.diffusion import guidance
 from vit_jax.diffusion import schedule as diffusion_schedule
@@ -423,17 +424,8 @@ def _check_together(config):
     )
 
 
-_DIFFUSION_FIELDS = (
-    'steps',
-    'noise_schedule',
-    'sampler',
-    'sample_steps',
-    'cfg_scale',
-    'guide_channels',
-    'eval_samples_per_class',
-    'sample_batch',
-    'feature_network',
-)
+# Every field configs/dit.py declares: one list, so a new field needs no second entry here.
+_DIFFUSION_FIELDS = tuple(dit_configs.diffusion_fields())
 
 
 def _check_diffusion(config, mesh):
