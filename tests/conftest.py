@@ -17,6 +17,22 @@ for key, value in {
 }.items():
   os.environ.setdefault(key, value)
 
+# One persistent XLA compilation cache for the whole run, shared by the xdist workers and
+# every subprocess they start (they inherit the environment): the end-to-end tests start
+# the same command again (resume after a kill, the second process of two, the sample
+# command after training) and would otherwise compile the same programs again. A cache hit
+# loads the same executable, so results are unchanged. A size limit turns on jax's file
+# lock, so two workers never read an entry while it is being written.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  import atexit
+  import shutil
+  import tempfile
+
+  _cache_dir = tempfile.mkdtemp(prefix='vit_jax_tests_xla_cache_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache_dir
+  os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+
 import jax
 
 jax.config.update('jax_default_matmul_precision', 'highest')
