@@ -24,6 +24,7 @@ from ml_collections import config_flags
 
 from vit_jax import cli
 from vit_jax import errors
+from vit_jax import paths
 
 FLAGS = flags.FLAGS
 
@@ -37,7 +38,7 @@ NUM_CLASSES = {
     'fashion_mnist': 10,
     'oxford_iiit_pet': 37,
     'oxford_flowers102': 102,
-    'imagenet256_latents': 1000,
+    'latents:': 1000,  # the ImageNet-256 latent recipes before their folder is set
 }
 # libtpu looks for a TPU VM's metadata server and worker list at start (there is none here)
 # and takes /tmp/libtpu_lockfile, which would fail this compile-only use whenever any other
@@ -84,6 +85,11 @@ def num_classes_of(config, override=None):
     return override
   if config.dataset in NUM_CLASSES:
     return NUM_CLASSES[config.dataset]
+  if config.dataset.startswith('latents:'):  # its train split's latents.json, if here
+    meta = paths.join(config.dataset[len('latents:') :], config.pp.train.split('[')[0])
+    meta = paths.join(meta, 'latents.json')
+    if paths.exists(meta):
+      return json.loads(paths.read_text(meta))['num_classes']
   raise errors.UserInputError(
       f'config.dataset={config.dataset!r}: its number of classes is not known without the '
       f'data; pass --num_classes=N (known: {sorted(NUM_CLASSES)}).'

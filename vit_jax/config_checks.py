@@ -15,6 +15,7 @@ from vit_jax import attention
 from vit_jax import errors
 from vit_jax import objectives
 from vit_jax import optim
+from vit_jax import paths
 from vit_jax.configs import dit as dit_configs
 from vit_jax.configs import schema
 from vit_jax.diffusion import guidance
@@ -508,6 +509,30 @@ def _check_diffusion(config, mesh):
     )
   if d.feature_network:
     classifier_features.resolve(d.feature_network)
+  _check_vae(config)
+
+
+def _check_vae(config):
+  """config.diffusion.vae: a diffusers folder, set for a run on latents; no pixel FID."""
+  vae = config.diffusion.get('vae')
+  if vae is None:
+    return
+  if not isinstance(vae, str):
+    raise _error('diffusion.vae', vae, 'must be a folder path (a string) or None')
+  if '://' not in vae and not paths.exists(paths.join(vae, 'config.json')):
+    raise errors.MissingInputError(
+        f'config.diffusion.vae={vae!r} is not a diffusers VAE folder (no config.json there); '
+        'give its folder (local, gs://, hf://stabilityai/sd-vae-ft-ema) or None for a pixel '
+        'run.'
+    )
+  if config.diffusion.feature_network:
+    raise _error(
+        'diffusion.feature_network',
+        config.diffusion.feature_network,
+        'compares samples with the eval split in pixels, but config.diffusion.vae='
+        f'{vae!r} makes this a latent run; set it to None (FID of decoded samples: '
+        'python -m vit_jax.sample, then python -m vit_jax.evaluate)',
+    )
 
 
 def _check_mae_run(config, mesh):

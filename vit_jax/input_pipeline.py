@@ -1,14 +1,15 @@
 """Datasets -> per-process numpy batches: one random-access pipeline for every dataset.
 
-Config fields read: dataset (TFDS name or a folder with train/ and test/ subfolders of
-class folders), tfds_data_dir, tfds_manual_dir, tfds_download, fashion_mnist_dir, pp.{train,
-test, crop, resize, inception_crop, inception_crop_area, pad_crop, flip, color_jitter,
-grayscale_prob, blur_prob, blur_sigma, solarize_prob, mixup, randaugment, channels,
-skip_undecodable}, batch, batch_eval, seed, prefetch.
+Config fields read: dataset (TFDS name, a folder with train/ and test/ subfolders of
+class folders, or 'latents:<root>'), tfds_data_dir, tfds_manual_dir, tfds_download,
+fashion_mnist_dir, pp.{train, test, crop, resize, inception_crop, inception_crop_area,
+pad_crop, flip, color_jitter, grayscale_prob, blur_prob, blur_sigma, solarize_prob, mixup,
+randaugment, channels, skip_undecodable}, batch, batch_eval, seed, prefetch.
 
 Sources. Every dataset is read by example index (vit_jax/datasets/source.py): TFDS datasets
 from array_record files (vit_jax/datasets/tfds_source.py; small ones decoded into memory),
-image folders file by file (vit_jax/datasets/image_folder.py).
+image folders file by file (vit_jax/datasets/image_folder.py), VAE latents record by record
+(vit_jax/datasets/latents.py; no pixel preprocessing, pp.flip mirrors them).
 
 Order and resume. Global position p of the run is example `index_shuffle(p mod N, seed,
 epoch)` (a fresh permutation of the whole split every epoch), and every random augmentation
@@ -40,6 +41,7 @@ from vit_jax import errors
 from vit_jax import paths
 from vit_jax.datasets import color_augment
 from vit_jax.datasets import image_folder
+from vit_jax.datasets import latents
 from vit_jax.datasets import preprocessing as pp_lib
 from vit_jax.datasets import tfds_source
 from vit_jax.datasets.source import Source
@@ -56,6 +58,8 @@ def _split_name(config, mode):
 
 def get_dataset_info(config, split):
   """{'num_examples', 'num_classes', 'image_shape', 'class_names'} of a split spec."""
+  if latents.is_latents(config.dataset):
+    return latents.dataset_info(config, split)
   if _is_folder(config):
     image_folder.check_splits(config.dataset, config.pp.train, config.pp.test)
     listing = image_folder.listing(config.dataset, split)
@@ -72,6 +76,8 @@ def check_splits(config):
   """The train split's `get_dataset_info`, after checking that both splits the run reads
   exist and hold examples: a missing split (pp.test='validation' of a dataset without one)
   or a bad slice ('train[:200%]') is an error at start, in seconds, not after training."""
+  if latents.is_latents(config.dataset):
+    latents.check_config(config)  # both splits, their shape against the run's
   infos = []
   for field, split in (('pp.train', config.pp.train), ('pp.test', config.pp.test)):
     try:
@@ -96,8 +102,10 @@ def check_splits(config):
   return infos[0]
 
 
-def _source(config, split):
+def split_source(config, split):
   """The split's examples by index (vit_jax/datasets/source.py)."""
+  if latents.is_latents(config.dataset):
+    return latents.source(config, split)
   if _is_folder(config):
     listing = image_folder.listing(config.dataset, split)
     example_fn = image_folder.example_fn(listing, config.pp.skip_undecodable, config.pp.crop)
@@ -112,9 +120,11 @@ def _example_seed(config, position):
 
 def _preprocess(config, image, position, train, channels=None):
   """A uint8 image, or encoded bytes to decode with `channels` (see datasets/source.py),
-  -> float32 [crop, crop, pp.channels] in [-1, 1]."""
+  -> float32 [crop, crop, pp.channels] in [-1, 1]; a latent only flipped (datasets/latents.py)."""
   pp = config.pp
   seed = _example_seed(config, position)
+  if latents.is_latents(config.dataset):
+    return latents.preprocess(config, image, seed, train)
   crop_now = train and pp.inception_crop
   area = tuple(pp.inception_crop_area)
   if channels is not None and crop_now:
@@ -327,7 +337,7 @@ def get_data(config, mode, *, start_step=0, process_index=None, process_count=No
       process_count,
       batch_field,
   )
-  source = _source(config, _split_name(config, mode))
+  source = split_source(config, _split_name(config, mode))
   if mode == 'eval':
     ds = _eval_dataset(config, source, process_index, process_count)
   else:

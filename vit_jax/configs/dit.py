@@ -5,7 +5,9 @@ Embedded CPU presets (class-conditional Fashion-MNIST in pixel space, 14x14 gray
   fashion_mnist_p2     the same DiT on 2x2 patches (49 tokens): the PiT paper's comparison
   fid_classifier       the 14x14 classifier whose features the presets' FID uses (shipped as
                        vit_jax/data/fashion_mnist14_classifier.*)
-The PiT paper's latent recipes (32x32x4 latents of 256x256 ImageNet; a dataset of latents):
+The PiT paper's latent recipes (32x32x4 latents of 256x256 ImageNet, written by
+`python -m vit_jax.encode_latents` into ROOT/train and ROOT/validation; pass
+`--config.dataset=latents:ROOT`):
   imagenet256_pit_l    DiT-L with patch 1: 1,024 pixel tokens (the paper's PiT-L)
   imagenet256_dit_l2   DiT-L/2 and DiT-XL/2, DiT's baselines
   imagenet256_dit_xl2
@@ -20,6 +22,8 @@ import ml_collections
 from vit_jax.configs import common
 from vit_jax.configs import models
 from vit_jax.configs import vit
+
+LATENTS_PLACEHOLDER = 'latents:'
 
 
 def diffusion_fields(**overrides):
@@ -141,7 +145,9 @@ def _imagenet256(model_name):
   """[DiT] §4 on 32x32x4 latents of 256x256 ImageNet (scale factor 0.18215 applied)."""
   config = common.get_config()
   config.objective = 'diffusion'
-  config.dataset = 'imagenet256_latents'
+  # The placeholder the user fills: --config.dataset=latents:ROOT (unset, it is an error
+  # naming the encode command). Splits are ROOT/train and ROOT/validation.
+  config.dataset = LATENTS_PLACEHOLDER
   config.model = models.MODEL_CONFIGS[model_name].copy_and_resolve_references()
   config.pp.update(
       dict(

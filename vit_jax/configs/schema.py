@@ -58,8 +58,10 @@ FIELDS = (
         'dataset',
         '',
         'str',
-        'TFDS name (`cifar10`, `imagenet2012`, ...) or an image '
-        'folder path `root/<split>/<class>/*.jpg`.',
+        'TFDS name (`cifar10`, `imagenet2012`, ...), an image '
+        'folder path `root/<split>/<class>/*.jpg`, or `latents:<root>`: VAE latents written by '
+        '`python -m vit_jax.encode_latents` into `root/<split>/` (pp.crop and pp.channels '
+        'must equal their size and channels).',
     ),
     Field(
         'tfds_data_dir',

@@ -43,15 +43,18 @@ def _check(name, array, channels, factor, batch_size):
     )
 
 
-def _batches(run, arrays, batch_size):
+def _batches(run, arrays, batch_size, sharding=None):
   """numpy outputs of `run(*batches)` over the leading axis of `arrays`, `batch_size` at a
-  time; each batch is converted to float32 (and the last one padded) only when it is sent."""
+  time; each batch is converted to float32 (and the last one padded) only when it is sent,
+  and laid out with `sharding` when given (a batch split over several devices)."""
   n = len(arrays[0])
   out, pending = [], None
   for start in range(0, n, batch_size):
     chunks = [np.asarray(a[start : start + batch_size], np.float32) for a in arrays]
     short = batch_size - len(chunks[0])
     chunks = [np.pad(c, [(0, short)] + [(0, 0)] * (c.ndim - 1)) for c in chunks]
+    if sharding is not None:
+      chunks = [jax.device_put(c, sharding) for c in chunks]
     result = run(*chunks)  # dispatched; the previous batch is copied out meanwhile
     if pending is not None:
       out.append(np.asarray(pending))
@@ -60,21 +63,30 @@ def _batches(run, arrays, batch_size):
   return np.concatenate(out)[:n]
 
 
-def encode_to_latents(module, params, images, rng=None, batch_size=DEFAULT_BATCH_SIZE):
+def encode_to_latents(
+    module, params, images, rng=None, batch_size=DEFAULT_BATCH_SIZE, sharding=None, noise=None
+):
   """Latents for a diffusion model [N, H/f, W/f, latent_channels] of images NHWC in [-1, 1]:
   a sample of the posterior (given `rng`) or its mean, minus `shift_factor`, times
-  `scaling_factor`. The same `rng` gives the same latents at any batch size."""
+  `scaling_factor`. The same `rng` gives the same latents at any batch size. `noise`, the
+  posterior's standard-normal draws [N, H/f, W/f, latent_channels], replaces `rng` (a caller
+  that draws them per image). `sharding` (e.g. the batch axis over every local device) lays
+  out each batch of `batch_size`."""
   f, channels = module.downsample_factor, module.in_channels
   _check('images', images, channels, f, batch_size)
   n, h, w, _ = np.shape(images)
   shape = (n, h // f, w // f, module.latent_channels)
   if not n:
     return np.zeros(shape, np.float32)
-  if rng is None:
+  if noise is not None:
+    if np.shape(noise) != shape:
+      raise ValueError(f'noise of shape {np.shape(noise)}, expected {shape}')
+  elif rng is None:
     noise = np.zeros(shape, np.float32)
   else:
     noise = np.asarray(jax.random.normal(rng, shape))
-  return _batches(functools.partial(_encode, module, params), (images, noise), batch_size)
+  encode = functools.partial(_encode, module, params)
+  return _batches(encode, (images, noise), batch_size, sharding)
 
 
 def decode_latents(module, params, latents, batch_size=DEFAULT_BATCH_SIZE, clip=True):

@@ -12,6 +12,10 @@ and fixed noise, then samples of every class with the EMA parameters, written as
 Fréchet distance of their classifier features to the test split's and their conditional
 accuracy (`eval_fid_classifier_features`, `eval_conditional_accuracy`). The last evaluation
 also reports the test split's own distance to the train split, the floor for that number.
+
+A latent run (`config.diffusion.vae` set, e.g. on `config.dataset='latents:<root>'`) decodes
+the grid's samples with that VAE (loaded once per run) before writing the PNG, a row for
+each of at most 20 classes spread over the class ids.
 """
 
 import jax
@@ -32,6 +36,7 @@ from vit_jax.objectives import classification
 from vit_jax.runtime import partitioning
 
 SAMPLES_DIR = 'samples'
+MAX_DECODED_ROWS = 20
 _TIMESTEP_STREAM, _NOISE_STREAM, _SAMPLE_STREAM = 1, 2, 3
 
 
@@ -56,6 +61,15 @@ def num_classes_of(config, params):
   return rows - int(config.model.get('class_dropout_prob', 0.1) > 0)
 
 
+def grid_classes(num_classes, decoded):
+  """The classes that get a row of the sample grid: all of them, or for decoded latents
+  (256x256 images: a row of 1,000 ImageNet classes would be a 2 GB picture) at most
+  MAX_DECODED_ROWS spread evenly over the class ids."""
+  if not decoded or num_classes <= MAX_DECODED_ROWS:
+    return np.arange(num_classes)
+  return np.unique(np.linspace(0, num_classes - 1, MAX_DECODED_ROWS).round().astype(int))
+
+
 class Diffusion(base.Objective):
   """DiT's loss, evaluation loss, sample grids and sample metrics."""
 
@@ -63,6 +77,25 @@ class Diffusion(base.Objective):
 
   def __init__(self):
     self._reference = {}  # feature statistics of data splits, computed once per run setting
+    self._vaes = {}  # VAE path -> (module, params), loaded once
+
+  def _vae(self, path):
+    if path not in self._vaes:
+      from vit_jax.models import vae  # pixel runs never import it
+
+      self._vaes[path] = vae.load(path)
+    return self._vaes[path]
+
+  def to_images(self, config, samples):
+    """Samples as images in [-1, 1]: latents decoded with config.diffusion.vae, pixels as
+    they are."""
+    path = config.diffusion.get('vae')
+    if not path:
+      return samples
+    from vit_jax.models import vae
+
+    module, params = self._vae(path)
+    return vae.decode_latents(module, params, samples)
 
   def make_model(self, config, num_classes):
     return dit.DiT(num_classes=num_classes, **classification.dtypes(config), **config.model)
@@ -176,11 +209,13 @@ class Diffusion(base.Objective):
     if jax.process_index() == 0:
       per_row = min(d.eval_samples_per_class, 10)
       shown = samples.reshape((num_classes, d.eval_samples_per_class) + samples.shape[1:])
+      rows = grid_classes(num_classes, bool(d.get('vae')))
+      shown = shown[rows, :per_row].reshape((-1,) + samples.shape[1:])
       image_grid.write_png(
           paths.join(workdir, SAMPLES_DIR, f'step_{step:07d}.png'),
-          shown[:, :per_row].reshape((-1,) + samples.shape[1:]),
-          rows=num_classes,
-          scale=2,
+          self.to_images(config, shown),
+          rows=len(rows),
+          scale=1 if d.get('vae') else 2,
       )
     if not d.feature_network:
       return {}
