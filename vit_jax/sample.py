@@ -4,12 +4,18 @@ facebookresearch/DiT checkpoint.
   python -m vit_jax.sample --checkpoint=WORKDIR --labels=all --per_class=8 --out=DIR
   python -m vit_jax.sample --checkpoint=DiT-XL-2-256x256.pt --labels=207,360,387 \
       --cfg_scale=4 --steps=250 --sampler=ddpm --out=DIR
+  python -m vit_jax.sample --checkpoint=DiT-XL-2-256x256.pt --num_samples=50000 \
+      --vae=hf://stabilityai/sd-vae-ft-ema --out=DIR
 
-Writes DIR/samples.png (a row per class asked for) and DIR/samples.npz in ADM's layout
-(`arr_0` uint8 NHWC images, `arr_1` labels; latents of a latent DiT as float32 `arr_0`).
-Sampling is one compiled loop per chunk, sharded over every device (and process); the same
-seed and device count give the same samples. Settings default to the run's config.diffusion
-(or DiT's: 250 DDPM steps, cfg 1.5 on 3 channels, for a released checkpoint).
+With --labels/--per_class: DIR/samples.png (a row per class asked for) and DIR/samples.npz in
+ADM's layout (`arr_0` uint8 NHWC images, `arr_1` labels; latents of a latent DiT as float32
+`arr_0`). With --num_samples (FID-50K): that many samples of uniformly random classes, in
+chunks written to DIR/chunks/ as they finish (a restarted command skips them), then
+DIR/samples.npz of uint8 RGB images, latents decoded through the run's VAE (or --vae); see
+vit_jax/diffusion/sharded_sampling.py. Sampling is one compiled loop per chunk, sharded over
+every device and process; the same seed and device count give the same samples. Settings
+default to the run's config.diffusion (or DiT's: 250 DDPM steps, cfg 1.5 on 3 channels, for a
+released checkpoint).
 """
 
 import json
@@ -42,12 +48,30 @@ flags.DEFINE_integer(
 flags.DEFINE_integer('seed', 0, 'Seed of the starting noise and of every step.')
 flags.DEFINE_integer('batch', None, "Samples per compiled call (default: the run's).")
 flags.DEFINE_string('out', None, 'Folder (local or gs://) for samples.png and samples.npz.')
+flags.DEFINE_integer(
+    'num_samples',
+    None,
+    'Samples of uniformly random classes (e.g. 50000 for FID-50K), written chunk by chunk to '
+    'OUT/chunks/ (resumable), then as OUT/samples.npz; instead of --labels/--per_class.',
+)
+flags.DEFINE_string(
+    'vae',
+    None,
+    "With --num_samples: the diffusers VAE folder that decodes a latent DiT's samples "
+    "(default: the run's config.diffusion.vae), e.g. hf://stabilityai/sd-vae-ft-ema.",
+)
+flags.DEFINE_string('coordinator_address', None, 'jax.distributed coordinator host:port.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process runs).')
+flags.DEFINE_integer('process_id', None, 'This process index (multi-process runs).')
+flags.DEFINE_integer(
+    'coordinator_timeout', 300, 'Seconds to wait for the other processes at start; then exit 2.'
+)
 flags.mark_flags_as_required(['checkpoint', 'out'])
 FLAGS = flags.FLAGS
 
 
 def _released(path):
-  """(config, params) of a released DiT checkpoint, with DiT's sampling defaults."""
+  """(config, params, None) of a released DiT checkpoint, with DiT's sampling defaults."""
   from vit_jax.checkpoints import dit_format
   from vit_jax.configs import dit as dit_configs
 
@@ -75,11 +99,11 @@ def _released(path):
           'diffusion': dit_configs.diffusion_fields().to_dict(),
       }
   )
-  return config, params
+  return config, params, None
 
 
 def _workdir(path, step):
-  """(config, EMA params) of a diffusion training workdir."""
+  """(config, EMA params, step) of a diffusion training workdir (newest step by default)."""
   from vit_jax import paths
   from vit_jax.checkpoints import orbax_state
 
@@ -89,7 +113,10 @@ def _workdir(path, step):
         f"{path} trained objective={config.get('objective', 'classification')!r}, not a "
         'diffusion model; sample from a run of configs/dit.py'
     )
-  return config, orbax_state.load_params(paths.join(path, 'checkpoints'), step, prefer_ema=True)
+  checkpoints = paths.join(path, 'checkpoints')
+  if step is None:  # resolved here: a resumed --num_samples run must not mix checkpoints
+    step = orbax_state.latest_step(checkpoints)
+  return config, orbax_state.load_params(checkpoints, step, prefer_ema=True), step
 
 
 def _labels(spec, num_classes):
@@ -132,29 +159,37 @@ def _settings(config):
   schedule.space_timesteps(d.steps, diffusion.respacing(d.sampler, d.sample_steps))
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+def _check_request():
+  """The flags that need nothing loaded, checked first."""
+  if FLAGS.num_samples is None:
+    if FLAGS.vae:
+      raise errors.UserInputError(
+          f'--vae={FLAGS.vae} decodes the samples of --num_samples runs; add --num_samples=N'
+      )
+    return
+  if FLAGS.num_samples < 1:
+    raise errors.UserInputError(f'--num_samples={FLAGS.num_samples} must be >= 1')
+  given = [f'--{name}' for name in ('labels', 'per_class') if FLAGS[name].present]
+  if given:
+    raise errors.UserInputError(
+        f'--num_samples={FLAGS.num_samples} samples uniformly random classes; drop '
+        f'{" and ".join(given)} (or drop --num_samples to sample the classes you name)'
+    )
+  if not -(2**31) <= FLAGS.seed < 2**31:
+    raise errors.UserInputError(f'--seed={FLAGS.seed} must fit in 32 bits')
+
+
+def _grid(config, params, mesh):
+  """--labels/--per_class: samples.png and samples.npz of the classes asked for."""
   import jax
 
-  from vit_jax import checkpoint
   from vit_jax import paths
   from vit_jax.evaluation import image_grid
   from vit_jax.objectives import diffusion
-  from vit_jax.runtime import partitioning
 
-  path = FLAGS.checkpoint
-  is_run = paths.isdir(path) and paths.exists(paths.join(path, 'config.json'))
-  if not is_run and checkpoint.load_with_format(path)[0] != 'DiT':
-    raise errors.UserInputError(f'{path} is neither a diffusion workdir nor a DiT checkpoint')
-  config, params = _workdir(path, FLAGS.step) if is_run else _released(path)
-  config.unlock()
-  _settings(config)
   objective = diffusion.Diffusion()
   num_classes = diffusion.num_classes_of(config, params)
   labels = np.repeat(_labels(FLAGS.labels, num_classes), FLAGS.per_class)
-  mesh = partitioning.create_mesh({'data': -1})
-  partitioning.validate_batch(config.diffusion.sample_batch, mesh, '--batch')
   progress = lambda done, total: print(f'sampled {done}/{total}', file=sys.stderr, flush=True)
   with jax.set_mesh(mesh):
     samples = objective.generate(config, params, labels, FLAGS.seed, mesh, progress)
@@ -173,6 +208,137 @@ def main(argv):
           scale=max(1, 128 // samples.shape[1]),
       )
     print(f'{len(samples)} samples written to {FLAGS.out}')
+
+
+def _decoder(config):
+  """(VAE module, params) that decode a latent DiT's samples, or (None, None) for pixels;
+  checked against the model's channels before anything compiles."""
+  from vit_jax.models import vae
+
+  path, channels = FLAGS.vae or config.diffusion.get('vae'), config.pp.channels
+  if not path:
+    if channels not in (1, 3):
+      raise errors.UserInputError(
+          f'the DiT samples {channels}-channel latents; give --vae=FOLDER (the diffusers VAE '
+          'it was trained on, e.g. hf://stabilityai/sd-vae-ft-ema) to decode them to images'
+      )
+    return None, None
+  module, params = vae.load(path)
+  if module.latent_channels != channels:
+    raise errors.UserInputError(
+        f'--vae={path} decodes {module.latent_channels}-channel latents, but the DiT samples '
+        f'{channels} channels; give the VAE the model was trained on'
+    )
+  return module, params
+
+
+def _at_scale(config, params, step, mesh):
+  """--num_samples: chunks to OUT/chunks, then OUT/samples.npz; the exit status (128 + the
+  signal number if a signal stopped it)."""
+  import jax
+
+  from vit_jax import diffusion as diffusion_lib
+  from vit_jax import paths
+  from vit_jax.diffusion import guidance
+  from vit_jax.diffusion import sharded_sampling
+  from vit_jax.objectives import diffusion
+  from vit_jax.runtime import partitioning
+  from vit_jax.runtime import preemption
+
+  d, channels = config.diffusion, config.pp.channels
+  if d.guide_channels is not None and not 1 <= d.guide_channels <= channels:
+    raise errors.UserInputError(
+        f'--guide_channels={d.guide_channels} must be in 1..{channels} (the input channels); '
+        '0 guides all of them'
+    )
+  decoder, vae_params = _decoder(config)
+  num_classes = diffusion.num_classes_of(config, params)
+  settings = {
+      'checkpoint': FLAGS.checkpoint,
+      'step': step,
+      'seed': FLAGS.seed,
+      'cfg_scale': d.cfg_scale,
+      'steps': d.sample_steps,
+      'sampler': d.sampler,
+      'guide_channels': d.guide_channels,
+      'num_samples': FLAGS.num_samples,
+      'chunk_size': d.sample_batch,
+      'vae': FLAGS.vae or d.get('vae'),
+  }
+  sharded_sampling.check_out_dir(FLAGS.out, settings)
+  plan = sharded_sampling.Plan(
+      FLAGS.out, FLAGS.num_samples, d.sample_batch, FLAGS.seed, num_classes
+  )
+  model = diffusion.Diffusion().make_model(config, num_classes)
+  process = diffusion_lib.create_diffusion(
+      diffusion.respacing(d.sampler, d.sample_steps),
+      noise_schedule=d.noise_schedule,
+      learn_sigma=config.model.learn_sigma,
+      diffusion_steps=d.steps,
+  )
+  sample = guidance.make_sampler(
+      model,
+      process,
+      (config.pp.crop, config.pp.crop, channels),
+      sampler=d.sampler,
+      cfg_scale=d.cfg_scale,
+      guide_channels=d.guide_channels,
+      clip_denoised=decoder is None,  # pixels live in [-1, 1]; DiT leaves latents unclipped
+  )
+  chunk_fn = sharded_sampling.make_chunk_fn(sample, channels, decoder)
+  place = lambda tree: jax.device_put(tree, partitioning.param_shardings(tree, mesh))
+  with jax.set_mesh(mesh):
+    signum = sharded_sampling.sample_chunks(
+        plan, chunk_fn, place(params), vae_params and place(vae_params), mesh, settings
+    )
+  if signum:
+    status = preemption.exit_status(signum)
+    print(
+        f'Stopped by signal {signum} after a whole chunk; {len(plan.written())} of '
+        f'{plan.num_chunks} chunks in {paths.join(FLAGS.out, "chunks")}; exit status {status}. '
+        'Run the same command to sample the rest.',
+        file=sys.stderr,
+    )
+    return status
+  if jax.process_index() == 0:
+    out = sharded_sampling.write_samples(plan)
+    print(f'{plan.num_samples} samples written to {out}')
+  if jax.process_count() > 1:  # the others wait while process 0 writes the npz
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices('vit_jax.sample samples.npz written')
+  return 0
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  _check_request()
+  from vit_jax.runtime import processes
+
+  processes.resolve(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  from vit_jax import checkpoint
+  from vit_jax import paths
+  from vit_jax.runtime import partitioning
+
+  partitioning.initialize_distributed(
+      FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.coordinator_timeout
+  )
+  path = FLAGS.checkpoint
+  is_run = paths.isdir(path) and paths.exists(paths.join(path, 'config.json'))
+  if not is_run and checkpoint.load_with_format(path)[0] != 'DiT':
+    raise errors.UserInputError(f'{path} is neither a diffusion workdir nor a DiT checkpoint')
+  config, params, step = _workdir(path, FLAGS.step) if is_run else _released(path)
+  config.unlock()
+  _settings(config)
+  mesh = partitioning.create_mesh({'data': -1})
+  partitioning.validate_batch(config.diffusion.sample_batch, mesh, '--batch')
+  if FLAGS.num_samples is None:
+    _grid(config, params, mesh)
+    return
+  status = _at_scale(config, params, step, mesh)
+  if status:
+    sys.exit(status)
 
 
 if __name__ == '__main__':
