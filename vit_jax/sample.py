@@ -19,6 +19,7 @@ released checkpoint).
 """
 
 import json
+import signal
 import sys
 
 from absl import app
@@ -28,46 +29,50 @@ import numpy as np
 
 from vit_jax import errors
 
-flags.DEFINE_string(
-    'checkpoint',
-    None,
-    'A training workdir (objective diffusion) or a DiT '
-    'state dict (.pt, .safetensors, .npz); local, gs://, https:// or hf://.',
-)
-flags.DEFINE_integer('step', None, 'The workdir checkpoint to sample from (default: newest).')
-flags.DEFINE_string('labels', 'all', "'all' or comma-separated class ids, e.g. 207,360.")
-flags.DEFINE_integer('per_class', 4, 'Samples for each label.')
-flags.DEFINE_float('cfg_scale', None, 'Classifier-free guidance scale (>= 1; 1: unguided).')
-flags.DEFINE_integer('steps', None, 'Sampling steps (a respacing of the training steps).')
-flags.DEFINE_enum('sampler', None, ['ddpm', 'ddim'], 'Ancestral (ddpm) or DDIM sampling.')
-flags.DEFINE_integer(
-    'guide_channels',
-    None,
-    "Output channels guided (default: the run's; " 'DiT: 3); 0 guides all input channels.',
-)
-flags.DEFINE_integer('seed', 0, 'Seed of the starting noise and of every step.')
-flags.DEFINE_integer('batch', None, "Samples per compiled call (default: the run's).")
-flags.DEFINE_string('out', None, 'Folder (local or gs://) for samples.png and samples.npz.')
-flags.DEFINE_integer(
-    'num_samples',
-    None,
-    'Samples of uniformly random classes (e.g. 50000 for FID-50K), written chunk by chunk to '
-    'OUT/chunks/ (resumable), then as OUT/samples.npz; instead of --labels/--per_class.',
-)
-flags.DEFINE_string(
-    'vae',
-    None,
-    "With --num_samples: the diffusers VAE folder that decodes a latent DiT's samples "
-    "(default: the run's config.diffusion.vae), e.g. hf://stabilityai/sd-vae-ft-ema.",
-)
-flags.DEFINE_string('coordinator_address', None, 'jax.distributed coordinator host:port.')
-flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process runs).')
-flags.DEFINE_integer('process_id', None, 'This process index (multi-process runs).')
-flags.DEFINE_integer(
-    'coordinator_timeout', 300, 'Seconds to wait for the other processes at start; then exit 2.'
-)
-flags.mark_flags_as_required(['checkpoint', 'out'])
 FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """The command's flags, defined only when it runs (importers keep their own flags)."""
+  flags.DEFINE_string(
+      'checkpoint',
+      None,
+      'A training workdir (objective diffusion) or a DiT '
+      'state dict (.pt, .safetensors, .npz); local, gs://, https:// or hf://.',
+  )
+  flags.DEFINE_integer('step', None, 'The workdir checkpoint to sample from (default: newest).')
+  flags.DEFINE_string('labels', 'all', "'all' or comma-separated class ids, e.g. 207,360.")
+  flags.DEFINE_integer('per_class', 4, 'Samples for each label.')
+  flags.DEFINE_float('cfg_scale', None, 'Classifier-free guidance scale (>= 1; 1: unguided).')
+  flags.DEFINE_integer('steps', None, 'Sampling steps (a respacing of the training steps).')
+  flags.DEFINE_enum('sampler', None, ['ddpm', 'ddim'], 'Ancestral (ddpm) or DDIM sampling.')
+  flags.DEFINE_integer(
+      'guide_channels',
+      None,
+      "Output channels guided (default: the run's; " 'DiT: 3); 0 guides all input channels.',
+  )
+  flags.DEFINE_integer('seed', 0, 'Seed of the starting noise and of every step.')
+  flags.DEFINE_integer('batch', None, "Samples per compiled call (default: the run's).")
+  flags.DEFINE_string('out', None, 'Folder (local or gs://) for samples.png and samples.npz.')
+  flags.DEFINE_integer(
+      'num_samples',
+      None,
+      'Samples of uniformly random classes (e.g. 50000 for FID-50K), written chunk by chunk to '
+      'OUT/chunks/ (resumable), then as OUT/samples.npz; instead of --labels/--per_class.',
+  )
+  flags.DEFINE_string(
+      'vae',
+      None,
+      "With --num_samples: the diffusers VAE folder that decodes a latent DiT's samples "
+      "(default: the run's config.diffusion.vae), e.g. hf://stabilityai/sd-vae-ft-ema.",
+  )
+  flags.DEFINE_string('coordinator_address', None, 'jax.distributed coordinator host:port.')
+  flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process runs).')
+  flags.DEFINE_integer('process_id', None, 'This process index (multi-process runs).')
+  flags.DEFINE_integer(
+      'coordinator_timeout', 300, 'Seconds to wait for the other processes at start; then exit 2.'
+  )
+  flags.mark_flags_as_required(['checkpoint', 'out'])
 
 
 def _released(path):
@@ -119,6 +124,20 @@ def _workdir(path, step):
   return config, orbax_state.load_params(checkpoints, step, prefer_ema=True), step
 
 
+def load(path, step=None):
+  """(config, params, step) of a diffusion workdir (EMA parameters; the newest step unless
+  `step`) or of a released DiT checkpoint (DiT's sampling defaults, step None)."""
+  from vit_jax import checkpoint
+  from vit_jax import paths
+
+  is_run = paths.isdir(path) and paths.exists(paths.join(path, 'config.json'))
+  if not is_run and checkpoint.load_with_format(path)[0] != 'DiT':
+    raise errors.UserInputError(f'{path} is neither a diffusion workdir nor a DiT checkpoint')
+  config, params, step = _workdir(path, step) if is_run else _released(path)
+  config.unlock()
+  return config, params, step
+
+
 def _labels(spec, num_classes):
   if spec == 'all':
     return list(range(num_classes))
@@ -159,6 +178,13 @@ def _settings(config):
   schedule.space_timesteps(d.steps, diffusion.respacing(d.sampler, d.sample_steps))
 
 
+def _check_count(num_samples, seed):
+  if num_samples < 1:
+    raise errors.UserInputError(f'--num_samples={num_samples} must be >= 1')
+  if not -(2**31) <= seed < 2**31:
+    raise errors.UserInputError(f'--seed={seed} must fit in 32 bits')
+
+
 def _check_request():
   """The flags that need nothing loaded, checked first."""
   if FLAGS.num_samples is None:
@@ -167,16 +193,13 @@ def _check_request():
           f'--vae={FLAGS.vae} decodes the samples of --num_samples runs; add --num_samples=N'
       )
     return
-  if FLAGS.num_samples < 1:
-    raise errors.UserInputError(f'--num_samples={FLAGS.num_samples} must be >= 1')
+  _check_count(FLAGS.num_samples, FLAGS.seed)
   given = [f'--{name}' for name in ('labels', 'per_class') if FLAGS[name].present]
   if given:
     raise errors.UserInputError(
         f'--num_samples={FLAGS.num_samples} samples uniformly random classes; drop '
         f'{" and ".join(given)} (or drop --num_samples to sample the classes you name)'
     )
-  if not -(2**31) <= FLAGS.seed < 2**31:
-    raise errors.UserInputError(f'--seed={FLAGS.seed} must fit in 32 bits')
 
 
 def _grid(config, params, mesh):
@@ -210,12 +233,12 @@ def _grid(config, params, mesh):
     print(f'{len(samples)} samples written to {FLAGS.out}')
 
 
-def _decoder(config):
+def _decoder(config, path):
   """(VAE module, params) that decode a latent DiT's samples, or (None, None) for pixels;
   checked against the model's channels before anything compiles."""
   from vit_jax.models import vae
 
-  path, channels = FLAGS.vae or config.diffusion.get('vae'), config.pp.channels
+  channels = config.pp.channels
   if not path:
     if channels not in (1, 3):
       raise errors.UserInputError(
@@ -232,9 +255,12 @@ def _decoder(config):
   return module, params
 
 
-def _at_scale(config, params, step, mesh):
-  """--num_samples: chunks to OUT/chunks, then OUT/samples.npz; the exit status (128 + the
-  signal number if a signal stopped it)."""
+def sample_at_scale(config, params, out, *, num_samples, seed, checkpoint, step, mesh, vae=None):
+  """--num_samples: `num_samples` samples of random classes in chunks of
+  config.diffusion.sample_batch to OUT/chunks (those already there are kept), then
+  OUT/samples.npz; latents decoded through the VAE folder `vae` (default
+  config.diffusion.vae). `checkpoint` and `step` are recorded in OUT/sampling.json. Returns
+  the exit status: 0, or 128 + the number of the signal that stopped it."""
   import jax
 
   from vit_jax import diffusion as diffusion_lib
@@ -245,30 +271,31 @@ def _at_scale(config, params, step, mesh):
   from vit_jax.runtime import partitioning
   from vit_jax.runtime import preemption
 
+  _check_count(num_samples, seed)
   d, channels = config.diffusion, config.pp.channels
+  partitioning.validate_batch(d.sample_batch, mesh, '--batch')
   if d.guide_channels is not None and not 1 <= d.guide_channels <= channels:
     raise errors.UserInputError(
         f'--guide_channels={d.guide_channels} must be in 1..{channels} (the input channels); '
         '0 guides all of them'
     )
-  decoder, vae_params = _decoder(config)
+  vae = vae or d.get('vae')
+  decoder, vae_params = _decoder(config, vae)
   num_classes = diffusion.num_classes_of(config, params)
   settings = {
-      'checkpoint': FLAGS.checkpoint,
+      'checkpoint': checkpoint,
       'step': step,
-      'seed': FLAGS.seed,
+      'seed': seed,
       'cfg_scale': d.cfg_scale,
       'steps': d.sample_steps,
       'sampler': d.sampler,
       'guide_channels': d.guide_channels,
-      'num_samples': FLAGS.num_samples,
+      'num_samples': num_samples,
       'chunk_size': d.sample_batch,
-      'vae': FLAGS.vae or d.get('vae'),
+      'vae': vae,
   }
-  sharded_sampling.check_out_dir(FLAGS.out, settings)
-  plan = sharded_sampling.Plan(
-      FLAGS.out, FLAGS.num_samples, d.sample_batch, FLAGS.seed, num_classes
-  )
+  sharded_sampling.check_out_dir(out, settings)
+  plan = sharded_sampling.Plan(out, num_samples, d.sample_batch, seed, num_classes)
   model = diffusion.Diffusion().make_model(config, num_classes)
   process = diffusion_lib.create_diffusion(
       diffusion.respacing(d.sampler, d.sample_steps),
@@ -294,8 +321,8 @@ def _at_scale(config, params, step, mesh):
   if signum:
     status = preemption.exit_status(signum)
     print(
-        f'Stopped by signal {signum} after a whole chunk; {len(plan.written())} of '
-        f'{plan.num_chunks} chunks in {paths.join(FLAGS.out, "chunks")}; exit status {status}. '
+        f'Stopped by {signal.Signals(signum).name} after a whole chunk; {len(plan.written())} of '
+        f'{plan.num_chunks} chunks in {paths.join(out, "chunks")}; exit status {status}. '
         'Run the same command to sample the rest.',
         file=sys.stderr,
     )
@@ -317,29 +344,33 @@ def main(argv):
   from vit_jax.runtime import processes
 
   processes.resolve(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from vit_jax import checkpoint
-  from vit_jax import paths
   from vit_jax.runtime import partitioning
 
   partitioning.initialize_distributed(
       FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.coordinator_timeout
   )
-  path = FLAGS.checkpoint
-  is_run = paths.isdir(path) and paths.exists(paths.join(path, 'config.json'))
-  if not is_run and checkpoint.load_with_format(path)[0] != 'DiT':
-    raise errors.UserInputError(f'{path} is neither a diffusion workdir nor a DiT checkpoint')
-  config, params, step = _workdir(path, FLAGS.step) if is_run else _released(path)
-  config.unlock()
+  config, params, step = load(FLAGS.checkpoint, FLAGS.step)
   _settings(config)
   mesh = partitioning.create_mesh({'data': -1})
   partitioning.validate_batch(config.diffusion.sample_batch, mesh, '--batch')
   if FLAGS.num_samples is None:
     _grid(config, params, mesh)
     return
-  status = _at_scale(config, params, step, mesh)
+  status = sample_at_scale(
+      config,
+      params,
+      FLAGS.out,
+      num_samples=FLAGS.num_samples,
+      seed=FLAGS.seed,
+      checkpoint=FLAGS.checkpoint,
+      step=step,
+      mesh=mesh,
+      vae=FLAGS.vae,
+  )
   if status:
     sys.exit(status)
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(errors.reporting_user_errors(main))
