@@ -312,7 +312,7 @@ def sample_at_scale(config, params, out, *, num_samples, seed, checkpoint, step,
       guide_channels=d.guide_channels,
       clip_denoised=decoder is None,  # pixels live in [-1, 1]; DiT leaves latents unclipped
   )
-  chunk_fn = sharded_sampling.make_chunk_fn(sample, channels, decoder)
+  chunk_fn = sharded_sampling.make_chunk_fn(sample, decoder)
   place = lambda tree: jax.device_put(tree, partitioning.param_shardings(tree, mesh))
   with jax.set_mesh(mesh):
     signum = sharded_sampling.sample_chunks(

@@ -73,7 +73,7 @@ class Plan:
     folder = paths.join(self.out, CHUNKS)
     if not paths.exists(folder):
       return set()
-    found = (_CHUNK_FILE.fullmatch(paths.basename(name)) for name in paths.listdir(folder))
+    found = (_CHUNK_FILE.fullmatch(name) for name in paths.listdir(folder))
     return {int(m.group(1)) for m in found if m and int(m.group(1)) < self.num_chunks}
 
 
@@ -97,7 +97,7 @@ def check_out_dir(out, settings):
     )
 
 
-def make_chunk_fn(sample, image_channels, decoder=None):
+def make_chunk_fn(sample, decoder=None):
   """One jitted `f(params, vae_params, labels, seed_and_k) -> uint8 [C, H, W, 3]` from a
   guided sampler (guidance.make_sampler): samples, decodes latents through `decoder`
   (a VAE module, or None for pixels), rounds (x + 1) * 127.5 clipped to uint8 as
@@ -110,8 +110,8 @@ def make_chunk_fn(sample, image_channels, decoder=None):
     if decoder is not None:
       x = vae_batches.decode_on_devices(decoder, vae_params, x)
     images = jnp.clip(jnp.round((x + 1) * 127.5), 0, 255).astype(jnp.uint8)
-    if images.shape[-1] == 1 or image_channels == 1:
-      images = jnp.repeat(images[..., :1], 3, axis=-1)
+    if images.shape[-1] == 1:
+      images = jnp.repeat(images, 3, axis=-1)
     return images
 
   return jax.jit(run)
