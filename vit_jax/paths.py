@@ -19,6 +19,7 @@ error when it cannot tell (offline, denied). Writers raise a clear error for the
 `config.json` is that file of the repo).
 """
 
+import contextlib
 import os
 
 os.environ.setdefault('EPATH_USE_TF', '0')
@@ -139,6 +140,27 @@ def write_bytes(path, data):
   tmp = p.parent / f'.{p.name}.tmp-{os.getpid()}'
   tmp.write_bytes(data)
   os.replace(os.fspath(tmp), os.fspath(p))
+
+
+@contextlib.contextmanager
+def open_write(path):
+  """A file opened for writing bytes as a stream, for files too large to hold in memory.
+  Local: written to a temporary name and renamed over on success (removed on failure);
+  object stores commit the object whole on close."""
+  p = as_path(path)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  if is_remote(path):
+    with p.open('wb') as f:
+      yield f
+    return
+  tmp = p.parent / f'.{p.name}.tmp-{os.getpid()}'
+  try:
+    with tmp.open('wb') as f:
+      yield f
+    os.replace(os.fspath(tmp), os.fspath(p))
+  finally:
+    if tmp.exists():
+      tmp.unlink()
 
 
 def write_text(path, text):

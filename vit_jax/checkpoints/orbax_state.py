@@ -176,6 +176,15 @@ def _any_process(flag):
   return bool(np.any(multihost_utils.process_allgather(np.array(flag, np.bool_))))
 
 
+def latest_step(directory):
+  """The newest step saved in `directory`, or None."""
+  manager = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
+
+
 def load_params(directory, step=None, prefer_ema=False):
   """The `params` of a saved train state (newest step by default) as numpy arrays; with
   `prefer_ema` its `ema_params` where the run kept them (config.ema_decay).

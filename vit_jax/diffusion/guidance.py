@@ -52,6 +52,7 @@ def make_sampler(
     raise errors.UserInputError(f'image_shape={image_shape} must be (height, width, channels)')
 
   def run(params, labels, key):
+    labels = labels.astype(jnp.int32)
     n = labels.shape[0]
     key, noise_key = jax.random.split(key)
     noise = jax.random.normal(noise_key, (n,) + tuple(image_shape), jnp.float32)
@@ -82,16 +83,29 @@ def make_sampler(
   compiled = jax.jit(run)
 
   def sample(params, labels, key):
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-      raise errors.UserInputError(f'labels must be a 1-D array of class ids, got {labels.shape}')
+    if np.ndim(labels) != 1:
+      raise errors.UserInputError(
+          f'labels must be a 1-D array of class ids, got {np.shape(labels)}'
+      )
     dit.check_labels(
-        labels,
+        _local_values(labels),
         model.num_classes,
         allow_null=False,
         has_null=model.class_dropout_prob > 0,
         field='labels',
     )
-    return compiled(params, jnp.asarray(labels, jnp.int32), key)
+    if not isinstance(labels, jax.Array):  # a global array keeps its sharding
+      labels = jnp.asarray(labels, jnp.int32)
+    return compiled(params, labels, key)
 
   return sample
+
+
+def _local_values(labels):
+  """The labels this process holds: all of a numpy array, its own shards of a global
+  jax.Array spread over processes (each process checks its part before the collective)."""
+  if not dit.is_concrete(labels):  # traced inside a caller's jit: nothing to check yet
+    return labels
+  if isinstance(labels, jax.Array) and not labels.is_fully_addressable:
+    return np.concatenate([np.asarray(s.data).ravel() for s in labels.addressable_shards])
+  return np.asarray(labels)

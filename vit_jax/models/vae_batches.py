@@ -32,6 +32,12 @@ def _decode(module, params, latents, clip):
   return jnp.clip(images, -1.0, 1.0) if clip else images
 
 
+def decode_on_devices(module, params, latents, clip=True):
+  """Images of scaled latents already laid out on the devices (e.g. a global array sharded
+  over the batch), in one call: each device decodes its own part of the batch at once."""
+  return _decode(module, params, latents, clip)
+
+
 def _check(name, array, channels, factor, batch_size):
   if not isinstance(batch_size, int) or batch_size < 1:
     raise errors.UserInputError(f'batch_size={batch_size!r} must be a positive integer')

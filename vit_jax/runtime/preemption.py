@@ -28,8 +28,9 @@ def exit_status(signum):
 class StopRequest:
   """Records SIGTERM / SIGINT delivered to this process."""
 
-  def __init__(self):
+  def __init__(self, action='saving a checkpoint at a step all processes agree on'):
     self.signum = 0
+    self.action = action  # what happens before the stop, for the log line
     self._previous = {}
 
   def install(self):
@@ -49,9 +50,9 @@ class StopRequest:
       raise KeyboardInterrupt
     self.signum = max(self.signum, int(signum))
     logging.warning(
-        '%s received: saving a checkpoint at a step all processes agree on, then '
-        'stopping (exit status %d). Press Ctrl-C again to stop at once.',
+        '%s received: %s, then stopping (exit status %d). Press Ctrl-C again to stop at once.',
         signal.Signals(signum).name,
+        self.action,
         exit_status(self.signum),
     )
 
