@@ -11,6 +11,11 @@ the roofline bound on the step time
 and MFU from the chip's peak FLOP/s and HBM bandwidth (vit_jax/perf/hardware.py). Exits 1 with
 XLA's out-of-memory message when a step does not fit (or, when XLA compiled it anyway, with
 the report and the step that needs more HBM than the chip has).
+
+  python -m vit_jax.aot --vae_image_size=256 --vae_batch=64 --topology=v5p:2x2x2
+
+compiles Stable Diffusion's VAE (the latent DiTs' encoder and decoder) instead, with the same
+report for its encode and decode.
 """
 
 import dataclasses
@@ -206,7 +211,20 @@ def roofline(step, chip):
 
 
 def summarize(topology, num_slices, devices, mesh, batch, compiled_train, compiled_eval):
-  """The report of two compiled steps, as a dict (per-chip figures)."""
+  """The report of a config's two compiled steps, as a dict (per-chip figures)."""
+  return summarize_programs(
+      topology,
+      num_slices,
+      devices,
+      mesh,
+      batch,
+      {'train_step': compiled_train, 'eval_step': compiled_eval},
+  )
+
+
+def summarize_programs(topology, num_slices, devices, mesh, batch, compiled):
+  """The report of compiled programs {name: jax.stages.Compiled}, as a dict; `steps` lists
+  their names in order."""
   from vit_jax.perf import hardware
 
   chip = hardware.for_topology(topology)
@@ -218,9 +236,10 @@ def summarize(topology, num_slices, devices, mesh, batch, compiled_train, compil
       'mesh': dict(mesh.shape),
       'chip': dataclasses.asdict(chip) if chip else None,
       'batch': batch,
+      'steps': list(compiled),
   }
-  for name, compiled in (('train_step', compiled_train), ('eval_step', compiled_eval)):
-    step = step_report(compiled)
+  for name, program in compiled.items():
+    step = step_report(program)
     entry = dict(dataclasses.asdict(step), hbm_bytes=step.hbm_bytes)
     if chip:
       entry.update(roofline(step, chip))
@@ -229,12 +248,61 @@ def summarize(topology, num_slices, devices, mesh, batch, compiled_train, compil
   return result
 
 
+def compile_vae(devices, image_size, batch, dtype='bfloat16', vae_config=None):
+  """({'vae_encode': ..., 'vae_decode': ...} compiled, mesh): a VAE (by default Stable
+  Diffusion's, models/vae.py SD_VAE: sd-vae-ft-ema's shapes) encoding `batch` images of
+  `image_size` pixels and decoding their latents, the batch split over every device."""
+  import jax
+  import jax.numpy as jnp
+
+  from vit_jax.models import vae
+  from vit_jax.runtime import partitioning
+
+  vae_config = dict(vae_config or vae.SD_VAE)
+  factor = 2 ** (len(vae_config['block_out_channels']) - 1)
+  if image_size < 1 or image_size % factor:
+    raise errors.UserInputError(
+        f'--vae_image_size={image_size} must be a positive multiple of {factor} (the VAE '
+        'halves the image that many times); e.g. 256 or 512.'
+    )
+  if batch < 1 or batch % len(devices):
+    raise errors.UserInputError(
+        f'--vae_batch={batch} must be a positive multiple of the {len(devices)} chips '
+        '(the batch is split over them).'
+    )
+  module = vae.AutoencoderKL(**vae_config, dtype=jnp.dtype(dtype))
+  mesh = partitioning.create_mesh({'data': -1}, devices)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  split = partitioning.batch_sharding(mesh)
+  images = _abstract((batch, image_size, image_size, 3), jnp.float32, split)
+  side = image_size // factor
+  latents = _abstract((batch, side, side, module.latent_channels), jnp.float32, split)
+  shapes = jax.eval_shape(lambda x: module.init(jax.random.key(0), x), images)['params']
+  params = jax.tree.map(lambda a: _abstract(a.shape, a.dtype, replicated), shapes)
+  apply = lambda method: jax.jit(
+      lambda p, x: module.apply({'params': p}, x, method=method), out_shardings=split
+  )
+  with jax.set_mesh(mesh):
+    compiled = {
+        'vae_encode': apply(module.encode).lower(params, images).compile(),
+        'vae_decode': apply(module.decode).lower(params, latents).compile(),
+    }
+  return compiled, mesh
+
+
 def report(config, topology, num_slices=1, num_classes=None):
   """Everything `python -m vit_jax.aot` prints, as a dict."""
   classes = num_classes_of(config, num_classes)  # the flags' errors before libtpu starts
   devices = topology_devices(topology, num_slices)
   compiled_train, compiled_eval, mesh = compile_steps(config, devices, classes)
   return summarize(topology, num_slices, devices, mesh, config.batch, compiled_train, compiled_eval)
+
+
+def report_vae(topology, image_size, batch, num_slices=1, dtype='bfloat16'):
+  """What `python -m vit_jax.aot --vae_image_size=N` prints, as a dict."""
+  devices = topology_devices(topology, num_slices)
+  compiled, mesh = compile_vae(devices, image_size, batch, dtype)
+  return summarize_programs(topology, num_slices, devices, mesh, batch, compiled)
 
 
 def _gib(x):
@@ -247,7 +315,7 @@ def format_report(result):
       f"{result['topology']} x{result['num_slices']}: {result['chips']} chips "
       f"({result['device_kind']}), mesh {result['mesh']}, batch {result['batch']}"
   ]
-  for name in ('train_step', 'eval_step'):
+  for name in result.get('steps', ('train_step', 'eval_step')):
     s = result[name]
     line = (
         f"  {name}: HBM {_gib(s['hbm_bytes'])} per chip (arguments "
@@ -277,7 +345,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   try:
-    result = report(FLAGS.config, FLAGS.topology, FLAGS.num_slices, FLAGS.num_classes)
+    if FLAGS.vae_image_size:
+      result = report_vae(
+          FLAGS.topology, FLAGS.vae_image_size, FLAGS.vae_batch, FLAGS.num_slices, FLAGS.vae_dtype
+      )
+    elif FLAGS.config is None:
+      raise errors.UserInputError(
+          'give --config=<file>:<recipe> (a train and eval step) or --vae_image_size=N '
+          '(the VAE encoding N x N images)'
+      )
+    else:
+      result = report(FLAGS.config, FLAGS.topology, FLAGS.num_slices, FLAGS.num_classes)
   except Exception as e:
     text = str(e)
     if 'RESOURCE_EXHAUSTED' in text or 'Ran out of memory' in text:
@@ -285,9 +363,7 @@ def main(argv):
       sys.exit(1)
     raise
   print(json.dumps(result) if FLAGS.json else format_report(result))
-  over = [
-      name for name in ('train_step', 'eval_step') if result[name].get('hbm_fraction', 0.0) > 1.0
-  ]
+  over = [name for name in result['steps'] if result[name].get('hbm_fraction', 0.0) > 1.0]
   if over:  # XLA does not always refuse a program over HBM at compile time
     print(
         f'Does not fit on {FLAGS.topology}: {" and ".join(over)} need more HBM per chip '
@@ -304,7 +380,12 @@ def _define_flags():
   flags.DEFINE_integer('num_slices', 1, 'Number of slices (multislice, data parallel).')
   flags.DEFINE_integer('num_classes', None, 'Classes of the head; default: from the dataset name.')
   flags.DEFINE_bool('json', False, 'Print the report as one JSON object.')
-  flags.mark_flags_as_required(['config', 'topology'])
+  flags.DEFINE_integer(
+      'vae_image_size', 0, 'Compile the Stable Diffusion VAE encoding (and decoding) N x N images.'
+  )
+  flags.DEFINE_integer('vae_batch', 64, 'Images per VAE call, split over the chips.')
+  flags.DEFINE_enum('vae_dtype', 'bfloat16', ['float32', 'bfloat16'], 'VAE compute dtype.')
+  flags.mark_flags_as_required(['topology'])
 
 
 if __name__ == '__main__':
