@@ -110,14 +110,65 @@ def test_shards_hold_the_vae_latents_of_adm_crops(root, fashion_mnist_data_dir):
   np.testing.assert_array_equal(_records(config, 'train[40:]')[0], train_latents[40:])
 
 
-def test_dit_trains_on_latents_and_writes_decoded_samples(root, tmp_path):
-  result = train.train_and_evaluate(_config(root), str(tmp_path / 'run'))
+@pytest.fixture(scope='module')
+def run(root, tmp_path_factory):
+  """(workdir, result) of 3 DiT steps on the latents."""
+  workdir = str(tmp_path_factory.mktemp('run') / 'run')
+  return workdir, train.train_and_evaluate(_config(root), workdir)
+
+
+def test_dit_trains_on_latents_and_writes_decoded_samples(run):
+  workdir, result = run
   assert result['step'] == 3 and np.isfinite(result['eval_loss'])
   assert result['eval_examples'] == 8
-  grid = Image.open(tmp_path / 'run' / 'samples' / 'step_0000003.png')
+  grid = Image.open(os.path.join(workdir, 'samples', 'step_0000003.png'))
   # A row per class of one 16x16x3 decoded image each, not the 8x8x4 latents.
   want = image_grid.grid(np.zeros((10, 16, 16, 3), np.float32), rows=10)
   assert grid.mode == 'RGB' and grid.size == (want.shape[1], want.shape[0])
+
+
+def test_the_runs_samples_are_decoded_and_scored_with_inception_fid_and_is(
+    run, root, fashion_mnist_data_dir, tmp_path
+):
+  """The rest of the paper's pipeline on the trained run: sampling at scale from the workdir
+  (the VAE from its config), then Inception FID and IS against the test images' statistics,
+  with generated Inception weights."""
+  import jax
+
+  from vit_jax import evaluate
+  from vit_jax import sample
+  from vit_jax.evaluation import inception
+  from vit_jax.runtime import partitioning
+
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), 'fixtures'))
+  import inception_random_weights
+
+  workdir, _ = run
+  config, params, step = sample.load(workdir)
+  assert step == 3
+  mesh = partitioning.create_mesh({'data': -1}, devices=jax.devices()[:2])
+  out = str(tmp_path / 'samples')
+  status = sample.sample_at_scale(
+      config, params, out, num_samples=20, seed=0, checkpoint=workdir, step=step, mesh=mesh
+  )
+  assert status == 0
+  with np.load(os.path.join(out, 'samples.npz')) as f:
+    images, labels = f['arr_0'], f['arr_1']
+  assert images.shape == (20, 16, 16, 3) and images.dtype == np.uint8  # decoded, not latents
+  assert labels.shape == (20,) and 0 <= labels.min() and labels.max() < 10
+  weights = str(tmp_path / 'inception.npz')
+  np.savez(weights, **inception_random_weights.state_dict(inception.state_dict_shapes()))
+  # The reference: ADM's 16x16 center crops of the 8 test images the latents were made of.
+  gray, _, _ = tfds_source.in_memory(
+      _config(root, dataset='fashion_mnist', tfds_data_dir=fashion_mnist_data_dir), 'test'
+  )
+  crops = [image_sources.center_crop(Image.fromarray(a[..., 0]), 16) for a in gray[:8]]
+  reference = str(tmp_path / 'reference.npz')
+  np.savez(reference, arr_0=np.stack(crops).astype(np.uint8))
+  samples = os.path.join(out, 'samples.npz')
+  metrics = evaluate.evaluate(weights, reference, samples=samples, batch=2, mesh=mesh)
+  assert metrics['num_samples'] == 20 and np.isfinite(metrics['fid']) and metrics['fid'] > 0
+  assert 1 <= metrics['inception_score'] <= 1008
 
 
 def test_a_killed_encode_redoes_only_its_unfinished_shards(root, fashion_mnist_data_dir, tmp_path):
