@@ -42,6 +42,14 @@ import pytest
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 
 
+def pytest_collection_modifyitems(config, items):
+  """The `long` tests first (a stable sort: the same order on every xdist worker). Work
+  stealing then balances the short tests around them, instead of one worker finishing a
+  long test alone at the end of the run."""
+  del config
+  items.sort(key=lambda item: item.get_closest_marker('long') is None)
+
+
 @pytest.fixture(scope='session')
 def fashion_mnist_data_dir(tmp_path_factory):
   """A tfds data_dir with fashion_mnist prepared offline from Debian's files (once)."""

@@ -133,6 +133,7 @@ def _env(**extra):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_each_mistake_is_one_line_and_status_2(tmp_path):
   procs = []
   for module, args, _ in CASES:

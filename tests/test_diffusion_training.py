@@ -85,6 +85,7 @@ def test_loss_is_dits_hybrid_loss_on_uniform_timesteps():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_diffusion_run_resumes_bitwise_writes_samples_and_sample_metrics(
     fashion_mnist_data_dir, tmp_path
 ):

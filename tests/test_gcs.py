@@ -221,6 +221,7 @@ def _flat(tree, prefix=''):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_train_in_bucket_killed_and_resumed_equals_uninterrupted_local_run(
     gcs, fashion_mnist_data_dir, tmp_path
 ):

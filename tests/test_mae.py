@@ -188,6 +188,7 @@ def tiny_mae_config(data_dir, recipe='fashion_mnist', **overrides):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_mae_run_resumes_bitwise_and_exports_an_encoder_that_fine_tuning_loads(
     fashion_mnist_data_dir, tmp_path
 ):

@@ -32,6 +32,7 @@ def _text(book):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_vit_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
   book = _run(
       'vit_jax.ipynb',
@@ -53,6 +54,7 @@ def test_vit_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_pit_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
   book = _run(
       'pit.ipynb',
@@ -73,6 +75,7 @@ def test_pit_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_generation_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
   book = _run(
       'generation.ipynb',

@@ -115,6 +115,7 @@ def _steps_saved(workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_two_processes_match_one_process_and_survive_sigterm_to_one(
     fashion_mnist_data_dir, tmp_path
 ):
@@ -169,6 +170,7 @@ def test_two_processes_match_one_process_and_survive_sigterm_to_one(
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_ctrl_c_saves_and_exits_130(fashion_mnist_data_dir, tmp_path):
   workdir = str(tmp_path / 'interrupted')
   proc = subprocess.Popen(

@@ -184,6 +184,7 @@ def _tiny_run_command(workdir, data_dir, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_second_run_is_refused_and_a_killed_runs_lock_is_stale(fashion_mnist_data_dir, tmp_path):
   workdir = tmp_path / 'run'
   env = dict(
