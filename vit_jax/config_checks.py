@@ -8,8 +8,6 @@ the fix. The optimizer's own checks (vit_jax/optim.py) run here too, so they als
 
 import dataclasses
 import difflib
-import math
-import numbers
 
 from vit_jax import attention
 from vit_jax import errors
@@ -17,6 +15,7 @@ from vit_jax import objectives
 from vit_jax import optim
 from vit_jax import paths
 from vit_jax.configs import dit as dit_configs
+from vit_jax.configs import field_checks
 from vit_jax.configs import schema
 from vit_jax.diffusion import guidance
 from vit_jax.diffusion import schedule as diffusion_schedule
@@ -26,124 +25,6 @@ from vit_jax.models import resnet
 from vit_jax.models import vit
 from vit_jax.objectives import diffusion as diffusion_objective
 from vit_jax.runtime import partitioning
-
-_DTYPE_ALIASES = {
-    'bf16': 'bfloat16',
-    'fp16': 'float16',
-    'f16': 'float16',
-    'half': 'float16',
-    'fp32': 'float32',
-    'f32': 'float32',
-    'float': 'float32',
-}
-
-_KINDS = {kind: schema.KINDS[kind] for kind in ('int', 'number', 'bool')}
-
-
-def _error(field, value, requirement):
-  return errors.UserInputError(f'config.{field}={value!r} {requirement}')
-
-
-def _check_type(field, value, kind):
-  """The value has the type `kind` names (bool is not a number; None is not allowed)."""
-  is_bool = isinstance(value, bool)
-  ok = {
-      'int': isinstance(value, numbers.Integral) and not is_bool,
-      'number': isinstance(value, numbers.Real) and not is_bool,
-      'bool': is_bool,
-  }[kind]
-  if not ok:
-    name, example = _KINDS[kind]
-    raise _error(
-        field,
-        value,
-        f'has type {type(value).__name__}; it must be {name}, e.g. ' f'--config.{field}={example}',
-    )
-
-
-def _check_bounds(field, value):
-  """`value` within the schema's bounds of `field` (a checked number)."""
-  why = field.why or field.doc
-  if field.high is not None:
-    low_ok = value > field.low if field.low_open else value >= field.low
-    high_ok = value < field.high if field.high_open else value <= field.high
-    if not (low_ok and high_ok):
-      interval = (
-          f"{'(' if field.low_open else '['}{field.low}, {field.high}"
-          f"{')' if field.high_open else ']'}"
-      )
-      raise _error(field.name, value, f'must be in {interval} ({why})')
-  elif field.low is not None:
-    if field.low_open and not value > field.low:
-      raise _error(field.name, value, f'must be a finite number > {field.low} ({why})')
-    if not field.low_open and value < field.low:
-      raise _error(
-          field.name, value, f'must be >= {field.low} ({why}); set it to ' f'{field.low} or more'
-      )
-
-
-def _check_schema_fields(config):
-  """Every field of the schema: its type, then its bounds or choices."""
-  for field in schema.FIELDS:
-    try:
-      value = schema.get(config, field.name)
-    except (KeyError, AttributeError):
-      raise errors.UserInputError(
-          f'config.{field.name} is missing; build configs on vit_jax.configs.common.get_config(),'
-          f' which sets it to {field.default!r}'
-      ) from None
-    if value is None and field.optional:
-      continue
-    if field.kind == 'choice':
-      _check_choice(
-          field.name,
-          value,
-          field.choices,
-          _DTYPE_ALIASES if field.choices == schema.DTYPES else None,
-      )
-      continue
-    if field.kind == 'range':
-      _check_range(field, value)
-      continue
-    if field.kind not in _KINDS:  # str and dict fields are checked where they are used
-      continue
-    _check_type(field.name, value, field.kind)
-    if field.kind == 'number' and not math.isfinite(value):
-      raise _error(field.name, value, 'is not finite; set a finite number')
-    _check_bounds(field, value)
-
-
-def _check_range(field, value):
-  """A pair (low, high) of finite numbers, low <= high, both within the field's bounds."""
-  pair = tuple(value) if isinstance(value, (tuple, list)) else ()
-  real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-  if len(pair) == 2 and all(map(real, pair)) and pair[0] <= pair[1]:
-    try:
-      for v in pair:
-        _check_bounds(field, v)
-      return
-    except errors.UserInputError:
-      pass
-  name, example = schema.KINDS['range']
-  raise _error(
-      field.name,
-      value,
-      f'must be {name}, both {schema.bounds(field)} ({field.why or field.doc}), e.g. '
-      f'--config.{field.name}={example}',
-  )
-
-
-def _check_choice(field, value, choices, aliases=None):
-  same_type = isinstance(value, type(choices[0])) and not isinstance(value, bool)
-  if same_type and value in choices:
-    return
-  hint = ''
-  if isinstance(value, str) and all(isinstance(c, str) for c in choices):
-    close = (aliases or {}).get(value.lower()) or next(
-        iter(difflib.get_close_matches(value, choices, n=1, cutoff=0.5)), None
-    )
-    hint = f"; did you mean '{close}'?" if close else ''
-  raise _error(field, value, f'is not one of {choices}{hint}')
 
 
 def _check_color(config):
@@ -161,7 +42,7 @@ def _check_color(config):
   ]
   for field, value, fewest in ops:
     if value and (pp.channels < fewest or pp.channels > 3):
-      raise _error(
+      raise field_checks.error(
           field,
           value,
           f"acts on {'RGB ' if fewest == 3 else ''}images in [0, 255], not the "
@@ -194,34 +75,25 @@ _SET_BY_MODEL = {
 }
 
 
-def _check_fields(field, node, allowed, set_elsewhere):
-  """Every key of `node` is a keyword of the module it configures: a typo is an error."""
-  for key in node:
-    if key in set_elsewhere:
-      raise errors.UserInputError(
-          f'config.{field}.{key} is set by {set_elsewhere[key]}; ' f'remove config.{field}.{key}.'
-      )
-    if key not in allowed:
-      close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-      hint = f"did you mean '{close[0]}'? " if close else ''
-      raise errors.UserInputError(
-          f'config.{field}.{key} is not a field of the model; {hint}' f'the fields are {allowed}.'
-      )
-
-
 def _check_model(config):
   """config.model: known fields only, and valid scan_layers / remat."""
   model = config.model
-  _check_fields('model', model, _fields(vit.VisionTransformer, _SET_BY_TRAIN), _SET_BY_TRAIN)
+  field_checks.check_fields(
+      'model', model, _fields(vit.VisionTransformer, _SET_BY_TRAIN), _SET_BY_TRAIN
+  )
   transformer = model.get('transformer')
   if transformer is None or model.get('encoder') is not None:  # none, or a custom encoder's
     return
-  _check_fields(
+  field_checks.check_fields(
       'model.transformer', transformer, _fields(vit.Encoder, _SET_BY_MODEL), _SET_BY_MODEL
   )
-  _check_type('model.transformer.scan_layers', transformer.get('scan_layers', False), 'bool')
-  _check_type('model.transformer.grads_as_dots', transformer.get('grads_as_dots', False), 'bool')
-  _check_choice('model.transformer.remat', transformer.get('remat', 'none'), vit.REMAT)
+  field_checks.check_type(
+      'model.transformer.scan_layers', transformer.get('scan_layers', False), 'bool'
+  )
+  field_checks.check_type(
+      'model.transformer.grads_as_dots', transformer.get('grads_as_dots', False), 'bool'
+  )
+  field_checks.check_choice('model.transformer.remat', transformer.get('remat', 'none'), vit.REMAT)
   options = dict(transformer.get('attention') or {})
   unknown = sorted(set(options) - {'impl', 'block_size', 'kernel'})
   if unknown:
@@ -253,7 +125,7 @@ def _check_vit(config, mesh):
   size (and a ResNet stem) divides."""
   del mesh
   if config.pp.channels == 4:
-    raise _error(
+    raise field_checks.error(
         'pp.channels',
         4,
         "is for the latents of config.objective='diffusion'; " 'images have 1 or 3 channels',
@@ -278,14 +150,14 @@ def _check_patch_dropout(config):
   if not objectives.patch_dropout_steps(config):
     return
   if objectives.objective(config) != 'classification':
-    raise _error(
+    raise field_checks.error(
         'patch_dropout.rate',
         drop.rate,
         "is for config.objective='classification' "
         '(MAE masks tokens itself: config.mae.mask_ratio); set it to 0',
     )
   if config.model.get('transformer') is None or config.model.get('resnet') is not None:
-    raise _error(
+    raise field_checks.error(
         'patch_dropout.rate',
         drop.rate,
         'leaves out patch tokens of a ViT or PiT; '
@@ -309,29 +181,29 @@ def _check_mae(config):
         'norm_pix_loss, decoder); start from configs/mae.py.'
     )
   ratio = config.mae.mask_ratio
-  _check_type('mae.mask_ratio', ratio, 'number')
+  field_checks.check_type('mae.mask_ratio', ratio, 'number')
   if not 0 <= ratio < 1:
-    raise _error(
+    raise field_checks.error(
         'mae.mask_ratio',
         ratio,
         'must be in [0, 1), the share of tokens hidden from ' 'the encoder (MAE: 0.75)',
     )
-  _check_type('mae.norm_pix_loss', config.mae.norm_pix_loss, 'bool')
+  field_checks.check_type('mae.norm_pix_loss', config.mae.norm_pix_loss, 'bool')
   decoder = config.mae.decoder
   for field, why in _MAE_DECODER:
-    _check_type(f'mae.decoder.{field}', decoder[field], 'int')
+    field_checks.check_type(f'mae.decoder.{field}', decoder[field], 'int')
     if decoder[field] < 1:
-      raise _error(f'mae.decoder.{field}', decoder[field], f'must be >= 1 ({why})')
+      raise field_checks.error(f'mae.decoder.{field}', decoder[field], f'must be >= 1 ({why})')
   if decoder.hidden_size % decoder.num_heads:
-    raise _error(
+    raise field_checks.error(
         'mae.decoder.hidden_size',
         decoder.hidden_size,
         f'must be divisible by mae.decoder.num_heads={decoder.num_heads}',
     )
-  _check_choice('mae.decoder.posemb', decoder.posemb, ('sincos2d', 'learn'))
+  field_checks.check_choice('mae.decoder.posemb', decoder.posemb, ('sincos2d', 'learn'))
   ph, pw = config.model.patches.size
   if config.mae.norm_pix_loss and ph * pw * config.pp.channels == 1:
-    raise _error(
+    raise field_checks.error(
         'mae.norm_pix_loss',
         True,
         'normalises each token by its own mean and '
@@ -345,14 +217,14 @@ def _check_mae(config):
         'or PiT model.'
     )
   if config.pp.mixup:
-    raise _error(
+    raise field_checks.error(
         'pp.mixup',
         config.pp.mixup,
         'mixes images, which a masked autoencoder '
         "should not reconstruct; set it to 0 with config.objective='mae'",
     )
   if config.pretrained_path:
-    raise _error(
+    raise field_checks.error(
         'pretrained_path',
         config.pretrained_path,
         'loads a classifier; MAE pre-training starts from scratch. Fine-tune the '
@@ -370,7 +242,7 @@ def _check_together(config):
         if drop.rate
         else ('patch_dropout.steps', drop.steps, 'patch_dropout.rate=0')
     )
-    raise _error(
+    raise field_checks.error(
         field,
         value,
         f'has no effect with config.{other}; set both (e.g. '
@@ -379,7 +251,7 @@ def _check_together(config):
     )
   ra = config.pp.randaugment  # its range is the schema's
   if ra.magnitude and not ra.num_layers:
-    raise _error(
+    raise field_checks.error(
         'pp.randaugment.magnitude',
         ra.magnitude,
         'has no effect with '
@@ -387,7 +259,7 @@ def _check_together(config):
     )
   first = config.profile.first_step
   if first > config.total_steps:
-    raise _error(
+    raise field_checks.error(
         'profile.first_step',
         first,
         f'is past config.total_steps='
@@ -395,7 +267,7 @@ def _check_together(config):
         f'{config.total_steps}] or 0 (off)',
     )
   if config.pp.resize and config.pp.resize <= config.pp.crop:
-    raise _error(
+    raise field_checks.error(
         'pp.resize',
         config.pp.resize,
         f'must be 0 (off) or larger than config.pp.crop='
@@ -410,7 +282,7 @@ def _check_together(config):
   if objectives.objective(config) == 'mae':
     for field in ('label_smoothing', 'eval_flip'):
       if config[field]:
-        raise _error(
+        raise field_checks.error(
             field,
             config[field],
             "is for classifiers; config.objective='mae' "
@@ -418,7 +290,7 @@ def _check_together(config):
             '(fine-tuning uses it)',
         )
   if not config.pretrained_strict and not config.pretrained_path:
-    raise _error(
+    raise field_checks.error(
         'pretrained_strict',
         False,
         'has no effect without config.pretrained_path; ' 'remove it or set the path',
@@ -445,25 +317,29 @@ def _check_diffusion(config, mesh):
         f'config.diffusion.{unknown[0]} is not a diffusion field; '
         f'{hint}the fields are {list(_DIFFUSION_FIELDS)}.'
     )
-  _check_fields('model', config.model, _fields(dit.DiT, _SET_BY_TRAIN), _SET_BY_TRAIN)
+  field_checks.check_fields('model', config.model, _fields(dit.DiT, _SET_BY_TRAIN), _SET_BY_TRAIN)
   for field in ('steps', 'sample_steps', 'eval_samples_per_class', 'sample_batch'):
-    _check_type(f'diffusion.{field}', d[field], 'int')
+    field_checks.check_type(f'diffusion.{field}', d[field], 'int')
     if d[field] < 1:
-      raise _error(f'diffusion.{field}', d[field], 'must be >= 1')
-  _check_choice('diffusion.sampler', d.sampler, guidance.SAMPLERS)
-  _check_choice('diffusion.noise_schedule', d.noise_schedule, diffusion_schedule.NOISE_SCHEDULES)
-  _check_type('diffusion.cfg_scale', d.cfg_scale, 'number')
+      raise field_checks.error(f'diffusion.{field}', d[field], 'must be >= 1')
+  field_checks.check_choice('diffusion.sampler', d.sampler, guidance.SAMPLERS)
+  field_checks.check_choice(
+      'diffusion.noise_schedule', d.noise_schedule, diffusion_schedule.NOISE_SCHEDULES
+  )
+  field_checks.check_type('diffusion.cfg_scale', d.cfg_scale, 'number')
   if d.cfg_scale < 1:
-    raise _error('diffusion.cfg_scale', d.cfg_scale, 'must be >= 1 (1 samples unguided)')
+    raise field_checks.error(
+        'diffusion.cfg_scale', d.cfg_scale, 'must be >= 1 (1 samples unguided)'
+    )
   if d.cfg_scale > 1 and not config.model.get('class_dropout_prob', 0.1) > 0:
-    raise _error(
+    raise field_checks.error(
         'diffusion.cfg_scale',
         d.cfg_scale,
         'needs the null class of ' 'config.model.class_dropout_prob > 0; set cfg_scale to 1',
     )
   channels = config.pp.channels
   if d.guide_channels is not None and not 1 <= d.guide_channels <= channels:
-    raise _error(
+    raise field_checks.error(
         'diffusion.guide_channels',
         d.guide_channels,
         f'must be in 1..{channels} ' '(the input channels) or None for all of them',
@@ -473,7 +349,7 @@ def _check_diffusion(config, mesh):
         d.steps, diffusion_objective.respacing(d.sampler, d.sample_steps)
     )
   except ValueError as e:
-    raise _error(
+    raise field_checks.error(
         'diffusion.sample_steps',
         d.sample_steps,
         f'does not respace ' f'config.diffusion.steps={d.steps} for the {d.sampler} sampler ({e})',
@@ -481,7 +357,7 @@ def _check_diffusion(config, mesh):
   partitioning.validate_batch(d.sample_batch, mesh, 'config.diffusion.sample_batch')
   patch = config.model.get('patch_size', 2)
   if config.pp.crop % patch:
-    raise _error(
+    raise field_checks.error(
         'pp.crop',
         config.pp.crop,
         f'is not divisible by config.model.patch_size='
@@ -495,14 +371,14 @@ def _check_diffusion(config, mesh):
   ):
     value = schema.get(config, field)
     if value:
-      raise _error(
+      raise field_checks.error(
           field,
           value,
           f"{why}; config.objective='diffusion' trains a DiT from "
           'scratch on clean labels. Turn it off',
       )
   if objectives.patch_dropout_steps(config):
-    raise _error(
+    raise field_checks.error(
         'patch_dropout.rate',
         config.patch_dropout.rate,
         'is for classifiers; set it ' "to 0 with config.objective='diffusion'",
@@ -518,7 +394,7 @@ def _check_vae(config):
   if vae is None:
     return
   if not isinstance(vae, str):
-    raise _error('diffusion.vae', vae, 'must be a folder path (a string) or None')
+    raise field_checks.error('diffusion.vae', vae, 'must be a folder path (a string) or None')
   if '://' not in vae and not paths.exists(paths.join(vae, 'config.json')):
     raise errors.MissingInputError(
         f'config.diffusion.vae={vae!r} is not a diffusers VAE folder (no config.json there); '
@@ -526,7 +402,7 @@ def _check_vae(config):
         'run.'
     )
   if config.diffusion.feature_network:
-    raise _error(
+    raise field_checks.error(
         'diffusion.feature_network',
         config.diffusion.feature_network,
         'compares samples with the eval split in pixels, but config.diffusion.vae='
@@ -550,7 +426,7 @@ _OBJECTIVE_CHECKS = {
 
 def validate(config, mesh):
   """Raises errors.UserInputError for the first bad field; types, then ranges, then shapes."""
-  _check_schema_fields(config)
+  field_checks.check_schema_fields(config)
   _check_color(config)
   _check_optimization(config)
   _OBJECTIVE_CHECKS[objectives.objective(config)](config, mesh)
