@@ -30,7 +30,7 @@ def define_flags():
   flags.DEFINE_list('models', ['vit2', 'pit'], 'vit2 (2x2 patches) and/or pit (pixels), in order.')
   flags.DEFINE_list('fractions', ['0.01', '0.1'], 'Shares of the labels to fine-tune on.')
   flags.DEFINE_integer('pretrain_epochs', 10, 'MAE epochs over the 60,000 unlabelled images.')
-  flags.DEFINE_integer('finetune_epochs', 50, 'Fine-tuning passes over the labelled subset.')
+  flags.DEFINE_integer('finetune_epochs', 30, 'Fine-tuning passes over the labelled subset.')
   flags.DEFINE_integer('min_finetune_steps', 500, 'Fewest fine-tuning steps (1 % is 9 a pass).')
   flags.DEFINE_integer('seeds', 2, 'Fine-tuning seeds per (model, fraction, arm).')
   flags.DEFINE_bool('smoke', False, 'Only time each seed-0 point for --smoke_steps and estimate.')

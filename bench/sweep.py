@@ -111,6 +111,8 @@ def run(points, out, log=print):
     start = time.time()
     with open(os.path.join(out, f'{point.name}.log'), 'a') as f:
       code = subprocess.run(point.command(workdir), stdout=f, stderr=subprocess.STDOUT).returncode
+    with open(os.path.join(out, f'{point.name}.calls.jsonl'), 'a') as f:
+      f.write(json.dumps(dict(seconds=time.time() - start, exit=code)) + '\n')
     done = summary(workdir, point.steps)
     if code or not done:
       log(f'[{i + 1}/{len(points)}] {point.name}: exit {code}, see {out}/{point.name}.log')
@@ -132,7 +134,8 @@ def _line(done):
   return ', '.join(parts)
 
 
-SMOKE_TEST_SPLIT = 'test[:640]'  # smoke runs evaluate on 640 test images: seconds, not minutes
+SMOKE_TEST = 640  # smoke runs evaluate on 640 test images: seconds, not minutes
+SMOKE_TEST_SPLIT = f'test[:{SMOKE_TEST}]'
 TEST_EXAMPLES = 10_000
 
 
@@ -157,26 +160,52 @@ def _seed0(name):
   return f'{head}_s0' if head and seed.isdigit() else name
 
 
+def _call_seconds(smoke_out, name):
+  """Seconds of a point's one finished smoke call (process start and final eval included)."""
+  path = os.path.join(smoke_out, f'{name}.calls.jsonl')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    calls = [json.loads(line) for line in f if line.strip()]
+  return calls[-1]['seconds'] if calls and not calls[-1]['exit'] else None
+
+
 def estimate(points, smoke_out, batch, log=print):
-  """Prints each point's full-run time from its seed-0 smoke run: start-up and compile as
-  measured, its step time times the steps, and the final evaluation of the 10,000 test images
-  taken as (2 views x 10,000 / batch) forward passes at a third of a train step each (an
-  approximation). Returns the total in seconds (None if a smoke run is missing)."""
-  total, missing = 0.0, False
-  eval_steps = 2 * TEST_EXAMPLES / batch / 3
-  log('| point | steps | smoke ms/step | start-up s | estimated full run |')
-  log('|---|---|---|---|---|')
+  """Prints each point's full-run time from its seed-0 smoke run and returns the total in
+  seconds (None if a smoke run is missing): start-up and compile as measured, the step time
+  times the steps, and the final evaluation of the 10,000 test images scaled from the smoke
+  run's 640. That evaluation is the smoke call's time beyond its training, less the process
+  start of the cheapest point (whose evaluation is negligible); without call times, 2 views
+  x 10,000 / batch forward passes at a third of a train step each."""
+  runs = {}
   for p in points:
-    workdir = os.path.join(smoke_out, _seed0(p.name))
+    name = _seed0(p.name)
+    workdir = os.path.join(smoke_out, name)
     done, per_step = summary(workdir), step_seconds(records(workdir))
-    if not done or per_step is None or done['wall'] is None:
-      log(f'| {p.name} | {p.steps} | ? | ? | ? |')
+    if done and per_step is not None and done['wall'] is not None:
+      runs[name] = (done, per_step, _call_seconds(smoke_out, name))
+  outside = [call - done['wall'] for done, _, call in runs.values() if call is not None]
+  process_start = min(outside) if outside else 0.0
+  total, missing = 0.0, False
+  log('| point | steps | smoke ms/step | start-up s | final eval s | estimated full run |')
+  log('|---|---|---|---|---|---|')
+  for p in points:
+    if _seed0(p.name) not in runs:
+      log(f'| {p.name} | {p.steps} | ? | ? | ? | ? |')
       missing = True
       continue
+    done, per_step, call = runs[_seed0(p.name)]
     fixed = max(0.0, done['wall'] - done['step'] * per_step)
-    seconds = fixed + (p.steps + eval_steps) * per_step
+    if call is None:
+      evaluation = 2 * TEST_EXAMPLES / batch / 3 * per_step
+    else:
+      evaluation = max(0.0, call - done['wall'] - process_start) * TEST_EXAMPLES / SMOKE_TEST
+    seconds = process_start + fixed + p.steps * per_step + evaluation
     total += seconds
-    log(f'| {p.name} | {p.steps} | {per_step * 1e3:.1f} | {fixed:.0f} | {hours(seconds)} |')
+    log(
+        f'| {p.name} | {p.steps} | {per_step * 1e3:.1f} | {fixed:.0f} | {evaluation:.0f} | '
+        f'{hours(seconds)} |'
+    )
   log(
       f'Estimated full sweep: {hours(total)} of wall time on this host'
       + (' (incomplete)' if missing else '')

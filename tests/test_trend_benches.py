@@ -72,6 +72,11 @@ def test_estimate_from_smoke_runs(tmp_path):
   # 50 ms/step, 10 s start-up: 2 seeds x (10 + (937 + 104.2) x 0.05) s
   assert total == pytest.approx(2 * (10 + (937 + 2 * 10_000 / 64 / 3) * 0.05))
   assert lines[-1].startswith('Estimated full sweep:')
+  # with the smoke call's time: 12 s beyond training, all process start (the only point)
+  wall = 10 + 40 * 0.05
+  (tmp_path / 'i28_p7_s0.calls.jsonl').write_text(json.dumps(dict(seconds=wall + 12, exit=0)))
+  total = sweep.estimate(points, str(tmp_path), 64, log=lines.append)
+  assert total == pytest.approx(2 * (12 + 10 + 937 * 0.05))
   smoke = sweep.smoke_points(points, 20)
   assert [p.name for p in smoke] == ['i28_p7_s0'] and smoke[0].steps == 20
   assert smoke[0].overrides['pp.test'] == sweep.SMOKE_TEST_SPLIT
