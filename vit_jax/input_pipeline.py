@@ -4,7 +4,8 @@ Config fields read: dataset (TFDS name, a folder with train/ and test/ subfolder
 class folders, or 'latents:<root>'), tfds_data_dir, tfds_manual_dir, tfds_download,
 fashion_mnist_dir, pp.{train, test, crop, resize, inception_crop, inception_crop_area,
 pad_crop, flip, color_jitter, grayscale_prob, blur_prob, blur_sigma, solarize_prob, mixup,
-randaugment, channels, skip_undecodable}, batch, batch_eval, seed, prefetch.
+randaugment, channels, skip_undecodable, train_labelled_fraction}, batch, batch_eval, seed,
+prefetch.
 
 Sources. Every dataset is read by example index (vit_jax/datasets/source.py): TFDS datasets
 from array_record files (vit_jax/datasets/tfds_source.py; small ones decoded into memory),
@@ -41,6 +42,7 @@ from vit_jax import errors
 from vit_jax import paths
 from vit_jax.datasets import color_augment
 from vit_jax.datasets import image_folder
+from vit_jax.datasets import labelled_subset
 from vit_jax.datasets import latents
 from vit_jax.datasets import preprocessing as pp_lib
 from vit_jax.datasets import tfds_source
@@ -99,7 +101,31 @@ def check_splits(config):
           'widen the slice.'
       )  # (an image folder's split with no images)
     infos.append(info)
+  if labelled_subset.active(config):  # its errors at start too, in seconds
+    infos[0] = dict(infos[0], num_examples=len(train_subset(config)))
   return infos[0]
+
+
+def train_subset(config):
+  """The split indices `config.pp.train_labelled_fraction` keeps of the train split."""
+  split = config.pp.train
+  where = f'split {split!r} of config.dataset={config.dataset!r}'
+  if latents.is_latents(config.dataset):
+    raise errors.UserInputError(
+        f'{labelled_subset.FIELD} is not available with latents ({where}); set it to 1.'
+    )
+  if _is_folder(config):
+    listing = image_folder.listing(config.dataset, split)
+    labels, num_classes = listing.labels, len(listing.classes)
+  else:
+    loaded = tfds_source.in_memory(config, split)
+    if loaded is None:
+      raise errors.UserInputError(
+          f'{labelled_subset.FIELD} needs the labels of {where} in memory (a split of fixed '
+          'image shape under 2 GiB, or an image folder); set it to 1.'
+      )
+    _, labels, num_classes = loaded
+  return labelled_subset.indices(labels, num_classes, config.pp.train_labelled_fraction, where)
 
 
 def split_source(config, split):
@@ -338,6 +364,8 @@ def get_data(config, mode, *, start_step=0, process_index=None, process_count=No
       batch_field,
   )
   source = split_source(config, _split_name(config, mode))
+  if mode == 'train' and labelled_subset.active(config):
+    source = labelled_subset.restrict(source, train_subset(config))
   if mode == 'eval':
     ds = _eval_dataset(config, source, process_index, process_count)
   else:

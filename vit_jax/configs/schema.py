@@ -256,6 +256,19 @@ FIELDS = (
         choices=(1, 3, 4),
     ),
     Field(
+        'pp.train_labelled_fraction',
+        1.0,
+        'number',
+        'Train on a fixed, class-balanced share of the train split: round(fraction * n / '
+        'classes) examples of each class, the first ones of each class in split order (the same '
+        'for every seed; read by index, so resume is exact). For few-label fine-tuning '
+        '(`bench/mae_few_labels.py`); 1 keeps the whole split.',
+        low=0,
+        high=1,
+        low_open=True,
+        why='a share of the train split; 1 keeps all of it',
+    ),
+    Field(
         'pp.skip_undecodable',
         False,
         'bool',

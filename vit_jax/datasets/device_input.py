@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from vit_jax import errors
 from vit_jax import paths
+from vit_jax.datasets import labelled_subset
 from vit_jax.datasets import preprocessing
 from vit_jax.datasets import tfds_source
 from vit_jax.runtime import partitioning
@@ -87,6 +88,14 @@ def host_arrays(config):
         'config.pp.on_device=False.'
     )
   images, labels, num_classes = loaded
+  if labelled_subset.active(config):  # the subset's order: index i is split example chosen[i]
+    chosen = labelled_subset.indices(
+        labels,
+        num_classes,
+        config.pp.train_labelled_fraction,
+        f'split {config.pp.train!r} of config.dataset={config.dataset!r}',
+    )
+    images, labels = images[chosen], labels[chosen]
   crop, channels = config.pp.crop, config.pp.channels
   if images.shape[1:] == (crop, crop, channels):
     return images, labels.astype(np.int32), num_classes
