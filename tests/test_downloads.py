@@ -16,9 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from vit_jax import downloads
 from vit_jax import errors
 from vit_jax import paths
+from vit_jax.paths import downloads
 
 PAYLOAD = np.arange(300_000, dtype=np.uint8).tobytes()  # several chunks of the progress loop
 
@@ -260,7 +260,7 @@ def test_env_variables_in_a_fresh_process(tmp_path):
   cache = tmp_path / 'hub'
   _add_repo(cache, 'org/vit', {'config.json': CONFIG, 'model.safetensors': WEIGHTS})
   script = (
-      'import json; from vit_jax import downloads as d; out = [d.local_copy("hf://org/vit"),'
+      'import json; from vit_jax.paths import downloads as d; out = [d.local_copy("hf://org/vit"),'
       ' d.local_copy("hf://org/vit/config.json")]\n'
       'try: d.local_copy("hf://org/nope")\n'
       'except ValueError as e: out.append(str(e))\n'
@@ -274,7 +274,9 @@ def test_env_variables_in_a_fresh_process(tmp_path):
           filter(
               None,
               [
-                  os.path.dirname(os.path.dirname(os.path.abspath(downloads.__file__))),
+                  os.path.dirname(
+                      os.path.dirname(os.path.dirname(os.path.abspath(downloads.__file__)))
+                  ),
                   os.environ.get('PYTHONPATH'),
               ],
           )

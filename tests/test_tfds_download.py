@@ -90,7 +90,7 @@ def test_offline_fashion_mnist_names_the_debian_files(tmp_path, dead_proxy):
 
 def test_this_machine_offline_without_a_proxy(tmp_path):
   """The real network of this machine, as the task's offline CI has it (skipped online)."""
-  from vit_jax import downloads
+  from vit_jax.paths import downloads
 
   if downloads.unreachable('https://www.cs.toronto.edu', 5) is None:
     pytest.skip('this machine reaches www.cs.toronto.edu: it would download cifar10')

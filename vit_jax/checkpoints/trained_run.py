@@ -12,10 +12,10 @@ from typing import NamedTuple
 
 import ml_collections
 
-from vit_jax import downloads
 from vit_jax import errors
 from vit_jax import paths
 from vit_jax.datasets import class_names as labels
+from vit_jax.paths import downloads
 from vit_jax.runtime import workdir as workdir_lib
 
 CHECKPOINTS = 'checkpoints'

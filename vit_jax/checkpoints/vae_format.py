@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import downloads
 from vit_jax import errors
 from vit_jax import paths
 from vit_jax.checkpoints import file_readers
 from vit_jax.models import vae
+from vit_jax.paths import downloads
 
 CONFIG_NAME = 'config.json'
 WEIGHTS_NAMES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin')

@@ -20,9 +20,9 @@ import urllib.parse
 from absl import logging
 import tensorflow_datasets as tfds
 
-from vit_jax import downloads
 from vit_jax import errors
 from vit_jax.datasets import fashion_mnist_local
+from vit_jax.paths import downloads
 
 PROBE_TIMEOUT_S = 5.0
 GCS_MIRROR = 'https://storage.googleapis.com'

@@ -12,7 +12,7 @@ compiled in and cannot be pointed at one.
 
 `https://`, `http://` and `hf://` paths are read-only inputs (pretrained checkpoints): the
 readers here (`exists`, `isdir`, `listdir`, `read_bytes`, `open_binary`) work on the local
-copy `local_copy(path)` makes once (vit_jax/downloads.py), so `exists` may download;
+copy `local_copy(path)` makes once (vit_jax/paths/downloads.py), so `exists` may download;
 it is False only when the server or the Hub says there is no such file, and raises a clear
 error when it cannot tell (offline, denied). Writers raise a clear error for them.
 `join`, `parent` and `basename` treat them as strings (`hf://org/name` joined with
@@ -26,8 +26,8 @@ os.environ.setdefault('EPATH_USE_TF', '0')
 
 from etils import epath
 
-from vit_jax import downloads
 from vit_jax import errors
+from vit_jax.paths import downloads
 from vit_jax.runtime import gcs_credentials
 
 REMOTE_PREFIXES = ('gs://', 's3://', 'az://')
@@ -35,7 +35,7 @@ REMOTE_PREFIXES = ('gs://', 's3://', 'az://')
 
 def local_copy(path):
   """A local path with the contents of an `https://`, `http://` or `hf://` path (downloaded
-  once, see vit_jax/downloads.py); local and `gs://` paths come back unchanged."""
+  once, see vit_jax/paths/downloads.py); local and `gs://` paths come back unchanged."""
   return downloads.local_copy(path)
 
 
