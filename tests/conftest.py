@@ -31,6 +31,8 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   _cache_dir = tempfile.mkdtemp(prefix='vit_jax_tests_xla_cache_')
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _cache_dir
   os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
+  # Small programs too: a subprocess's eval and init steps are compiled again by the next one.
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
   atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
 
 import jax
@@ -52,12 +54,22 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope='session')
 def fashion_mnist_data_dir(tmp_path_factory):
-  """A tfds data_dir with fashion_mnist prepared offline from Debian's files (once)."""
+  """A tfds data_dir with fashion_mnist prepared offline from Debian's files, once per run:
+  the first xdist worker prepares it under the run's shared temporary folder, the others
+  wait for it (tests only read it)."""
+  import filelock
+
   from vit_jax.datasets import fashion_mnist_local
 
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
-  fashion_mnist_local.prepare_fashion_mnist(FASHION_MNIST_DIR, data_dir)
-  return data_dir
+  shared = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    shared = shared.parent  # the run's folder, above each worker's own
+  data_dir, ready = shared / 'fashion_mnist_tfds', shared / 'fashion_mnist_tfds.ready'
+  with filelock.FileLock(str(shared / 'fashion_mnist_tfds.lock')):
+    if not ready.exists():
+      fashion_mnist_local.prepare_fashion_mnist(FASHION_MNIST_DIR, str(data_dir))
+      ready.touch()
+  return str(data_dir)
 
 
 @pytest.fixture(scope='session')
