@@ -4,8 +4,8 @@ Hosts sold as the same 2-core machine differ: the PiT main job took 425 s on one
 on another, both idle. The probe is a float32 2048x2048 matmul through numpy (its BLAS, all
 cores), best of 5, and the CPU's model and vector width. Between CPUs of one kind it tracks
 the train step; across kinds it does not: an AVX-512 Xeon measured 400-409 GFLOP/s against an
-AVX2 EPYC's 194-203, yet ran the same (old) PiT job only 1.1-1.3x faster (README, "CPU
-speed"). The slowest host seen ran that job at 610 examples/s.
+AVX2 EPYC's 194-203, yet ran the same (old) PiT job only 1.1-1.3x faster. The slowest host
+seen ran that job at 610 examples/s.
 """
 
 import os
