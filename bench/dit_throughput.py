@@ -164,7 +164,7 @@ _TORCH_SCRIPT = r"""
 import sys, time, torch
 source, name, batch, size, steps, sample, sample_steps, sample_batch, cfg = sys.argv[1:10]
 sys.path.insert(0, source)
-from models import DiT_models
+from models import DiT, DiT_models
 from diffusion import create_diffusion
 batch, size, steps, sample_steps, sample_batch = map(int, (batch, size, steps, sample_steps,
                                                            sample_batch))
@@ -182,7 +182,13 @@ def report(what, per_s, seconds, extra=''):
   print(f'{"DiT/torch":8s} {name:8s} {what:8s} {per_s:8.2f} /s  ({seconds * 1e3:8.0f} ms/call'
         f'{extra})', flush=True)
 
-model = DiT_models[name](input_size=size, num_classes=1000)
+if name in DiT_models:
+  model = DiT_models[name](input_size=size, num_classes=1000)
+else:  # patch 1 (pixel tokens) is not among the original's names: its S/B/L/XL widths
+  widths = {'S': (12, 384, 6), 'B': (12, 768, 12), 'L': (24, 1024, 16), 'XL': (28, 1152, 16)}
+  depth, hidden, heads = widths[name.split('-')[1].split('/')[0]]
+  model = DiT(input_size=size, patch_size=int(name.split('/')[1]), hidden_size=hidden,
+              depth=depth, num_heads=heads, num_classes=1000)
 x = torch.randn(batch, 4, size, size)
 t = torch.arange(batch) * 997 % 1000
 y = torch.arange(batch) % 1000
