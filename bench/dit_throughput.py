@@ -14,7 +14,8 @@ checkout (`--dit_source`) in a separate interpreter with torch and timm (`--torc
 they are never dependencies of vit_jax. Without them only vit_jax is timed. Both sides use
 every core: torch with one intra-op thread per core, vit_jax with one CPU device per core and
 the batch split over them (as training on a CPU host does; vit_jax/runtime/host_setup.py).
-Compile time is reported apart from the timed steps.
+Compile time is reported apart from the timed steps. vit_jax's DiT runs with the layers of the
+CPU recipe (`grads_as_dots`, as configs/dit.py's CPU presets train) unless --nograds_as_dots.
 """
 
 import os
@@ -33,6 +34,9 @@ flags.DEFINE_list('sample_models', ['DiT-S/2'], 'Models whose sampling is timed.
 flags.DEFINE_integer('sample_steps', 250, 'Sampling steps (the respacing of the process).')
 flags.DEFINE_integer('sample_batch', 2, 'Samples per sampling call (doubled by guidance).')
 flags.DEFINE_float('cfg_scale', 4.0, 'Classifier-free guidance scale (sample.py default).')
+flags.DEFINE_bool(
+    'grads_as_dots', True, "vit_jax's CPU recipe: the backward written for XLA:CPU (same numbers)."
+)
 flags.DEFINE_string('dit_source', '', 'A facebookresearch/DiT checkout (models.py, diffusion/).')
 flags.DEFINE_string('torch_python', 'python3', 'Interpreter with torch and timm.')
 FLAGS = flags.FLAGS
@@ -83,7 +87,9 @@ def bench_vit_jax(name, sample):
   from vit_jax.diffusion import guidance
   from vit_jax.models import dit
 
-  model = dit.from_config(model_configs.MODEL_CONFIGS[name], NUM_CLASSES)
+  model = dit.from_config(
+      model_configs.MODEL_CONFIGS[name], NUM_CLASSES, grads_as_dots=FLAGS.grads_as_dots
+  )
   shape = (FLAGS.batch, FLAGS.latent_size, FLAGS.latent_size, CHANNELS)
   key = jax.random.key(0)
   x = jax.random.normal(key, shape)
@@ -260,7 +266,8 @@ def main(argv):
   print(host_probe.line())
   print(
       f'latents {FLAGS.latent_size}x{FLAGS.latent_size}x{CHANNELS}, batch {FLAGS.batch}, '
-      f'{NUM_CLASSES} classes, float32; sampling batch {FLAGS.sample_batch}'
+      f'{NUM_CLASSES} classes, float32; sampling batch {FLAGS.sample_batch}; vit_jax '
+      f'grads_as_dots={FLAGS.grads_as_dots}'
   )
   for name in FLAGS.models:
     sample = name in FLAGS.sample_models

@@ -38,6 +38,12 @@ PAIRS = {
         lambda: nn.LayerNorm(epsilon=1e-6),
         lambda: cpu_backward_layers.LayerNorm(epsilon=1e-6),
     ),
+    'layer_norm_plain': (  # DiT's: no parameters, two-pass variance
+        lambda: nn.LayerNorm(1e-6, use_bias=False, use_scale=False, use_fast_variance=False),
+        lambda: cpu_backward_layers.LayerNorm(
+            1e-6, use_bias=False, use_scale=False, use_fast_variance=False
+        ),
+    ),
     'dense_wide': (
         lambda: nn.Dense(
             3 * WIDTH,

@@ -225,6 +225,24 @@ def test_scan_and_remat_give_the_same_numbers():
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
 
 
+def test_cpu_backward_gives_the_same_parameters_outputs_and_gradients():
+  """grads_as_dots (the CPU recipe's layers) against Flax's own layers and autodiff."""
+  x, t, y = _inputs()
+  model, ours = _tiny(), _tiny(grads_as_dots=True)
+  init = lambda m: m.init(jax.random.key(3), x, t, y, train=False)['params']
+  jax.tree.map(np.testing.assert_array_equal, init(ours), init(model))
+  params = _perturbed_params(model, x, t, y)
+  loss = lambda m: jax.jit(
+      jax.value_and_grad(
+          lambda p, x: jnp.sum(m.apply({'params': p}, x, t, y, train=False) ** 2), argnums=(0, 1)
+      )
+  )
+  (want, want_grads), (got, got_grads) = loss(model)(params, x), loss(ours)(params, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+    np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-5 * float(np.abs(w).max()))
+
+
 @pytest.mark.parametrize('impl,seq', [('blockwise', 1), ('ring', 2)])
 def test_attention_schedules_agree(impl, seq):
   """Every vit_jax.attention schedule serves DiT; ring shards the 16 tokens over a mesh."""

@@ -318,6 +318,8 @@ def _check_diffusion(config, mesh):
         f'{hint}the fields are {list(_DIFFUSION_FIELDS)}.'
     )
   field_checks.check_fields('model', config.model, _fields(dit.DiT, _SET_BY_TRAIN), _SET_BY_TRAIN)
+  for field in ('scan_layers', 'grads_as_dots'):
+    field_checks.check_type(f'model.{field}', config.model.get(field, False), 'bool')
   for field in ('steps', 'sample_steps', 'eval_samples_per_class', 'sample_batch'):
     field_checks.check_type(f'diffusion.{field}', d[field], 'int')
     if d[field] < 1:

@@ -27,6 +27,8 @@ def apply_cpu_recipe(config):
   config.eval_flip = config.pp.flip
   if config.model.get('transformer') is not None:
     config.model.transformer.grads_as_dots = True
+  elif 'grads_as_dots' in config.model:  # a DiT
+    config.model.grads_as_dots = True
   config.optim = 'adamw'
   config.adam_b2 = 0.95
   config.weight_decay = 0.05

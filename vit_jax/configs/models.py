@@ -228,6 +228,7 @@ def dit_config(size, patch):
   config.learn_sigma = True  # output 2 * C channels: noise and variance interpolation
   config.scan_layers = False
   config.remat = 'none'
+  config.grads_as_dots = False  # True: the backward written for XLA:CPU (the CPU recipe's)
   config.attention = ml_collections.ConfigDict(
       {'impl': 'auto', 'block_size': 512, 'kernel': 'auto'}
   )

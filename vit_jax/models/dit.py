@@ -95,6 +95,7 @@ class DiT(nn.Module):
   attention: Mapping[str, Any] | None = None
   scan_layers: bool = False
   remat: str = 'none'
+  grads_as_dots: bool = False  # the CPU recipe's backward (dit_layers.py); same numbers
   model_name: str | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -116,8 +117,9 @@ class DiT(nn.Module):
       )
     if self.remat not in REMAT:
       raise errors.UserInputError(f'remat={self.remat!r} is not one of {REMAT}')
-    if not isinstance(self.scan_layers, bool):
-      raise errors.UserInputError(f'scan_layers={self.scan_layers!r} must be True or False')
+    for field in ('scan_layers', 'grads_as_dots'):
+      if not isinstance(getattr(self, field), bool):
+        raise errors.UserInputError(f'{field}={getattr(self, field)!r} must be True or False')
     attention_lib.validate_options(**dict(self.attention or {}))
     for name, value in (('t', t), ('y', y)):
       if jnp.shape(value) != (x.shape[0],):
@@ -145,12 +147,20 @@ class DiT(nn.Module):
         self.num_classes, self.hidden_size, self.class_dropout_prob, name='y_embedder', **kwargs
     )(y, train=train, force_drop_ids=force_drop_ids)
     tokens = self._blocks(tokens, cond)
-    tokens = dit_layers.FinalLayer(p, out_channels, name='final_layer', **kwargs)(tokens, cond)
+    tokens = dit_layers.FinalLayer(
+        p, out_channels, name='final_layer', grads_as_dots=self.grads_as_dots, **kwargs
+    )(tokens, cond)
     return unpatchify(tokens, grid, p, out_channels)
 
   def _blocks(self, x, cond):
     block = lambda name: dit_layers.DiTBlock(
-        self.num_heads, self.mlp_ratio, self.attention, self.dtype, self.param_dtype, name=name
+        self.num_heads,
+        self.mlp_ratio,
+        self.attention,
+        self.dtype,
+        self.param_dtype,
+        self.grads_as_dots,
+        name=name,
     )
 
     def run(module, x, cond):
