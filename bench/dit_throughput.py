@@ -56,7 +56,7 @@ def _time_calls(fn, calls):
 
 def _report(side, name, what, per_s, seconds, extra=''):
   print(
-      f'{side:8s} {name:8s} {what:8s} {per_s:8.2f} /s  ({seconds * 1e3:8.0f} ms/call{extra})',
+      f'{side:8s} {name:8s} {what:8s} {per_s:8.3f} /s  ({seconds * 1e3:8.0f} ms/call{extra})',
       flush=True,
   )
 
@@ -185,7 +185,7 @@ def timed(fn, calls):
   return (time.perf_counter() - start) / calls
 
 def report(what, per_s, seconds, extra=''):
-  print(f'{"DiT/torch":8s} {name:8s} {what:8s} {per_s:8.2f} /s  ({seconds * 1e3:8.0f} ms/call'
+  print(f'{"DiT/torch":8s} {name:8s} {what:8s} {per_s:8.3f} /s  ({seconds * 1e3:8.0f} ms/call'
         f'{extra})', flush=True)
 
 if name in DiT_models:

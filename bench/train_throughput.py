@@ -58,13 +58,13 @@ def main(argv):
   import jax
   import jax.numpy as jnp
 
-  from vit_jax import device_input
   from vit_jax import input_pipeline
   from vit_jax import objectives
-  from vit_jax import optim
-  from vit_jax import parallel
-  from vit_jax import steps
   from vit_jax import train
+  from vit_jax.datasets import device_input
+  from vit_jax.runtime import partitioning as parallel
+  from vit_jax.training import optim
+  from vit_jax.training import steps
 
   config = FLAGS.config
   print(f'devices: {jax.device_count()}  XLA_FLAGS: {os.environ.get("XLA_FLAGS", "")}')

@@ -14,7 +14,6 @@ import pytest
 
 from vit_jax import config_checks
 from vit_jax import errors
-from vit_jax import metrics
 from vit_jax import objectives
 from vit_jax import train
 from vit_jax.checkpoints import orbax_state
@@ -23,6 +22,7 @@ from vit_jax.configs import pit as pit_configs
 from vit_jax.diffusion import guidance
 from vit_jax.objectives import diffusion as diffusion_objective
 from vit_jax.runtime import partitioning
+from vit_jax.training import metrics
 
 ROOT = pathlib.Path(__file__).parents[1]
 

@@ -27,13 +27,13 @@ import pytest
 from vit_jax import checkpoint
 from vit_jax import inference
 from vit_jax import input_pipeline
-from vit_jax import metrics
 from vit_jax import train
 from vit_jax.checkpoints import orbax_state
 from vit_jax.configs import models as model_configs
 from vit_jax.configs import pit as pit_configs
 from vit_jax.datasets import class_names
 from vit_jax.models import VisionTransformer
+from vit_jax.training import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = 'vit-jax-test'

@@ -13,8 +13,6 @@ import pytest
 from vit_jax import checkpoint
 from vit_jax import config_checks
 from vit_jax import errors
-from vit_jax import metrics
-from vit_jax import steps
 from vit_jax import train
 from vit_jax.checkpoints import orbax_state
 from vit_jax.configs import mae as mae_configs
@@ -22,6 +20,8 @@ from vit_jax.configs import models as model_configs
 from vit_jax.models import mae
 from vit_jax.models import VisionTransformer
 from vit_jax.runtime import partitioning
+from vit_jax.training import metrics
+from vit_jax.training import steps
 
 
 def _pit(classifier='gap', heads=2, impl='dense'):

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import optim
 from vit_jax.configs import common
+from vit_jax.training import optim
 
 
 def config_with(**fields):

@@ -4,12 +4,12 @@ import jax
 import numpy as np
 import pytest
 
-from vit_jax import optim
-from vit_jax import steps
 from vit_jax import train
 from vit_jax.configs import pit as pit_configs
 from vit_jax.models import layer_stack
 from vit_jax.runtime import partitioning
+from vit_jax.training import optim
+from vit_jax.training import steps
 
 P = jax.sharding.PartitionSpec
 

@@ -6,13 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import optim
-from vit_jax import steps
 from vit_jax import train
 from vit_jax.configs import pit as pit_configs
 from vit_jax.models import mae
 from vit_jax.models import vit
 from vit_jax.objectives import classification
+from vit_jax.training import optim
+from vit_jax.training import steps
 
 _IMAGES = jax.random.normal(jax.random.PRNGKey(0), (4, 12, 12, 1))  # 3x3 = 9 patch tokens
 

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from vit_jax import metrics
 from vit_jax.checkpoints import orbax_state
+from vit_jax.training import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,10 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import metrics
 from vit_jax import objectives
-from vit_jax import optim
-from vit_jax import steps
 from vit_jax import train
 from vit_jax.checkpoints import orbax_state
 from vit_jax.configs import augreg as augreg_configs
@@ -23,6 +20,9 @@ from vit_jax.configs import vit as vit_configs
 from vit_jax.perf import hlo_flops
 from vit_jax.perf import model_flops
 from vit_jax.runtime import partitioning
+from vit_jax.training import metrics
+from vit_jax.training import optim
+from vit_jax.training import steps
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 

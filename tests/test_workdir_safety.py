@@ -23,10 +23,10 @@ from test_gcs import gcs  # noqa: F401 (the GCS emulator fixture, injected by na
 from test_train import tiny_config
 
 from vit_jax import errors
-from vit_jax import metrics
 from vit_jax import paths
 from vit_jax import train
 from vit_jax.runtime import workdir as workdir_lib
+from vit_jax.training import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = {'pp.test': 'test[:1000]', 'total_steps': 2, 'checkpoint_every': 1000}

@@ -145,10 +145,10 @@ def compile_steps(config, devices, num_classes):
   import jax.numpy as jnp
 
   from vit_jax import config_checks
-  from vit_jax import optim
-  from vit_jax import steps
   from vit_jax import train
   from vit_jax.runtime import partitioning
+  from vit_jax.training import optim
+  from vit_jax.training import steps
 
   mesh = partitioning.create_mesh(config.mesh, devices)
   config_checks.validate(config, mesh)

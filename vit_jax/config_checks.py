@@ -3,7 +3,8 @@
 A bad value otherwise surfaces late and far from its cause: `keep_checkpoints=0` deletes the
 final checkpoint, `progress_every=0` is a ZeroDivisionError after compiling, `dtype='bf16'`
 a numpy TypeError. Each error is an `errors.UserInputError` naming the field, the value and
-the fix. The optimizer's own checks (vit_jax/optim.py) run here too, so they also come first.
+the fix. The optimizer's own checks (vit_jax/training/optim.py) run here too, so they also
+come first.
 """
 
 import dataclasses
@@ -12,7 +13,6 @@ import difflib
 from vit_jax import attention
 from vit_jax import errors
 from vit_jax import objectives
-from vit_jax import optim
 from vit_jax import paths
 from vit_jax.configs import dit as dit_configs
 from vit_jax.configs import field_checks
@@ -25,6 +25,7 @@ from vit_jax.models import resnet
 from vit_jax.models import vit
 from vit_jax.objectives import diffusion as diffusion_objective
 from vit_jax.runtime import partitioning
+from vit_jax.training import optim
 
 
 def _check_color(config):

@@ -19,11 +19,8 @@ import numpy as np
 from vit_jax import config_checks
 from vit_jax import errors
 from vit_jax import input_pipeline
-from vit_jax import metrics
 from vit_jax import objectives
-from vit_jax import optim
 from vit_jax import paths
-from vit_jax import steps
 from vit_jax.checkpoints import orbax_state
 from vit_jax.datasets import device_input
 from vit_jax.perf import profiling
@@ -34,6 +31,9 @@ from vit_jax.runtime import partitioning
 from vit_jax.runtime import preemption
 from vit_jax.runtime import step_queue
 from vit_jax.runtime import workdir as workdir_lib
+from vit_jax.training import metrics
+from vit_jax.training import optim
+from vit_jax.training import steps
 
 
 def make_model(config, num_classes):
