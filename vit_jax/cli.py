@@ -8,9 +8,15 @@ the fix>`, and exit status 2:
 - errors.UserInputError raised by `main` (with its notes, e.g. which step is saved), and
   app.UsageError.
 Any other exception is a bug and keeps its traceback.
+
+A command that ends, by returning or by `sys.exit(status)`, runs the atexit handlers and exits
+without the interpreter's teardown (`exit_now`): unloading TensorFlow's and JAX's modules
+took about 1.4 s after every command on a 2-core host, with all work already written.
 """
 
+import atexit
 import difflib
+import logging
 import os
 import re
 import sys
@@ -25,10 +31,27 @@ from vit_jax import paths
 FLAGS = flags.FLAGS
 
 
+def exit_now(status):
+  """Exits with `status` (an int, None for 0, or a message for 1, as sys.exit takes them)
+  after the atexit handlers (jax.distributed's shutdown, logging's flush, our own) and with
+  stdout and stderr flushed; the interpreter's teardown of loaded modules is skipped."""
+  if status is not None and not isinstance(status, int):
+    print(status, file=sys.stderr)
+    status = 1
+  atexit._run_exitfuncs()  # CPython's own exit path; there is no public name for it
+  logging.shutdown()
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):  # a closed pipe: nothing more can be written anyway
+      pass
+  os._exit(status or 0)
+
+
 def _fail(message):
   sys.stdout.flush()
   print(errors.one_line(message), file=sys.stderr, flush=True)
-  sys.exit(2)
+  exit_now(2)
 
 
 def _config_flag_names():
@@ -132,10 +155,13 @@ def run(main):
 
   def checked(argv):
     try:
-      return main(argv)
+      status = main(argv)
     except app.UsageError as e:
       _fail(f'{e} (--help lists the flags)')
     except errors.UserInputError as e:
       _fail(e)
+    except SystemExit as e:
+      status = e.code
+    exit_now(status)
 
   app.run(checked, flags_parser=parse_flags)

@@ -27,6 +27,7 @@ from absl import flags
 import ml_collections
 import numpy as np
 
+from vit_jax import cli
 from vit_jax import errors
 
 FLAGS = flags.FLAGS
@@ -373,4 +374,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(errors.reporting_user_errors(main))
+  cli.run(main)
