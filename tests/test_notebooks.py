@@ -63,6 +63,7 @@ def test_pit_notebook(fashion_mnist_data_dir, tmp_path, monkeypatch):
           'PIT_NB_STEPS': '6',
           'PIT_NB_MAE_STEPS': '4',
           'PIT_NB_MEMORY_LENGTHS': '256,512',
+          'PIT_NB_TRAIN_SPLIT': 'train[:4096]',
           'PIT_NB_TEST_SPLIT': 'test[:1000]',
           'PIT_NB_WORKDIR': str(tmp_path / 'work'),
           'PIT_NB_TFDS_DATA_DIR': fashion_mnist_data_dir,
