@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from xla_test_flags import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIT = '--config=configs/pit.py:fashion_mnist'
@@ -183,7 +184,7 @@ def test_a_process_whose_peers_never_come_says_so_and_gives_up(tmp_path):
               '--coordinator_timeout=5',
           ],
           cwd=ROOT,
-          env=_env(XLA_FLAGS='--xla_force_host_platform_device_count=1'),
+          env=_env(XLA_FLAGS=xla_flags(1)),
           stdout=subprocess.PIPE,
           stderr=subprocess.PIPE,
           text=True,

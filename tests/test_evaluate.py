@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 import scipy.special
+from xla_test_flags import xla_flags
 
 from vit_jax import errors
 from vit_jax import evaluate
@@ -59,12 +60,7 @@ def direct(files, mesh):
 def cli(files):
   """The command on 4 devices: shifted samples against statistics computed from images."""
   d = files['dir']
-  env = dict(
-      os.environ,
-      XLA_FLAGS='--xla_force_host_platform_device_count=4',
-      JAX_PLATFORMS='cpu',
-      PYTHONPATH=ROOT,
-  )
+  env = dict(os.environ, XLA_FLAGS=xla_flags(4), JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
   args = [
       f'--inception={files["weights"]}',
       f'--samples={files["shifted"]}',

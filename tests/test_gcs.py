@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from pipeline_configs import pipeline_config
 import pytest
+from xla_test_flags import xla_flags
 
 from vit_jax import checkpoint
 from vit_jax import inference
@@ -201,12 +202,7 @@ def _command(workdir, data_dir, pretrained, *extra):
 
 
 def _env():
-  env = dict(
-      os.environ,
-      XLA_FLAGS='--xla_force_host_platform_device_count=8',
-      JAX_PLATFORMS='cpu',
-      TF_CPP_MIN_LOG_LEVEL='2',
-  )
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2')
   env.pop('JAX_COORDINATOR_ADDRESS', None)
   return env
 

@@ -7,13 +7,14 @@ import sys
 import time
 
 import pytest
+from xla_test_flags import xla_flags
 
 ROOT = pathlib.Path(__file__).parent.parent
 
 
 def test_bad_config_value_is_one_line_and_status_2_before_compiling(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT), VIT_JAX_TCMALLOC='0')
-  env.pop('XLA_FLAGS', None)  # the preset's own cpu_devices
+  env['XLA_FLAGS'] = xla_flags()  # no device count: the preset's own cpu_devices
   start = time.time()
   run = subprocess.run(
       [
@@ -68,7 +69,7 @@ def test_corrupt_image_mid_run_finishes_the_pending_save_and_names_the_file(tmp_
       JAX_PLATFORMS='cpu',
       PYTHONPATH=str(ROOT),
       VIT_JAX_TCMALLOC='0',
-      XLA_FLAGS='--xla_force_host_platform_device_count=2',
+      XLA_FLAGS=xla_flags(2),
   )
   run = subprocess.run(
       [

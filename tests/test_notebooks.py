@@ -5,6 +5,7 @@ import pathlib
 import nbclient
 import nbformat
 import pytest
+from xla_test_flags import xla_flags
 
 ROOT = pathlib.Path(__file__).parents[1]
 FIXTURES = ROOT / 'tests' / 'fixtures'
@@ -14,7 +15,7 @@ def _run(name, env, tmp_path, monkeypatch):
   for key, value in env.items():
     monkeypatch.setenv(key, value)
   monkeypatch.setenv('MPLBACKEND', 'Agg')
-  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+  monkeypatch.setenv('XLA_FLAGS', xla_flags(8))
   book = nbformat.read(ROOT / 'notebooks' / name, as_version=4)
   assert any('parameters' in c.metadata.get('tags', []) for c in book.cells)
   assert all(not c.get('outputs') for c in book.cells if c.cell_type == 'code')

@@ -12,6 +12,7 @@ import zipfile
 import numpy as np
 from PIL import Image
 import pytest
+from xla_test_flags import xla_flags
 
 ROOT = pathlib.Path(__file__).parents[1]
 FIXTURES = ROOT / 'tests' / 'fixtures'
@@ -64,7 +65,7 @@ def installed(tmp_path_factory):
 
 def _run(site, cwd, *args, timeout=300):
   env = dict(os.environ, PYTHONPATH=str(site), JAX_PLATFORMS='cpu', VIT_JAX_TCMALLOC='0')
-  env.pop('XLA_FLAGS', None)
+  env['XLA_FLAGS'] = xla_flags()  # no device count: the preset's own cpu_devices
   return subprocess.run(
       [sys.executable, *args],
       cwd=cwd,

@@ -13,6 +13,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from xla_test_flags import xla_flags
 
 from vit_jax.checkpoints import orbax_state
 from vit_jax.training import metrics
@@ -46,7 +47,7 @@ def _command(workdir, data_dir, *extra):
 def _env(devices, **extra):
   env = dict(
       os.environ,
-      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+      XLA_FLAGS=xla_flags(devices),
       JAX_PLATFORMS='cpu',
       TF_CPP_MIN_LOG_LEVEL='2',
       **extra,

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from xla_test_flags import xla_flags
 
 from vit_jax import diffusion as diffusion_lib
 from vit_jax import errors
@@ -187,7 +188,7 @@ def test_an_out_dir_of_other_settings_is_refused_and_left_alone(dits, reference,
 def _env(devices):
   env = dict(
       os.environ,
-      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+      XLA_FLAGS=xla_flags(devices),
       JAX_PLATFORMS='cpu',
       TF_CPP_MIN_LOG_LEVEL='2',
       VIT_JAX_TCMALLOC='0',

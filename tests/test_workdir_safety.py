@@ -21,6 +21,7 @@ import tensorflow as tf
 from test_gcs import BUCKET
 from test_gcs import gcs  # noqa: F401 (the GCS emulator fixture, injected by name)
 from test_train import tiny_config
+from xla_test_flags import xla_flags
 
 from vit_jax import errors
 from vit_jax import paths
@@ -188,11 +189,7 @@ def _tiny_run_command(workdir, data_dir, *extra):
 def test_second_run_is_refused_and_a_killed_runs_lock_is_stale(fashion_mnist_data_dir, tmp_path):
   workdir = tmp_path / 'run'
   env = dict(
-      os.environ,
-      JAX_PLATFORMS='cpu',
-      PYTHONPATH=ROOT,
-      VIT_JAX_TCMALLOC='0',
-      XLA_FLAGS='--xla_force_host_platform_device_count=2',
+      os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, VIT_JAX_TCMALLOC='0', XLA_FLAGS=xla_flags(2)
   )
   first = subprocess.Popen(
       _tiny_run_command(
