@@ -16,7 +16,6 @@ took about 1.4 s after every command on a 2-core host, with all work already wri
 
 import atexit
 import difflib
-import logging
 import os
 import re
 import sys
@@ -39,7 +38,6 @@ def exit_now(status):
     print(status, file=sys.stderr)
     status = 1
   atexit._run_exitfuncs()  # CPython's own exit path; there is no public name for it
-  logging.shutdown()
   for stream in (sys.stdout, sys.stderr):
     try:
       stream.flush()

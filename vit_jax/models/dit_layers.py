@@ -98,6 +98,18 @@ def _dense(features, dtype, param_dtype, name, zero=False, init=None, grads_as_d
   )
 
 
+def _linear(module, features, name, zero=False):
+  """`_dense` with the dtype, param_dtype and grads_as_dots of the calling `module`."""
+  return _dense(
+      features,
+      module.dtype,
+      module.param_dtype,
+      name,
+      zero=zero,
+      grads_as_dots=module.grads_as_dots,
+  )
+
+
 def _layer_norm(dtype, grads_as_dots=False):
   """LayerNorm without scale or bias, eps 1e-6, two-pass variance (as PyTorch's)."""
   cls = cpu_backward_layers.LayerNorm if grads_as_dots else nn.LayerNorm
@@ -207,16 +219,13 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, n, d = x.shape
-    dense = lambda features, name: _dense(
-        features, self.dtype, self.param_dtype, name, grads_as_dots=self.grads_as_dots
-    )
-    qkv = dense(3 * d, 'qkv')(x)
+    qkv = _linear(self, 3 * d, 'qkv')(x)
     # [b, n, 3, heads, head_dim]: the order of timm's reshape of its [3 * D] output.
     qkv = qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads)
     out = attention.dot_product_attention(
         qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], **dict(self.attention or {})
     )
-    return dense(d, 'proj')(out.reshape(b, n, d))
+    return _linear(self, d, 'proj')(out.reshape(b, n, d))
 
 
 class Mlp(nn.Module):
@@ -229,11 +238,8 @@ class Mlp(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    dense = lambda features, name: _dense(
-        features, self.dtype, self.param_dtype, name, grads_as_dots=self.grads_as_dots
-    )
-    y = nn.gelu(dense(self.hidden_features, 'fc1')(x), approximate=True)
-    return dense(x.shape[-1], 'fc2')(y)
+    y = nn.gelu(_linear(self, self.hidden_features, 'fc1')(x), approximate=True)
+    return _linear(self, x.shape[-1], 'fc2')(y)
 
 
 class DiTBlock(nn.Module):
@@ -252,7 +258,7 @@ class DiTBlock(nn.Module):
     x = attention.constrain_tokens(x, impl)
     d = x.shape[-1]
     kwargs = dict(dtype=self.dtype, param_dtype=self.param_dtype, grads_as_dots=self.grads_as_dots)
-    modulation = _dense(6 * d, name='adaLN_modulation_1', zero=True, **kwargs)(nn.silu(c))
+    modulation = _linear(self, 6 * d, 'adaLN_modulation_1', zero=True)(nn.silu(c))
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(
         modulation, 6, axis=-1
     )
@@ -277,9 +283,8 @@ class FinalLayer(nn.Module):
   @nn.compact
   def __call__(self, x, c):
     d = x.shape[-1]
-    kwargs = dict(dtype=self.dtype, param_dtype=self.param_dtype, grads_as_dots=self.grads_as_dots)
-    modulation = _dense(2 * d, name='adaLN_modulation_1', zero=True, **kwargs)(nn.silu(c))
+    modulation = _linear(self, 2 * d, 'adaLN_modulation_1', zero=True)(nn.silu(c))
     shift, scale = jnp.split(modulation, 2, axis=-1)
     x = modulate(_layer_norm(self.dtype, self.grads_as_dots)(x), shift, scale)
     features = self.patch_size * self.patch_size * self.out_channels
-    return _dense(features, name='linear', zero=True, **kwargs)(x)
+    return _linear(self, features, 'linear', zero=True)(x)
